@@ -1,0 +1,312 @@
+"""Validation and dispatch: every public op checks its arguments here, once, then picks the
+kernel by (pattern, memory format, dtype) and allocates the outputs.
+
+Memory formats. A tensor declared ``layout="NCHW"`` that is stored channels-last (the
+``x.transpose(0, 2, 3, 1)`` view is C-contiguous, as a PyTorch ``channels_last`` tensor is) runs
+the channels-last kernel on its memory as it is, and its output comes back in the same format;
+likewise an ``NHWC``-declared tensor stored channels-first. Any other strided input is copied
+once to C order of its declared layout.
+"""
+import math
+import numbers
+
+import numpy as np
+
+from fastnorm._config import get_num_threads
+
+try:  # optional: bfloat16 through ml_dtypes
+    import ml_dtypes as _ml_dtypes
+
+    _BFLOAT16 = np.dtype(_ml_dtypes.bfloat16)
+except Exception:  # pragma: no cover - optional dependency
+    _BFLOAT16 = None
+
+LAYOUTS = ("NCHW", "NHWC")
+_HALF = {np.dtype(np.float16)}
+if _BFLOAT16 is not None:
+    _HALF.add(_BFLOAT16)
+
+# ---- dtypes ----------------------------------------------------------------------------------
+
+def compute_dtype(dtype, name="x"):
+    """(compute dtype, output dtype) for an input dtype, or TypeError.
+
+    float32/float64 compute in their own precision; float16/bfloat16 compute in float32 and
+    return their own dtype; integers are promoted to float64.
+    """
+    dtype = np.dtype(dtype)
+    if dtype == np.float32 or dtype == np.float64:
+        return dtype, dtype
+    if dtype in _HALF:
+        return np.dtype(np.float32), dtype
+    if dtype.kind in "iu":
+        return np.dtype(np.float64), np.dtype(np.float64)
+    raise TypeError(
+        f"{name} must be a floating array (float16, bfloat16, float32 or float64; integers are "
+        f"promoted to float64), got dtype {dtype}")
+
+
+def as_array(a, name):
+    if isinstance(a, np.ndarray):
+        return a
+    if isinstance(a, (str, bytes)) or a is None:
+        raise TypeError(f"{name} must be an array, got {type(a).__name__}")
+    try:
+        arr = np.asarray(a)
+    except Exception as e:  # ragged lists and the like
+        raise TypeError(f"{name} must be array-like: {e}") from None
+    return arr
+
+
+def input_array(x, name="x", min_ndim=2):
+    x = as_array(x, name)
+    ct, ot = compute_dtype(x.dtype, name)
+    if x.ndim < min_ndim:
+        raise ValueError(f"{name} must have at least {min_ndim} dimensions, got shape {x.shape}")
+    return x, ct, ot
+
+
+def check_eps(eps):
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
+        raise TypeError(f"eps must be a real number, got {type(eps).__name__}")
+    eps = float(eps)
+    if not math.isfinite(eps) or eps <= 0:
+        raise ValueError(f"eps must be finite and > 0, got {eps}")
+    return eps
+
+
+def check_layout(layout):
+    if not isinstance(layout, str) or layout.upper() not in LAYOUTS:
+        raise ValueError(f"layout must be 'NCHW' or 'NHWC', got {layout!r}")
+    return layout.upper()
+
+
+def param_array(a, name, shape, ct, fill):
+    """weight/bias/running stats -> C-contiguous array of dtype ct and the given shape."""
+    if a is None:
+        return np.full(shape, fill, dtype=ct)
+    a = as_array(a, name)
+    if a.dtype.kind not in "fiu" and a.dtype not in _HALF:
+        raise TypeError(f"{name} must be a real floating array, got dtype {a.dtype}")
+    if a.shape != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {a.shape}")
+    return np.ascontiguousarray(a, dtype=ct)
+
+
+def stats_array(a, name, shape):
+    """Saved mean/rstd for a backward: float array of the expected shape, as float64."""
+    a = as_array(a, name)
+    if a.dtype.kind not in "fiu" and a.dtype not in _HALF:
+        raise TypeError(f"{name} must be a real floating array, got dtype {a.dtype}")
+    if a.shape != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {a.shape}")
+    return np.ascontiguousarray(a, dtype=np.float64).ravel()
+
+
+def check_same(a, x, name, xname="x"):
+    a = as_array(a, name)
+    if a.shape != x.shape:
+        raise ValueError(f"{name} must have the shape of {xname} {x.shape}, got {a.shape}")
+    if a.dtype != x.dtype:
+        raise TypeError(f"{name} must have the dtype of {xname} ({x.dtype}), got {a.dtype}")
+    return a
+
+
+def check_out(out, shape, dtype, inputs, name="out"):
+    """out must be a writable ndarray of the result's shape and dtype; it may be one of the
+    inputs exactly (in place), but must not partly overlap any of them."""
+    if out is None:
+        return None
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(out).__name__}")
+    if out.shape != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {out.shape}")
+    if out.dtype != dtype:
+        raise TypeError(f"{name} must have dtype {dtype}, got {out.dtype}")
+    if not out.flags.writeable:
+        raise ValueError(f"{name} must be writeable")
+    for a, an in inputs:
+        if a is None or not isinstance(a, np.ndarray):
+            continue
+        same = (a.__array_interface__["data"][0] == out.__array_interface__["data"][0]
+                and a.strides == out.strides and a.shape == out.shape)
+        if not same and np.shares_memory(out, a):
+            raise ValueError(f"{name} overlaps {an} without being the same array")
+    return out
+
+
+# ---- memory formats --------------------------------------------------------------------------
+
+def _perm_to_last(r):
+    return (0,) + tuple(range(2, r)) + (1,)
+
+
+def _perm_to_first(r):
+    return (0, r - 1) + tuple(range(1, r - 1))
+
+
+class Plan:
+    """How a channel tensor is laid out in memory for the kernels.
+
+    kind: "planes" (flat data is (N, C, S)) or "cols" (flat data is (N, S, C)).
+    """
+
+    def __init__(self, x, layout):
+        r = x.ndim
+        self.shape = x.shape
+        self.N = x.shape[0]
+        if layout == "NCHW":
+            self.C = x.shape[1]
+            spatial = x.shape[2:]
+        else:
+            self.C = x.shape[-1]
+            spatial = x.shape[1:-1]
+        self.S = int(np.prod(spatial, dtype=np.int64))
+        self.layout = layout
+        # perm maps the user's axes to the physical (C-contiguous) order
+        if layout == "NCHW":
+            alt_kind, alt_perm = "cols", _perm_to_last(r)
+            own_kind = "planes"
+        else:
+            alt_kind, alt_perm = "planes", _perm_to_first(r)
+            own_kind = "cols"
+        if x.flags.c_contiguous:
+            self.kind, self.perm = own_kind, None
+        elif r > 2 and x.transpose(alt_perm).flags.c_contiguous:
+            self.kind, self.perm = alt_kind, alt_perm
+        else:
+            self.kind, self.perm = own_kind, None
+        if self.S == 1:
+            # (N, C) memory: channels-first and channels-last coincide; columns vectorize over C
+            self.kind = "cols"
+
+    def flat(self, a, dtype):
+        """a (shaped like x) as a flat C-contiguous array in the plan's physical order."""
+        if self.perm is not None:
+            phys = a.transpose(self.perm)
+        else:
+            phys = a
+        phys = np.ascontiguousarray(phys, dtype=dtype)
+        return phys.reshape(-1)
+
+    def empty(self, dtype):
+        """Flat output buffer and the user-facing view of it."""
+        if self.perm is None:
+            buf = np.empty(self.shape, dtype=dtype)
+            return buf.reshape(-1), buf
+        phys_shape = tuple(self.shape[i] for i in self.perm)
+        buf = np.empty(phys_shape, dtype=dtype)
+        inv = np.argsort(self.perm)
+        return buf.reshape(-1), buf.transpose(inv)
+
+    def direct_out(self, out, dtype):
+        """Flat view of out if the kernel can write into it directly, else None."""
+        if out is None or out.dtype != dtype:
+            return None
+        phys = out.transpose(self.perm) if self.perm is not None else out
+        if not phys.flags.c_contiguous:
+            return None
+        return phys.reshape(-1)
+
+
+def output(plan, ct, ot, out):
+    """(flat compute buffer, finish) -- finish() returns the user-facing result."""
+    flat = plan.direct_out(out, ct)
+    if flat is not None:
+        return flat, (lambda: out)
+    flat, view = plan.empty(ct)
+
+    def finish():
+        if out is not None:
+            np.copyto(out, view, casting="unsafe")
+            return out
+        if ot != ct:
+            return view.astype(ot, order="K")
+        return view
+
+    return flat, finish
+
+
+def use_fused(units, n_threads):
+    """Fused (one unit per thread) or split (chunk items) schedule; results are bitwise equal
+    either way. Fused saves a read of x when a unit fits in cache, but only pays when the units
+    share out evenly over the threads."""
+    if n_threads <= 1 or units == 0:
+        return True
+    if units < n_threads:
+        return False
+    rounds = -(-units // n_threads)
+    return rounds * n_threads <= 1.15 * units
+
+
+def threads():
+    return get_num_threads()
+
+
+class RowsPlan:
+    """Layer-norm rows: x as C-contiguous (M, D)."""
+
+    kind = "rows"
+    perm = None
+
+    def __init__(self, x):
+        self.shape = x.shape
+
+    def flat(self, a, dtype):
+        return np.ascontiguousarray(a, dtype=dtype).reshape(-1)
+
+    def empty(self, dtype):
+        buf = np.empty(self.shape, dtype=dtype)
+        return buf.reshape(-1), buf
+
+    def direct_out(self, out, dtype):
+        if out is None or out.dtype != dtype or not out.flags.c_contiguous:
+            return None
+        return out.reshape(-1)
+
+
+def normalized_shape_of(normalized_shape, x):
+    if isinstance(normalized_shape, (numbers.Integral, np.integer)) and not isinstance(
+            normalized_shape, bool):
+        ns = (int(normalized_shape),)
+    else:
+        try:
+            ns = tuple(normalized_shape)
+        except TypeError:
+            raise TypeError("normalized_shape must be an int or a tuple of ints, got "
+                            f"{type(normalized_shape).__name__}") from None
+        for d in ns:
+            if isinstance(d, bool) or not isinstance(d, (numbers.Integral, np.integer)):
+                raise TypeError(f"normalized_shape must contain ints, got {normalized_shape!r}")
+        ns = tuple(int(d) for d in ns)
+    if len(ns) == 0:
+        raise ValueError("normalized_shape must have at least one dimension")
+    if any(d < 0 for d in ns):
+        raise ValueError(f"normalized_shape must be non-negative, got {ns}")
+    if len(ns) > x.ndim or tuple(x.shape[x.ndim - len(ns):]) != ns:
+        raise ValueError(
+            f"normalized_shape {ns} must match the trailing dimensions of x, got x of shape "
+            f"{x.shape}")
+    return ns
+
+
+def num_groups_of(num_groups, C):
+    if isinstance(num_groups, bool) or not isinstance(num_groups, (numbers.Integral, np.integer)):
+        raise TypeError(f"num_groups must be an int, got {type(num_groups).__name__}")
+    G = int(num_groups)
+    if G < 1:
+        raise ValueError(f"num_groups must be >= 1, got {G}")
+    if C % G != 0:
+        raise ValueError(f"num_groups ({G}) must divide the number of channels ({C})")
+    return G
+
+
+_ACTIVATIONS = {None: 0, "none": 0, "relu": 1, "silu": 2, "gelu": 3}
+
+
+def activation_code(activation):
+    key = activation.lower() if isinstance(activation, str) else activation
+    if key not in _ACTIVATIONS:
+        raise ValueError(
+            f"activation must be None, 'relu', 'silu' or 'gelu', got {activation!r}")
+    return _ACTIVATIONS[key]

@@ -1,0 +1,286 @@
+/* Included twice by _core.h with FN_T = float / double and FN_SFX = f32 / f64. */
+#define FN_CAT2(a, b) a##_##b
+#define FN_CAT(a, b) FN_CAT2(a, b)
+#define FN(name) FN_CAT(name, FN_SFX)
+#define T FN_T
+
+/* ---- activation epilogue (inference forwards) ------------------------------------------- */
+/* act: 0 none, 1 relu, 2 silu, 3 gelu (erf form, as torch's default). Evaluated in float64 for
+   float64 data and in float32 otherwise. */
+static inline T FN(fn_act)(T v, int act)
+{
+    switch (act) {
+    case 1: return v > (T)0 ? v : (T)0;
+    case 2: return v / ((T)1 + (T)exp(-(double)v));
+    case 3: return (T)(0.5 * (double)v * (1.0 + erf((double)v * 0.70710678118654752440)));
+    default: return v;
+    }
+}
+
+/* ---- moments -------------------------------------------------------------------------- */
+
+/* Mean and M2 (sum of squared deviations) of x[0:n], 1 <= n <= FN_BLK. */
+FN_HOT static void FN(fn_block_moments)(const T *x, fn_idx n, double *mean, double *m2)
+{
+    T acc[FN_ACC], acc2[FN_ACC];
+    T K = x[0], mh, ml, t1 = 0, t2 = 0, d;
+    double s = 0, s1 = 0, s2 = 0, m;
+    fn_idx i, j, nv = n - n % FN_ACC;
+
+    for (j = 0; j < FN_ACC; j++) acc[j] = 0;
+    for (i = 0; i < nv; i += FN_ACC)
+        for (j = 0; j < FN_ACC; j++) acc[j] += x[i + j] - K;
+    for (; i < n; i++) t1 += x[i] - K;
+    s = t1;
+    for (j = 0; j < FN_ACC; j++) s += acc[j];
+    m = (double)K + s / (double)n;
+    mh = (T)m;
+    ml = (T)(m - (double)mh);
+
+    for (j = 0; j < FN_ACC; j++) { acc[j] = 0; acc2[j] = 0; }
+    for (i = 0; i < nv; i += FN_ACC)
+        for (j = 0; j < FN_ACC; j++) {
+            d = (x[i + j] - mh) - ml;
+            acc[j] += d;
+            acc2[j] += d * d;
+        }
+    t1 = 0;
+    for (; i < n; i++) {
+        d = (x[i] - mh) - ml;
+        t1 += d;
+        t2 += d * d;
+    }
+    s1 = t1;
+    s2 = t2;
+    for (j = 0; j < FN_ACC; j++) { s1 += acc[j]; s2 += acc2[j]; }
+    /* corrected two-pass: the residual sum of deviations refines both the mean and M2 */
+    *mean = m + s1 / (double)n;
+    s2 -= s1 * s1 / (double)n;
+    *m2 = s2 > 0 ? s2 : 0;
+}
+
+/* Moments of a contiguous segment, block by block in order, merged into (n, mean, m2). */
+static void FN(fn_seg_moments)(const T *x, fn_idx len, double *n, double *mean, double *m2)
+{
+    fn_idx i, b;
+    double bm, bm2;
+    for (i = 0; i < len; i += FN_BLK) {
+        b = len - i < FN_BLK ? len - i : FN_BLK;
+        FN(fn_block_moments)(x + i, b, &bm, &bm2);
+        fn_chan_merge(n, mean, m2, (double)b, bm, bm2);
+    }
+}
+
+/* Per-column mean and M2 of a block x[rows, C] (row stride C), 1 <= rows.
+   scr: 5*C elements of T. Lanes run across C, so every lane shares one count. */
+FN_HOT static void FN(fn_block_col_moments)(const T *x, fn_idx rows, fn_idx C, T *scr,
+                                             double *mean, double *m2)
+{
+    T *K = scr, *s = scr + C, *mh = scr + 2 * C, *ml = scr + 3 * C, *d1 = scr + 4 * C;
+    const T *row;
+    T d;
+    double m, inv = 1.0 / (double)rows, t;
+    fn_idx r, c;
+
+    for (c = 0; c < C; c++) { K[c] = x[c]; s[c] = 0; }
+    for (r = 1; r < rows; r++) {
+        row = x + r * C;
+        for (c = 0; c < C; c++) s[c] += row[c] - K[c];
+    }
+    for (c = 0; c < C; c++) {
+        m = (double)K[c] + (double)s[c] * inv;
+        mean[c] = m;
+        mh[c] = (T)m;
+        ml[c] = (T)(m - (double)mh[c]);
+        s[c] = 0;
+        d1[c] = 0;
+    }
+    for (r = 0; r < rows; r++) {
+        row = x + r * C;
+        for (c = 0; c < C; c++) {
+            d = (row[c] - mh[c]) - ml[c];
+            d1[c] += d;
+            s[c] += d * d;
+        }
+    }
+    for (c = 0; c < C; c++) {
+        mean[c] += (double)d1[c] * inv;
+        t = (double)s[c] - (double)d1[c] * (double)d1[c] * inv;
+        m2[c] = t > 0 ? t : 0;
+    }
+}
+
+/* Per-column moments of x[rows, C] in blocks of rb rows, merged in order into (n, mean, m2).
+   bm, bm2: C doubles of scratch; scr: 5*C of T. */
+static void FN(fn_seg_col_moments)(const T *x, fn_idx rows, fn_idx C, fn_idx rb, T *scr,
+                                   double *bm, double *bm2, double *n, double *mean, double *m2)
+{
+    fn_idx r, b;
+    for (r = 0; r < rows; r += rb) {
+        b = rows - r < rb ? rows - r : rb;
+        FN(fn_block_col_moments)(x + r * C, b, C, scr, bm, bm2);
+        fn_chan_merge_vec(n, mean, m2, C, (double)b, bm, bm2);
+    }
+}
+
+/* ---- forward apply ---------------------------------------------------------------------- */
+
+/* y = ((x - mh) - ml) * a + b over a contiguous segment (one channel of one sample). */
+FN_HOT static void FN(fn_seg_apply)(const T *x, T *y, fn_idx n, T mh, T ml, T a, T b, int act)
+{
+    fn_idx i;
+    if (act == 0) {
+        for (i = 0; i < n; i++) y[i] = ((x[i] - mh) - ml) * a + b;
+    } else {
+        for (i = 0; i < n; i++) y[i] = FN(fn_act)(((x[i] - mh) - ml) * a + b, act);
+    }
+}
+
+/* Element-wise affine (layer norm): y = ((x - mh) - ml) * r * g[i] + b[i]. */
+FN_HOT static void FN(fn_seg_apply_ew)(const T *x, T *y, fn_idx n, T mh, T ml, T r,
+                                       const T *g, const T *b, int act)
+{
+    fn_idx i;
+    if (act == 0) {
+        for (i = 0; i < n; i++) y[i] = (((x[i] - mh) - ml) * r) * g[i] + b[i];
+    } else {
+        for (i = 0; i < n; i++) y[i] = FN(fn_act)((((x[i] - mh) - ml) * r) * g[i] + b[i], act);
+    }
+}
+
+/* Channels-last apply: y[r, c] = ((x[r, c] - mh[c]) - ml[c]) * a[c] + b[c]. */
+FN_HOT static void FN(fn_rows_apply)(const T *x, T *y, fn_idx rows, fn_idx C, const T *mh,
+                                     const T *ml, const T *a, const T *b, int act)
+{
+    fn_idx r, c;
+    const T *xr;
+    T *yr;
+    for (r = 0; r < rows; r++) {
+        xr = x + r * C;
+        yr = y + r * C;
+        if (act == 0) {
+            for (c = 0; c < C; c++) yr[c] = ((xr[c] - mh[c]) - ml[c]) * a[c] + b[c];
+        } else {
+            for (c = 0; c < C; c++)
+                yr[c] = FN(fn_act)(((xr[c] - mh[c]) - ml[c]) * a[c] + b[c], act);
+        }
+    }
+}
+
+/* ---- backward --------------------------------------------------------------------------- */
+
+/* Adds sum(dy) and sum(dy * (x - m)) over a contiguous segment to *sdy, *sdyx (float64),
+   block by block, each block summed in FN_ACC lanes of T. */
+FN_HOT static void FN(fn_seg_bwd_sums)(const T *dy, const T *x, fn_idx len, T mh, T ml,
+                                       double *sdy, double *sdyx)
+{
+    T a1[FN_ACC], a2[FN_ACC], t1, t2;
+    fn_idx i0, i, j, n, nv;
+    double s1, s2;
+    for (i0 = 0; i0 < len; i0 += FN_BLK) {
+        n = len - i0 < FN_BLK ? len - i0 : FN_BLK;
+        nv = n - n % FN_ACC;
+        for (j = 0; j < FN_ACC; j++) { a1[j] = 0; a2[j] = 0; }
+        for (i = 0; i < nv; i += FN_ACC)
+            for (j = 0; j < FN_ACC; j++) {
+                a1[j] += dy[i0 + i + j];
+                a2[j] += dy[i0 + i + j] * ((x[i0 + i + j] - mh) - ml);
+            }
+        t1 = 0;
+        t2 = 0;
+        for (; i < n; i++) {
+            t1 += dy[i0 + i];
+            t2 += dy[i0 + i] * ((x[i0 + i] - mh) - ml);
+        }
+        s1 = t1;
+        s2 = t2;
+        for (j = 0; j < FN_ACC; j++) { s1 += a1[j]; s2 += a2[j]; }
+        *sdy += s1;
+        *sdyx += s2;
+    }
+}
+
+/* dx = (dy * P - Q) * R + ((x - mh) - ml) * B over a contiguous segment.
+   dx = r * (g - mean(g) - xhat * mean(g * xhat)) with g = dy * w. When a unit of statistics
+   holds one channel, mean(g) = w * mean(dy) and the caller passes P = 1, Q = mean(dy),
+   R = r * w; otherwise P = w, Q = mean(g), R = r. Either way the subtraction that cancels
+   (a unit of one element, a constant dy) happens before the scaling by r, so it cancels
+   exactly instead of leaving r * ulp(dy) behind. */
+FN_HOT static void FN(fn_seg_bwd_apply)(const T *dy, const T *x, T *dx, fn_idx n, T P, T Q,
+                                        T R, T mh, T ml, T B)
+{
+    fn_idx i;
+    for (i = 0; i < n; i++) dx[i] = (dy[i] * P - Q) * R + ((x[i] - mh) - ml) * B;
+}
+
+/* Layer-norm row reduce, in float64: with xc = x - m and g = dy * w,
+   *sg += sum(g), *sgx += sum(g * xc); dw[i] += dy * xc * r; db[i] += dy. */
+FN_HOT static void FN(fn_row_bwd_sums_ew)(const T *dy, const T *x, fn_idx n, double m,
+                                          double r, const T *w, double *sg, double *sgx,
+                                          double *dw, double *db)
+{
+    fn_idx i;
+    double a = 0, b = 0, xc, d;
+    for (i = 0; i < n; i++) {
+        d = (double)dy[i];
+        xc = (double)x[i] - m;
+        a += d * (double)w[i];
+        b += d * (double)w[i] * xc;
+        dw[i] += d * xc * r;
+        db[i] += d;
+    }
+    *sg += a;
+    *sgx += b;
+}
+
+/* Layer-norm row dx: dx = (dy * w[i] - Q) * r + ((x - mh) - ml) * B, Q = mean(dy * w). */
+FN_HOT static void FN(fn_row_bwd_apply_ew)(const T *dy, const T *x, T *dx, fn_idx n,
+                                           const T *w, T Q, T r, T mh, T ml, T B)
+{
+    fn_idx i;
+    for (i = 0; i < n; i++) dx[i] = (dy[i] * w[i] - Q) * r + ((x[i] - mh) - ml) * B;
+}
+
+/* Channels-last reduce of one block x[rows, C]: sdy[c] += sum(dy), sdyx[c] += sum(dy * (x - m)).
+   scr: 2*C of T. */
+FN_HOT static void FN(fn_rows_bwd_sums)(const T *dy, const T *x, fn_idx rows, fn_idx C,
+                                        const T *mh, const T *ml, T *scr, double *sdy,
+                                        double *sdyx)
+{
+    T *a1 = scr, *a2 = scr + C;
+    const T *xr, *dr;
+    fn_idx r, c;
+    for (c = 0; c < C; c++) { a1[c] = 0; a2[c] = 0; }
+    for (r = 0; r < rows; r++) {
+        xr = x + r * C;
+        dr = dy + r * C;
+        for (c = 0; c < C; c++) {
+            a1[c] += dr[c];
+            a2[c] += dr[c] * ((xr[c] - mh[c]) - ml[c]);
+        }
+    }
+    for (c = 0; c < C; c++) { sdy[c] += a1[c]; sdyx[c] += a2[c]; }
+}
+
+/* Channels-last dx: dx[r, c] = (dy * P[c] - Q[c]) * R[c] + ((x - mh[c]) - ml[c]) * B[c]
+   (see fn_seg_bwd_apply). */
+FN_HOT static void FN(fn_rows_bwd_apply)(const T *dy, const T *x, T *dx, fn_idx rows, fn_idx C,
+                                         const T *P, const T *Q, const T *R, const T *mh,
+                                         const T *ml, const T *B)
+{
+    fn_idx r, c;
+    const T *xr, *dr;
+    T *o;
+    for (r = 0; r < rows; r++) {
+        xr = x + r * C;
+        dr = dy + r * C;
+        o = dx + r * C;
+        for (c = 0; c < C; c++)
+            o[c] = (dr[c] * P[c] - Q[c]) * R[c] + ((xr[c] - mh[c]) - ml[c]) * B[c];
+    }
+}
+
+#undef T
+#undef FN
+#undef FN_CAT
+#undef FN_CAT2

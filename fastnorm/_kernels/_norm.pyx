@@ -1,0 +1,873 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+# cython: initializedcheck=False, nonecheck=False
+"""
+Parallel normalization kernels.
+
+Design
+------
+Every op is one of three reduction patterns over the same three cores (moments, apply,
+backward sums) from ``_core.h``:
+
+* planes (channels-first): x viewed as (N, C, S). A *unit* of statistics is a block of
+  ``nb`` samples by ``cb`` channels: batch norm (nb=N, cb=1), instance norm (nb=1, cb=1),
+  group norm (nb=1, cb=C/G); layer norm is N rows with C=1 and an element-wise affine.
+* cols (channels-last): x viewed as (G0, R, C) with statistics per (g0, group of cg
+  columns): batch norm (G0=1, R=N*S), instance norm (G0=N, R=S, cg=1), group norm (cg=C/G).
+  Lanes run across C, so every lane shares one count.
+* rows backward (layer norm): dweight/dbias need a column reduction across rows.
+
+Determinism: each contiguous run of data is cut into chunks at fixed offsets (FN_CHUNK
+elements, or CHUNK_BLOCKS row blocks) that depend only on the shape, never on the thread
+count. A chunk's partial is computed from zero, and partials are merged in index order. Two
+schedules produce the same partials and the same merges, so their results are bitwise equal:
+
+* fused: one thread owns a whole unit: statistics, then the apply while the unit is still in
+  its L2 (one read of x when the unit fits in cache);
+* split: (unit, chunk) work items in parallel for the partials, a merge per unit, then the
+  apply over the items again (used when there are fewer units than threads or a unit is large).
+
+Kernels take typed memoryviews, sizes and ``n_threads``; they write into the buffers they are
+given. Work buffers are allocated here, before the GIL is released, never inside a loop.
+"""
+import numpy as np
+cimport numpy as cnp
+from cython.parallel cimport prange, parallel, threadid
+from libc.math cimport sqrt
+
+from fastnorm._kernels._openmp cimport fn_openmp_enabled, fn_omp_max_threads
+
+cnp.import_array()
+
+ctypedef fused floating:
+    float
+    double
+
+cdef extern from "_core.h" nogil:
+    ctypedef Py_ssize_t fn_idx
+    int FN_BLK
+    void fn_chan_merge(double *n, double *mean, double *m2, double nb, double mb, double m2b)
+    void fn_chan_merge_vec(double *n, double *mean, double *m2, fn_idx C, double nb,
+                           const double *mb, const double *m2b)
+    const char *fn_simd_level()
+
+    void fn_seg_moments_f32(const float *x, fn_idx n, double *cnt, double *mean, double *m2)
+    void fn_seg_moments_f64(const double *x, fn_idx n, double *cnt, double *mean, double *m2)
+    void fn_seg_col_moments_f32(const float *x, fn_idx rows, fn_idx C, fn_idx rb, float *scr,
+                                double *bm, double *bm2, double *n, double *mean, double *m2)
+    void fn_seg_col_moments_f64(const double *x, fn_idx rows, fn_idx C, fn_idx rb, double *scr,
+                                double *bm, double *bm2, double *n, double *mean, double *m2)
+    void fn_seg_apply_f32(const float *x, float *y, fn_idx n, float mh, float ml, float a,
+                          float b, int act)
+    void fn_seg_apply_f64(const double *x, double *y, fn_idx n, double mh, double ml, double a,
+                          double b, int act)
+    void fn_seg_apply_ew_f32(const float *x, float *y, fn_idx n, float mh, float ml, float r,
+                             const float *g, const float *b, int act)
+    void fn_seg_apply_ew_f64(const double *x, double *y, fn_idx n, double mh, double ml,
+                             double r, const double *g, const double *b, int act)
+    void fn_rows_apply_f32(const float *x, float *y, fn_idx rows, fn_idx C, const float *mh,
+                           const float *ml, const float *a, const float *b, int act)
+    void fn_rows_apply_f64(const double *x, double *y, fn_idx rows, fn_idx C, const double *mh,
+                           const double *ml, const double *a, const double *b, int act)
+    void fn_seg_bwd_sums_f32(const float *dy, const float *x, fn_idx n, float mh, float ml,
+                             double *sdy, double *sdyx)
+    void fn_seg_bwd_sums_f64(const double *dy, const double *x, fn_idx n, double mh, double ml,
+                             double *sdy, double *sdyx)
+    void fn_seg_bwd_apply_f32(const float *dy, const float *x, float *dx, fn_idx n, float P,
+                              float Q, float R, float mh, float ml, float B)
+    void fn_seg_bwd_apply_f64(const double *dy, const double *x, double *dx, fn_idx n, double P,
+                              double Q, double R, double mh, double ml, double B)
+    void fn_row_bwd_sums_ew_f32(const float *dy, const float *x, fn_idx n, double m, double r,
+                                const float *w, double *sg, double *sgx, double *dw, double *db)
+    void fn_row_bwd_sums_ew_f64(const double *dy, const double *x, fn_idx n, double m, double r,
+                                const double *w, double *sg, double *sgx, double *dw, double *db)
+    void fn_row_bwd_apply_ew_f32(const float *dy, const float *x, float *dx, fn_idx n,
+                                 const float *w, float Q, float r, float mh, float ml, float B)
+    void fn_row_bwd_apply_ew_f64(const double *dy, const double *x, double *dx, fn_idx n,
+                                 const double *w, double Q, double r, double mh, double ml,
+                                 double B)
+    void fn_rows_bwd_sums_f32(const float *dy, const float *x, fn_idx rows, fn_idx C,
+                              const float *mh, const float *ml, float *scr, double *sdy,
+                              double *sdyx)
+    void fn_rows_bwd_sums_f64(const double *dy, const double *x, fn_idx rows, fn_idx C,
+                              const double *mh, const double *ml, double *scr, double *sdy,
+                              double *sdyx)
+    void fn_rows_bwd_apply_f32(const float *dy, const float *x, float *dx, fn_idx rows, fn_idx C,
+                               const float *P, const float *Q, const float *R, const float *mh,
+                               const float *ml, const float *B)
+    void fn_rows_bwd_apply_f64(const double *dy, const double *x, double *dx, fn_idx rows,
+                               fn_idx C, const double *P, const double *Q, const double *R,
+                               const double *mh, const double *ml, const double *B)
+
+# Elements per plane chunk (a multiple of FN_BLK): 128 KiB of float32.
+DEF FN_CHUNK = 32768
+# Row blocks per channels-last chunk.
+DEF CHUNK_BLOCKS = 16
+# Layer-norm backward: rows per dweight partial hold about this many elements ...
+DEF ROWBLOCK_ELEMS = 65536
+# ... and there are at most this many partials (bounds the float64 buffer to 256 * D * 16 bytes).
+DEF MAX_ROWBLOCKS = 256
+
+BLOCK = FN_BLK
+CHUNK = FN_CHUNK
+
+
+def openmp_enabled():
+    return bool(fn_openmp_enabled())
+
+
+def omp_max_threads():
+    return fn_omp_max_threads()
+
+
+def simd_level():
+    return fn_simd_level().decode()
+
+
+def cols_block_rows(Py_ssize_t C):
+    """Rows per channels-last moment block: about FN_BLK elements, 8 to 256 rows."""
+    cdef Py_ssize_t rb = FN_BLK // C if C > 0 else 1
+    return min(max(rb, 8), 256)
+
+
+# ---- fused-type shims over the C helpers -----------------------------------------------------
+
+cdef inline void seg_moments(const floating *x, Py_ssize_t n, double *cnt, double *mean,
+                             double *m2) noexcept nogil:
+    if floating is float:
+        fn_seg_moments_f32(x, n, cnt, mean, m2)
+    else:
+        fn_seg_moments_f64(x, n, cnt, mean, m2)
+
+
+cdef inline void seg_col_moments(const floating *x, Py_ssize_t rows, Py_ssize_t C, Py_ssize_t rb,
+                                 floating *scr, double *bm, double *bm2, double *n, double *mean,
+                                 double *m2) noexcept nogil:
+    if floating is float:
+        fn_seg_col_moments_f32(x, rows, C, rb, scr, bm, bm2, n, mean, m2)
+    else:
+        fn_seg_col_moments_f64(x, rows, C, rb, scr, bm, bm2, n, mean, m2)
+
+
+cdef inline void seg_apply(const floating *x, floating *y, Py_ssize_t n, floating mh, floating ml,
+                           floating a, floating b, int act) noexcept nogil:
+    if floating is float:
+        fn_seg_apply_f32(x, y, n, mh, ml, a, b, act)
+    else:
+        fn_seg_apply_f64(x, y, n, mh, ml, a, b, act)
+
+
+cdef inline void seg_apply_ew(const floating *x, floating *y, Py_ssize_t n, floating mh,
+                              floating ml, floating r, const floating *g, const floating *b,
+                              int act) noexcept nogil:
+    if floating is float:
+        fn_seg_apply_ew_f32(x, y, n, mh, ml, r, g, b, act)
+    else:
+        fn_seg_apply_ew_f64(x, y, n, mh, ml, r, g, b, act)
+
+
+cdef inline void rows_apply(const floating *x, floating *y, Py_ssize_t rows, Py_ssize_t C,
+                            const floating *mh, const floating *ml, const floating *a,
+                            const floating *b, int act) noexcept nogil:
+    if floating is float:
+        fn_rows_apply_f32(x, y, rows, C, mh, ml, a, b, act)
+    else:
+        fn_rows_apply_f64(x, y, rows, C, mh, ml, a, b, act)
+
+
+cdef inline void seg_bwd_sums(const floating *dy, const floating *x, Py_ssize_t n, floating mh,
+                              floating ml, double *sdy, double *sdyx) noexcept nogil:
+    if floating is float:
+        fn_seg_bwd_sums_f32(dy, x, n, mh, ml, sdy, sdyx)
+    else:
+        fn_seg_bwd_sums_f64(dy, x, n, mh, ml, sdy, sdyx)
+
+
+cdef inline void seg_bwd_apply(const floating *dy, const floating *x, floating *dx, Py_ssize_t n,
+                               floating P, floating Q, floating R, floating mh, floating ml,
+                               floating B) noexcept nogil:
+    if floating is float:
+        fn_seg_bwd_apply_f32(dy, x, dx, n, P, Q, R, mh, ml, B)
+    else:
+        fn_seg_bwd_apply_f64(dy, x, dx, n, P, Q, R, mh, ml, B)
+
+
+cdef inline void rows_bwd_sums(const floating *dy, const floating *x, Py_ssize_t rows,
+                               Py_ssize_t C, const floating *mh, const floating *ml,
+                               floating *scr, double *sdy, double *sdyx) noexcept nogil:
+    if floating is float:
+        fn_rows_bwd_sums_f32(dy, x, rows, C, mh, ml, scr, sdy, sdyx)
+    else:
+        fn_rows_bwd_sums_f64(dy, x, rows, C, mh, ml, scr, sdy, sdyx)
+
+
+cdef inline void rows_bwd_apply(const floating *dy, const floating *x, floating *dx,
+                                Py_ssize_t rows, Py_ssize_t C, const floating *P,
+                                const floating *Q, const floating *R, const floating *mh,
+                                const floating *ml, const floating *B) noexcept nogil:
+    if floating is float:
+        fn_rows_bwd_apply_f32(dy, x, dx, rows, C, P, Q, R, mh, ml, B)
+    else:
+        fn_rows_bwd_apply_f64(dy, x, dx, rows, C, P, Q, R, mh, ml, B)
+
+
+cdef inline void split_mean(double m, floating *mh, floating *ml) noexcept nogil:
+    # m == mh + ml to within float32 rounding of ml; see _core.h
+    mh[0] = <floating>m
+    ml[0] = <floating>(m - <double>mh[0])
+
+
+cdef inline Py_ssize_t nchunks(Py_ssize_t length, Py_ssize_t chunk) noexcept nogil:
+    return (length + chunk - 1) // chunk if length > 0 else 0
+
+
+# ---- planes (channels-first) -----------------------------------------------------------------
+
+cdef inline void plane_chunk_moments(const floating *x, Py_ssize_t S, Py_ssize_t p, Py_ssize_t k,
+                                     double *out) noexcept nogil:
+    """Moments (count, mean, M2) of chunk k of plane p, from zero."""
+    cdef Py_ssize_t off = k * FN_CHUNK
+    cdef Py_ssize_t ln = min(FN_CHUNK, S - off)
+    out[0] = 0
+    out[1] = 0
+    out[2] = 0
+    seg_moments(x + p * S + off, ln, &out[0], &out[1], &out[2])
+
+
+cdef inline void plane_chunk_apply(const floating *x, floating *y, Py_ssize_t S, Py_ssize_t p,
+                                   Py_ssize_t k, Py_ssize_t c, bint ew, floating mh, floating ml,
+                                   floating r, const floating *w, const floating *b,
+                                   int act) noexcept nogil:
+    cdef Py_ssize_t off = k * FN_CHUNK
+    cdef Py_ssize_t ln = min(FN_CHUNK, S - off)
+    if ew:
+        seg_apply_ew(x + p * S + off, y + p * S + off, ln, mh, ml, r, w + off, b + off, act)
+    else:
+        seg_apply(x + p * S + off, y + p * S + off, ln, mh, ml, r * w[c], b[c], act)
+
+
+cdef void planes_unit_fused(const floating *x, floating *y, Py_ssize_t u, Py_ssize_t C,
+                            Py_ssize_t S, Py_ssize_t nb, Py_ssize_t cb, const floating *w,
+                            const floating *b, bint ew, double eps, double *mean_out,
+                            double *rstd_out, int act) noexcept nogil:
+    cdef Py_ssize_t ncb = C // cb, K = nchunks(S, FN_CHUNK)
+    cdef Py_ssize_t n0 = (u // ncb) * nb, c0 = (u % ncb) * cb
+    cdef Py_ssize_t n, c, k, p
+    cdef double un = 0, um = 0, um2 = 0, pn, pm, pm2, r
+    cdef double part[3]
+    cdef floating mh, ml
+    for n in range(n0, n0 + nb):
+        for c in range(c0, c0 + cb):
+            p = n * C + c
+            pn = 0
+            pm = 0
+            pm2 = 0
+            for k in range(K):
+                plane_chunk_moments(x, S, p, k, part)
+                fn_chan_merge(&pn, &pm, &pm2, part[0], part[1], part[2])
+            fn_chan_merge(&un, &um, &um2, pn, pm, pm2)
+    r = 1.0 / sqrt(um2 / un + eps)
+    mean_out[u] = um
+    rstd_out[u] = r
+    split_mean(um, &mh, &ml)
+    for n in range(n0, n0 + nb):
+        for c in range(c0, c0 + cb):
+            p = n * C + c
+            for k in range(K):
+                plane_chunk_apply(x, y, S, p, k, c, ew, mh, ml, <floating>r, w, b, act)
+
+
+def planes_forward(const floating[::1] x, floating[::1] y, Py_ssize_t N, Py_ssize_t C,
+                   Py_ssize_t S, Py_ssize_t nb, Py_ssize_t cb, const floating[::1] w,
+                   const floating[::1] b, bint ew, double eps, double[::1] mean_out,
+                   double[::1] rstd_out, int act, int n_threads, bint fuse):
+    """Training forward over x (N, C, S) in planes.
+
+    x, y : (N*C*S,)            IN x, OUT y (y may be x)
+    w, b : (C,) or (S,) if ew  IN affine, per channel or element-wise
+    mean_out, rstd_out : (U,)  OUT per unit, U = (N/nb) * (C/cb)
+    """
+    cdef Py_ssize_t ncb = C // cb
+    cdef Py_ssize_t U = (N // nb) * ncb, K = nchunks(S, FN_CHUNK)
+    cdef Py_ssize_t P = N * C, items = P * K
+    cdef Py_ssize_t i, u, p, k, n, c, n0, c0
+    cdef double un, um, um2, pn, pm, pm2
+    cdef double[:, ::1] part
+    cdef floating[::1] cmh, cml, cr
+    if U == 0 or S == 0:
+        return
+    if fuse:
+        with nogil:
+            for u in prange(U, schedule="static", num_threads=n_threads):
+                planes_unit_fused(&x[0], &y[0], u, C, S, nb, cb, &w[0], &b[0], ew, eps,
+                                  &mean_out[0], &rstd_out[0], act)
+        return
+    part = np.empty((items, 3), dtype=np.float64)
+    if floating is float:
+        cmh = np.empty(U, dtype=np.float32)
+        cml = np.empty(U, dtype=np.float32)
+        cr = np.empty(U, dtype=np.float32)
+    else:
+        cmh = np.empty(U, dtype=np.float64)
+        cml = np.empty(U, dtype=np.float64)
+        cr = np.empty(U, dtype=np.float64)
+    with nogil:
+        for i in prange(items, schedule="static", num_threads=n_threads):
+            plane_chunk_moments(&x[0], S, i // K, i % K, &part[i, 0])
+        for u in prange(U, schedule="static", num_threads=n_threads):
+            planes_unit_merge(&part[0, 0], u, C, K, nb, cb, eps, &mean_out[0], &rstd_out[0],
+                              &cmh[0], &cml[0], &cr[0])
+        for i in prange(items, schedule="static", num_threads=n_threads):
+            p = i // K
+            c = p % C
+            u = ((p // C) // nb) * ncb + c // cb
+            plane_chunk_apply(&x[0], &y[0], S, p, i % K, c, ew, cmh[u], cml[u], cr[u],
+                              &w[0], &b[0], act)
+
+
+cdef void planes_unit_merge(const double *part, Py_ssize_t u, Py_ssize_t C, Py_ssize_t K,
+                            Py_ssize_t nb, Py_ssize_t cb, double eps, double *mean_out,
+                            double *rstd_out, floating *cmh, floating *cml,
+                            floating *cr) noexcept nogil:
+    cdef Py_ssize_t ncb = C // cb
+    cdef Py_ssize_t n0 = (u // ncb) * nb, c0 = (u % ncb) * cb
+    cdef Py_ssize_t n, c, k, i
+    cdef double un = 0, um = 0, um2 = 0, pn, pm, pm2, r
+    for n in range(n0, n0 + nb):
+        for c in range(c0, c0 + cb):
+            pn = 0
+            pm = 0
+            pm2 = 0
+            for k in range(K):
+                i = (n * C + c) * K + k
+                fn_chan_merge(&pn, &pm, &pm2, part[3 * i], part[3 * i + 1], part[3 * i + 2])
+            fn_chan_merge(&un, &um, &um2, pn, pm, pm2)
+    r = 1.0 / sqrt(um2 / un + eps)
+    mean_out[u] = um
+    rstd_out[u] = r
+    split_mean(um, &cmh[u], &cml[u])
+    cr[u] = <floating>r
+
+
+def planes_apply(const floating[::1] x, floating[::1] y, Py_ssize_t N, Py_ssize_t C,
+                 Py_ssize_t S, const floating[::1] mh, const floating[::1] ml,
+                 const floating[::1] a, const floating[::1] b, bint per_sample, int act,
+                 int n_threads):
+    """y = ((x - mh) - ml) * a + b per plane (n, c); coefficients (C,) or (N*C,) if per_sample."""
+    cdef Py_ssize_t K = nchunks(S, FN_CHUNK), items = N * C * K
+    cdef Py_ssize_t i, p, q, off, ln
+    if items == 0:
+        return
+    with nogil:
+        for i in prange(items, schedule="static", num_threads=n_threads):
+            p = i // K
+            off = (i % K) * FN_CHUNK
+            ln = min(<Py_ssize_t>FN_CHUNK, S - off)
+            q = p if per_sample else p % C
+            seg_apply(&x[p * S + off], &y[p * S + off], ln, mh[q], ml[q], a[q], b[q], act)
+
+
+cdef inline void plane_chunk_bwd_sums(const floating *dy, const floating *x, Py_ssize_t S,
+                                      Py_ssize_t p, Py_ssize_t k, floating mh, floating ml,
+                                      double *out) noexcept nogil:
+    cdef Py_ssize_t off = k * FN_CHUNK
+    cdef Py_ssize_t ln = min(FN_CHUNK, S - off)
+    out[0] = 0
+    out[1] = 0
+    seg_bwd_sums(dy + p * S + off, x + p * S + off, ln, mh, ml, &out[0], &out[1])
+
+
+cdef void planes_unit_bwd_coef(const double *psum, Py_ssize_t u, Py_ssize_t C, Py_ssize_t S,
+                               Py_ssize_t nb, Py_ssize_t cb, const floating *w,
+                               const double *rstd, floating *cQ, floating *cB) noexcept nogil:
+    """From per-plane (sum dy, sum dy*(x-m)), the unit's dx coefficients Q and B.
+
+    dx = r * (g - mean(g) - xhat * mean(g * xhat)), g = dy * w, is applied as
+    dx = (dy * P - Q) * R + (x - m) * B with B = -r^3 mean(g * (x - m)) and, for a unit of
+    one channel, P = 1, Q = mean(dy), R = r * w; else P = w, Q = mean(g), R = r.
+    """
+    cdef Py_ssize_t ncb = C // cb
+    cdef Py_ssize_t n0 = (u // ncb) * nb, c0 = (u % ncb) * cb
+    cdef Py_ssize_t n, c, p
+    cdef double sg = 0, sgx = 0, sdy = 0, r = rstd[u], cnt = <double>(nb * cb * S)
+    for n in range(n0, n0 + nb):
+        for c in range(c0, c0 + cb):
+            p = n * C + c
+            sdy = sdy + psum[2 * p]
+            sg = sg + <double>w[c] * psum[2 * p]
+            sgx = sgx + <double>w[c] * psum[2 * p + 1]
+    cB[u] = <floating>(-r * r * r * sgx / cnt)
+    cQ[u] = <floating>((sdy if cb == 1 else sg) / cnt)
+
+
+cdef inline void plane_chunk_bwd_apply(const floating *dy, const floating *x, floating *dx,
+                                       Py_ssize_t S, Py_ssize_t p, Py_ssize_t k, Py_ssize_t u,
+                                       Py_ssize_t c, Py_ssize_t cb, const floating *w,
+                                       const double *rstd, const floating *mh,
+                                       const floating *ml, const floating *cQ,
+                                       const floating *cB) noexcept nogil:
+    cdef Py_ssize_t off = k * FN_CHUNK
+    cdef Py_ssize_t ln = min(FN_CHUNK, S - off)
+    cdef floating r = <floating>rstd[u]
+    if cb == 1:
+        seg_bwd_apply(dy + p * S + off, x + p * S + off, dx + p * S + off, ln, 1, cQ[u],
+                      r * w[c], mh[u], ml[u], cB[u])
+    else:
+        seg_bwd_apply(dy + p * S + off, x + p * S + off, dx + p * S + off, ln, w[c], cQ[u],
+                      r, mh[u], ml[u], cB[u])
+
+
+cdef void planes_unit_bwd_fused(const floating *dy, const floating *x, floating *dx,
+                                Py_ssize_t u, Py_ssize_t C, Py_ssize_t S, Py_ssize_t nb,
+                                Py_ssize_t cb, const floating *w, const floating *mh,
+                                const floating *ml, const double *rstd, double *psum,
+                                floating *cQ, floating *cB) noexcept nogil:
+    cdef Py_ssize_t ncb = C // cb, K = nchunks(S, FN_CHUNK)
+    cdef Py_ssize_t n0 = (u // ncb) * nb, c0 = (u % ncb) * cb
+    cdef Py_ssize_t n, c, k, p
+    cdef double part[2]
+    for n in range(n0, n0 + nb):
+        for c in range(c0, c0 + cb):
+            p = n * C + c
+            psum[2 * p] = 0
+            psum[2 * p + 1] = 0
+            for k in range(K):
+                plane_chunk_bwd_sums(dy, x, S, p, k, mh[u], ml[u], part)
+                psum[2 * p] += part[0]
+                psum[2 * p + 1] += part[1]
+    planes_unit_bwd_coef(psum, u, C, S, nb, cb, w, rstd, cQ, cB)
+    for n in range(n0, n0 + nb):
+        for c in range(c0, c0 + cb):
+            for k in range(K):
+                plane_chunk_bwd_apply(dy, x, dx, S, n * C + c, k, u, c, cb, w, rstd, mh, ml,
+                                      cQ, cB)
+
+
+def planes_backward(const floating[::1] dy, const floating[::1] x, floating[::1] dx,
+                    Py_ssize_t N, Py_ssize_t C, Py_ssize_t S, Py_ssize_t nb, Py_ssize_t cb,
+                    const floating[::1] w, const double[::1] mean, const double[::1] rstd,
+                    double[::1] dweight, double[::1] dbias, int n_threads, bint fuse):
+    """Backward over planes (batch / instance / group norm, channels-first).
+
+    dy, x, dx : (N*C*S,)      IN dy, x; OUT dx (dx may alias dy or x)
+    w : (C,)                  IN weight (ones when the op has none)
+    mean, rstd : (U,)         IN saved statistics per unit
+    dweight, dbias : (C,)     OUT, float64
+    """
+    cdef Py_ssize_t ncb = C // cb
+    cdef Py_ssize_t U = (N // nb) * ncb, K = nchunks(S, FN_CHUNK)
+    cdef Py_ssize_t P = N * C, items = P * K
+    cdef Py_ssize_t i, u, p, k, n, c
+    cdef double[::1] psum = np.zeros(2 * P, dtype=np.float64)
+    cdef double[:, ::1] part
+    cdef double sdy, sdyx
+    dt = np.float32 if floating is float else np.float64
+    cdef floating[::1] cmh = np.empty(U, dtype=dt)
+    cdef floating[::1] cml = np.empty(U, dtype=dt)
+    cdef floating[::1] cQ = np.empty(U, dtype=dt)
+    cdef floating[::1] cB = np.empty(U, dtype=dt)
+    if U == 0 or S == 0:
+        dweight[:] = 0
+        dbias[:] = 0
+        return
+    for u in range(U):
+        split_mean(mean[u], &cmh[u], &cml[u])
+    if fuse:
+        with nogil:
+            for u in prange(U, schedule="static", num_threads=n_threads):
+                planes_unit_bwd_fused(&dy[0], &x[0], &dx[0], u, C, S, nb, cb, &w[0], &cmh[0],
+                                      &cml[0], &rstd[0], &psum[0], &cQ[0], &cB[0])
+    else:
+        part = np.empty((items, 2), dtype=np.float64)
+        with nogil:
+            for i in prange(items, schedule="static", num_threads=n_threads):
+                p = i // K
+                u = ((p // C) // nb) * ncb + (p % C) // cb
+                plane_chunk_bwd_sums(&dy[0], &x[0], S, p, i % K, cmh[u], cml[u], &part[i, 0])
+            for p in prange(P, schedule="static", num_threads=n_threads):
+                sdy = 0
+                sdyx = 0
+                for k in range(K):
+                    sdy = sdy + part[p * K + k, 0]
+                    sdyx = sdyx + part[p * K + k, 1]
+                psum[2 * p] = sdy
+                psum[2 * p + 1] = sdyx
+            for u in prange(U, schedule="static", num_threads=n_threads):
+                planes_unit_bwd_coef(&psum[0], u, C, S, nb, cb, &w[0], &rstd[0], &cQ[0],
+                                     &cB[0])
+            for i in prange(items, schedule="static", num_threads=n_threads):
+                p = i // K
+                c = p % C
+                u = ((p // C) // nb) * ncb + c // cb
+                plane_chunk_bwd_apply(&dy[0], &x[0], &dx[0], S, p, i % K, u, c, cb, &w[0],
+                                      &rstd[0], &cmh[0], &cml[0], &cQ[0], &cB[0])
+    # dweight[c] = sum_n r * sum(dy * (x - m)), dbias[c] = sum_n sum(dy), n in order
+    for c in range(C):
+        sdy = 0
+        sdyx = 0
+        for n in range(N):
+            p = n * C + c
+            u = (n // nb) * ncb + c // cb
+            sdy += psum[2 * p]
+            sdyx += psum[2 * p + 1] * rstd[u]
+        dweight[c] = sdyx
+        dbias[c] = sdy
+
+
+# ---- layer norm backward (rows with element-wise affine) -------------------------------------
+
+def rowblock_rows(Py_ssize_t M, Py_ssize_t D):
+    """Rows per dweight partial: fixed by the shape alone."""
+    cdef Py_ssize_t rb = max(1, (ROWBLOCK_ELEMS + D - 1) // D) if D > 0 else 1
+    return max(rb, (M + MAX_ROWBLOCKS - 1) // MAX_ROWBLOCKS)
+
+
+cdef void rows_block_bwd(const floating *dy, const floating *x, floating *dx, Py_ssize_t q,
+                         Py_ssize_t M, Py_ssize_t D, Py_ssize_t RB, const floating *w,
+                         const double *mean, const double *rstd, double *dwb,
+                         double *dbb) noexcept nogil:
+    cdef Py_ssize_t i, j
+    cdef double sg, sgx, r, m
+    cdef floating mh, ml
+    for j in range(D):
+        dwb[j] = 0
+        dbb[j] = 0
+    for i in range(q * RB, min(M, (q + 1) * RB)):
+        m = mean[i]
+        r = rstd[i]
+        sg = 0
+        sgx = 0
+        if floating is float:
+            fn_row_bwd_sums_ew_f32(dy + i * D, x + i * D, D, m, r, w, &sg, &sgx, dwb, dbb)
+        else:
+            fn_row_bwd_sums_ew_f64(dy + i * D, x + i * D, D, m, r, w, &sg, &sgx, dwb, dbb)
+        split_mean(m, &mh, &ml)
+        if floating is float:
+            fn_row_bwd_apply_ew_f32(dy + i * D, x + i * D, dx + i * D, D, w, <float>(sg / D),
+                                    <float>r, mh, ml, <float>(-r * r * r * sgx / D))
+        else:
+            fn_row_bwd_apply_ew_f64(dy + i * D, x + i * D, dx + i * D, D, w, sg / D, r, mh, ml,
+                                    -r * r * r * sgx / D)
+
+
+def rows_backward(const floating[::1] dy, const floating[::1] x, floating[::1] dx,
+                  Py_ssize_t M, Py_ssize_t D, const floating[::1] w, const double[::1] mean,
+                  const double[::1] rstd, double[::1] dweight, double[::1] dbias, int n_threads):
+    """Layer norm backward over rows (M, D); one pass per row, the row still in L1/L2 for dx.
+
+    dweight/dbias partials are kept per block of RB rows (RB fixed by the shape) and summed
+    in block order, so the result does not depend on the thread count.
+    """
+    cdef Py_ssize_t RB = rowblock_rows(M, D)
+    cdef Py_ssize_t Q = (M + RB - 1) // RB
+    cdef Py_ssize_t q, j
+    cdef double[:, ::1] dwb = np.empty((max(Q, 1), D), dtype=np.float64)
+    cdef double[:, ::1] dbb = np.empty((max(Q, 1), D), dtype=np.float64)
+    cdef double s1, s2
+    if M == 0 or D == 0:
+        dweight[:] = 0
+        dbias[:] = 0
+        return
+    with nogil:
+        for q in prange(Q, schedule="static", num_threads=n_threads):
+            rows_block_bwd(&dy[0], &x[0], &dx[0], q, M, D, RB, &w[0], &mean[0], &rstd[0],
+                           &dwb[q, 0], &dbb[q, 0])
+        for j in prange(D, schedule="static", num_threads=n_threads):
+            s1 = 0
+            s2 = 0
+            for q in range(Q):
+                s1 = s1 + dwb[q, j]
+                s2 = s2 + dbb[q, j]
+            dweight[j] = s1
+            dbias[j] = s2
+
+
+# ---- cols (channels-last) ----------------------------------------------------------------------
+
+cdef inline void cols_chunk_moments(const floating *x, Py_ssize_t R, Py_ssize_t C, Py_ssize_t rb,
+                                    Py_ssize_t g, Py_ssize_t k, floating *scr, double *bm,
+                                    double *bm2, double *mean, double *m2) noexcept nogil:
+    """Per-column moments of chunk k (rows [k*CHR, ...)) of unit g, from zero."""
+    cdef Py_ssize_t chr_ = rb * CHUNK_BLOCKS, r0 = k * chr_
+    cdef Py_ssize_t ln = min(chr_, R - r0), c
+    cdef double cnt = 0
+    for c in range(C):
+        mean[c] = 0
+        m2[c] = 0
+    seg_col_moments(x + (g * R + r0) * C, ln, C, rb, scr, bm, bm2, &cnt, mean, m2)
+
+
+cdef void cols_unit_coef(Py_ssize_t g, Py_ssize_t R, Py_ssize_t C, Py_ssize_t cg,
+                         const double *mean, const double *m2, const floating *w,
+                         const floating *b, double eps, double *mean_out, double *rstd_out,
+                         floating *mh, floating *ml, floating *a, floating *bb) noexcept nogil:
+    """Per-column (R rows each) moments of unit g -> group stats and per-column coefficients."""
+    cdef Py_ssize_t G = C // cg, j, c
+    cdef double n, m, s, r
+    for j in range(G):
+        n = 0
+        m = 0
+        s = 0
+        for c in range(j * cg, (j + 1) * cg):
+            fn_chan_merge(&n, &m, &s, <double>R, mean[c], m2[c])
+        r = 1.0 / sqrt(s / n + eps)
+        mean_out[g * G + j] = m
+        rstd_out[g * G + j] = r
+        for c in range(j * cg, (j + 1) * cg):
+            split_mean(m, &mh[c], &ml[c])
+            a[c] = <floating>(r * <double>w[c])
+            bb[c] = b[c]
+
+
+def cols_forward(const floating[::1] x, floating[::1] y, Py_ssize_t G0, Py_ssize_t R,
+                 Py_ssize_t C, Py_ssize_t cg, const floating[::1] w, const floating[::1] b,
+                 double eps, double[::1] mean_out, double[::1] rstd_out, int act,
+                 int n_threads, bint fuse):
+    """Training forward over channels-last x (G0, R, C), statistics per (g0, group of cg columns).
+
+    mean_out, rstd_out : (G0 * C/cg,)   OUT
+    """
+    cdef Py_ssize_t rb = cols_block_rows(C)
+    cdef Py_ssize_t chr_ = rb * CHUNK_BLOCKS, K = nchunks(R, chr_), items = G0 * K
+    cdef Py_ssize_t nt = max(1, n_threads)
+    cdef Py_ssize_t i, g, k, t, r0, ln
+    cdef double cnt
+    dt = np.float32 if floating is float else np.float64
+    # per-thread scratch: 5C (block) + 4C (coefficients) of T; 4C doubles
+    cdef floating[:, ::1] tsc = np.empty((nt, 9 * max(C, 1)), dtype=dt)
+    cdef double[:, ::1] tsd = np.empty((nt, 6 * max(C, 1)), dtype=np.float64)
+    cdef double[:, ::1] part
+    cdef floating[:, ::1] coef
+    cdef floating *sc
+    cdef double *sd
+    if items == 0 or C == 0:
+        return
+    if fuse:
+        with nogil, parallel(num_threads=n_threads):
+            t = threadid()
+            sc = &tsc[t, 0]
+            sd = &tsd[t, 0]
+            for g in prange(G0, schedule="static"):
+                cols_unit_fused(&x[0], &y[0], g, R, C, cg, rb, K, sc, sd, &w[0], &b[0], eps,
+                                &mean_out[0], &rstd_out[0], act)
+        return
+    part = np.empty((items, 2 * C), dtype=np.float64)
+    coef = np.empty((G0, 4 * C), dtype=dt)
+    with nogil:
+        with parallel(num_threads=n_threads):
+            t = threadid()
+            sc = &tsc[t, 0]
+            sd = &tsd[t, 0]
+            for i in prange(items, schedule="static"):
+                cols_chunk_moments(&x[0], R, C, rb, i // K, i % K, sc, sd, sd + C,
+                                   &part[i, 0], &part[i, C])
+        with parallel(num_threads=n_threads):
+            t = threadid()
+            sd = &tsd[t, 0]
+            for g in prange(G0, schedule="static"):
+                cols_unit_merge(&part[0, 0], g, R, C, cg, rb, K, sd, &w[0], &b[0], eps,
+                                &mean_out[0], &rstd_out[0], &coef[g, 0])
+        for i in prange(items, schedule="static", num_threads=n_threads):
+            g = i // K
+            r0 = (i % K) * chr_
+            ln = min(chr_, R - r0)
+            rows_apply(&x[(g * R + r0) * C], &y[(g * R + r0) * C], ln, C, &coef[g, 0],
+                       &coef[g, C], &coef[g, 2 * C], &coef[g, 3 * C], act)
+
+
+cdef void cols_unit_merge(const double *part, Py_ssize_t g, Py_ssize_t R, Py_ssize_t C,
+                          Py_ssize_t cg, Py_ssize_t rb, Py_ssize_t K, double *sd,
+                          const floating *w, const floating *b, double eps, double *mean_out,
+                          double *rstd_out, floating *coef) noexcept nogil:
+    cdef Py_ssize_t chr_ = rb * CHUNK_BLOCKS, k, c, i
+    cdef double cnt = 0
+    cdef double *m = sd
+    cdef double *m2 = sd + C
+    for c in range(C):
+        m[c] = 0
+        m2[c] = 0
+    for k in range(K):
+        i = g * K + k
+        fn_chan_merge_vec(&cnt, m, m2, C, <double>min(chr_, R - k * chr_), part + i * 2 * C,
+                          part + i * 2 * C + C)
+    cols_unit_coef(g, R, C, cg, m, m2, w, b, eps, mean_out, rstd_out, coef, coef + C,
+                   coef + 2 * C, coef + 3 * C)
+
+
+cdef void cols_unit_fused(const floating *x, floating *y, Py_ssize_t g, Py_ssize_t R,
+                          Py_ssize_t C, Py_ssize_t cg, Py_ssize_t rb, Py_ssize_t K,
+                          floating *sc, double *sd, const floating *w, const floating *b,
+                          double eps, double *mean_out, double *rstd_out, int act) noexcept nogil:
+    cdef Py_ssize_t chr_ = rb * CHUNK_BLOCKS, k, c
+    cdef double cnt = 0
+    cdef double *m = sd
+    cdef double *m2 = sd + C
+    cdef double *pm = sd + 2 * C
+    cdef double *pm2 = sd + 3 * C
+    cdef floating *coef = sc + 5 * C
+    for c in range(C):
+        m[c] = 0
+        m2[c] = 0
+    for k in range(K):
+        cols_chunk_moments(x, R, C, rb, g, k, sc, sd + 4 * C, sd + 5 * C, pm, pm2)
+        fn_chan_merge_vec(&cnt, m, m2, C, <double>min(chr_, R - k * chr_), pm, pm2)
+    cols_unit_coef(g, R, C, cg, m, m2, w, b, eps, mean_out, rstd_out, coef, coef + C,
+                   coef + 2 * C, coef + 3 * C)
+    rows_apply(x + g * R * C, y + g * R * C, R, C, coef, coef + C, coef + 2 * C, coef + 3 * C,
+               act)
+
+
+def cols_apply(const floating[::1] x, floating[::1] y, Py_ssize_t G0, Py_ssize_t R,
+               Py_ssize_t C, const floating[::1] mh, const floating[::1] ml,
+               const floating[::1] a, const floating[::1] b, bint per_unit, int act,
+               int n_threads):
+    """y[g, r, c] = ((x - mh) - ml) * a + b; coefficients (C,) or (G0*C,) if per_unit."""
+    cdef Py_ssize_t rb = cols_block_rows(C)
+    cdef Py_ssize_t chr_ = rb * CHUNK_BLOCKS, K = nchunks(R, chr_), items = G0 * K
+    cdef Py_ssize_t i, g, q, r0, ln
+    if items == 0 or C == 0:
+        return
+    with nogil:
+        for i in prange(items, schedule="static", num_threads=n_threads):
+            g = i // K
+            q = g * C if per_unit else 0
+            r0 = (i % K) * chr_
+            ln = min(chr_, R - r0)
+            rows_apply(&x[(g * R + r0) * C], &y[(g * R + r0) * C], ln, C, &mh[q], &ml[q],
+                       &a[q], &b[q], act)
+
+
+cdef void cols_chunk_bwd_sums(const floating *dy, const floating *x, Py_ssize_t R, Py_ssize_t C,
+                              Py_ssize_t rb, Py_ssize_t g, Py_ssize_t k, const floating *mh,
+                              const floating *ml, floating *scr, double *sdy,
+                              double *sdyx) noexcept nogil:
+    cdef Py_ssize_t chr_ = rb * CHUNK_BLOCKS, r0 = k * chr_
+    cdef Py_ssize_t end = min(r0 + chr_, R), r, c, off
+    for c in range(C):
+        sdy[c] = 0
+        sdyx[c] = 0
+    r = r0
+    while r < end:
+        off = (g * R + r) * C
+        rows_bwd_sums(dy + off, x + off, min(rb, end - r), C, mh, ml, scr, sdy, sdyx)
+        r += rb
+
+
+cdef void cols_unit_bwd_coef(Py_ssize_t g, Py_ssize_t R, Py_ssize_t C, Py_ssize_t cg,
+                             const double *psum, const floating *w, const double *rstd,
+                             floating *coef) noexcept nogil:
+    """coef rows (each C): mh, ml, P, Q, R, B. Fills Q and B from the unit's column sums
+    (the form is planes_unit_bwd_coef's)."""
+    cdef Py_ssize_t G = C // cg, j, c
+    cdef double sg, sgx, r, cnt = <double>(R * cg)
+    for j in range(G):
+        sg = 0
+        sgx = 0
+        for c in range(j * cg, (j + 1) * cg):
+            sg = sg + <double>w[c] * psum[c]
+            sgx = sgx + <double>w[c] * psum[C + c]
+        r = rstd[g * G + j]
+        for c in range(j * cg, (j + 1) * cg):
+            coef[3 * C + c] = <floating>((psum[c] if cg == 1 else sg) / cnt)
+            coef[5 * C + c] = <floating>(-r * r * r * sgx / cnt)
+
+
+def cols_backward(const floating[::1] dy, const floating[::1] x, floating[::1] dx,
+                  Py_ssize_t G0, Py_ssize_t R, Py_ssize_t C, Py_ssize_t cg,
+                  const floating[::1] w, const double[::1] mean, const double[::1] rstd,
+                  double[::1] dweight, double[::1] dbias, int n_threads, bint fuse):
+    """Backward over channels-last (G0, R, C), statistics per (g0, group of cg columns).
+
+    mean, rstd : (G0 * C/cg,)   IN saved statistics
+    dweight, dbias : (C,)       OUT, float64
+    """
+    cdef Py_ssize_t rb = cols_block_rows(C), G = C // cg
+    cdef Py_ssize_t chr_ = rb * CHUNK_BLOCKS, K = nchunks(R, chr_), items = G0 * K
+    cdef Py_ssize_t nt = max(1, n_threads)
+    cdef Py_ssize_t i, g, k, c, t, r0, ln, u
+    cdef double s1, s2
+    dt = np.float32 if floating is float else np.float64
+    cdef floating[:, ::1] tsc = np.empty((nt, 2 * max(C, 1)), dtype=dt)
+    cdef double[:, ::1] tsd = np.empty((nt, 2 * max(C, 1)), dtype=np.float64)
+    cdef floating[:, ::1] coef = np.empty((max(G0, 1), 6 * max(C, 1)), dtype=dt)
+    cdef double[:, ::1] psum = np.zeros((max(G0, 1), 2 * max(C, 1)), dtype=np.float64)
+    cdef double[:, ::1] part
+    cdef floating *sc
+    cdef double *sd
+    if items == 0 or C == 0:
+        dweight[:] = 0
+        dbias[:] = 0
+        return
+    for g in range(G0):
+        for c in range(C):
+            u = g * G + c // cg
+            split_mean(mean[u], &coef[g, c], &coef[g, C + c])
+            if cg == 1:
+                coef[g, 2 * C + c] = 1
+                coef[g, 4 * C + c] = <floating>(rstd[u] * <double>w[c])
+            else:
+                coef[g, 2 * C + c] = w[c]
+                coef[g, 4 * C + c] = <floating>rstd[u]
+    if fuse:
+        with nogil, parallel(num_threads=n_threads):
+            t = threadid()
+            sc = &tsc[t, 0]
+            sd = &tsd[t, 0]
+            for g in prange(G0, schedule="static"):
+                cols_unit_bwd_fused(&dy[0], &x[0], &dx[0], g, R, C, cg, rb, K, sc, sd, &w[0],
+                                    &rstd[0], &psum[g, 0], &coef[g, 0])
+    else:
+        part = np.empty((items, 2 * C), dtype=np.float64)
+        with nogil:
+            with parallel(num_threads=n_threads):
+                sc = &tsc[threadid(), 0]
+                for i in prange(items, schedule="static"):
+                    g = i // K
+                    cols_chunk_bwd_sums(&dy[0], &x[0], R, C, rb, g, i % K, &coef[g, 0],
+                                        &coef[g, C], sc, &part[i, 0], &part[i, C])
+            for g in prange(G0, schedule="static", num_threads=n_threads):
+                cols_unit_bwd_merge(&part[0, 0], g, K, C, &psum[g, 0])
+                cols_unit_bwd_coef(g, R, C, cg, &psum[g, 0], &w[0], &rstd[0], &coef[g, 0])
+            for i in prange(items, schedule="static", num_threads=n_threads):
+                g = i // K
+                r0 = (i % K) * chr_
+                ln = min(chr_, R - r0)
+                rows_bwd_apply(&dy[(g * R + r0) * C], &x[(g * R + r0) * C],
+                               &dx[(g * R + r0) * C], ln, C, &coef[g, 2 * C], &coef[g, 3 * C],
+                               &coef[g, 4 * C], &coef[g, 0], &coef[g, C], &coef[g, 5 * C])
+    for c in range(C):
+        s1 = 0
+        s2 = 0
+        for g in range(G0):
+            s1 += psum[g, C + c] * rstd[g * G + c // cg]
+            s2 += psum[g, c]
+        dweight[c] = s1
+        dbias[c] = s2
+
+
+cdef void cols_unit_bwd_merge(const double *part, Py_ssize_t g, Py_ssize_t K, Py_ssize_t C,
+                              double *psum) noexcept nogil:
+    cdef Py_ssize_t k, c
+    cdef const double *q
+    for c in range(2 * C):
+        psum[c] = 0
+    for k in range(K):
+        q = part + (g * K + k) * 2 * C
+        for c in range(2 * C):
+            psum[c] += q[c]
+
+
+cdef void cols_unit_bwd_fused(const floating *dy, const floating *x, floating *dx,
+                              Py_ssize_t g, Py_ssize_t R, Py_ssize_t C, Py_ssize_t cg,
+                              Py_ssize_t rb, Py_ssize_t K, floating *sc, double *sd,
+                              const floating *w, const double *rstd, double *psum,
+                              floating *coef) noexcept nogil:
+    cdef Py_ssize_t k, c
+    for c in range(2 * C):
+        psum[c] = 0
+    for k in range(K):
+        cols_chunk_bwd_sums(dy, x, R, C, rb, g, k, coef, coef + C, sc, sd, sd + C)
+        for c in range(2 * C):
+            psum[c] += sd[c]
+    cols_unit_bwd_coef(g, R, C, cg, psum, w, rstd, coef)
+    rows_bwd_apply(dy + g * R * C, x + g * R * C, dx + g * R * C, R, C, coef + 2 * C,
+                   coef + 3 * C, coef + 4 * C, coef, coef + C, coef + 5 * C)

@@ -1,0 +1,366 @@
+"""The normalization ops: training forwards (returning saved statistics), backwards, and
+PyTorch-style convenience forwards.
+
+Shapes: ``layout="NCHW"`` means channels at axis 1, ``"NHWC"`` channels last; both apply to any
+rank >= 2, e.g. ``(N, C)``, ``(N, C, L)``, ``(N, C, H, W)``, ``(N, C, D, H, W)``. ``mean`` and
+``rstd`` are float64; ``rstd = 1 / sqrt(var + eps)`` with the biased variance.
+"""
+import numpy as np
+
+from fastnorm import _dispatch as D
+from fastnorm._kernels import _norm as K
+
+__all__ = [
+    "batch_norm_forward", "batch_norm_backward", "batch_norm",
+    "instance_norm_forward", "instance_norm_backward", "instance_norm",
+    "group_norm_forward", "group_norm_backward", "group_norm",
+    "layer_norm_forward", "layer_norm_backward", "layer_norm",
+]
+
+
+# ---- shared drivers for the channel ops (batch / instance / group) ---------------------------
+
+def _units(op, plan, G):
+    """Kernel unit parameters: planes (nb, cb) or cols (G0, R, cg), and the stats shape."""
+    N, C, S = plan.N, plan.C, plan.S
+    if op == "batch":
+        return (N, 1), (1, N * S, 1), (C,)
+    if op == "instance":
+        return (1, 1), (N, S, 1), (N, C)
+    return (1, C // G), (N, S, C // G), (N, G)
+
+
+def _channel_forward(op, x, num_groups, weight, bias, eps, layout, out, act=0):
+    x, ct, ot = D.input_array(x)
+    layout = D.check_layout(layout)
+    eps = D.check_eps(eps)
+    plan = D.Plan(x, layout)
+    N, C, S = plan.N, plan.C, plan.S
+    G = D.num_groups_of(num_groups, C) if op == "group" else None
+    w = D.param_array(weight, "weight", (C,), ct, 1)
+    b = D.param_array(bias, "bias", (C,), ct, 0)
+    out = D.check_out(out, x.shape, ot, [(x, "x"), (weight, "weight"), (bias, "bias")])
+    (nb, cb), (G0, R, cg), sshape = _units(op, plan, G)
+    if op == "batch" and N * S == 1:
+        raise ValueError(
+            f"Expected more than 1 value per channel when training, got x of shape {x.shape}")
+    nstat = int(np.prod(sshape))
+    mean = np.empty(nstat, dtype=np.float64)
+    rstd = np.empty(nstat, dtype=np.float64)
+    if x.size == 0:
+        mean.fill(np.nan)  # statistics of an empty set
+        rstd.fill(np.nan)
+        y = out if out is not None else np.empty(x.shape, dtype=ot)
+        return y, mean.reshape(sshape), rstd.reshape(sshape)
+    xf = plan.flat(x, ct)
+    yf, finish = D.output(plan, ct, ot, out)
+    nt = D.threads()
+    if plan.kind == "planes":
+        U = (N // nb) * (C // cb)
+        K.planes_forward(xf, yf, N, C, S, nb, cb, w, b, False, eps, mean, rstd, act, nt,
+                         D.use_fused(U, nt))
+    else:
+        K.cols_forward(xf, yf, G0, R, C, cg, w, b, eps, mean, rstd, act, nt,
+                       D.use_fused(G0, nt))
+    return finish(), mean.reshape(sshape), rstd.reshape(sshape)
+
+
+def _channel_backward(op, dy, x, mean, rstd, num_groups, weight, layout, out):
+    x, ct, ot = D.input_array(x)
+    dy = D.check_same(dy, x, "dy")
+    layout = D.check_layout(layout)
+    plan = D.Plan(x, layout)
+    N, C, S = plan.N, plan.C, plan.S
+    G = D.num_groups_of(num_groups, C) if op == "group" else None
+    (nb, cb), (G0, R, cg), sshape = _units(op, plan, G)
+    m = D.stats_array(mean, "mean", sshape)
+    r = D.stats_array(rstd, "rstd", sshape)
+    w = D.param_array(weight, "weight", (C,), ct, 1)
+    out = D.check_out(out, x.shape, ot, [(dy, "dy"), (x, "x"), (mean, "mean"),
+                                         (rstd, "rstd"), (weight, "weight")])
+    dweight = np.zeros(C, dtype=np.float64)
+    dbias = np.zeros(C, dtype=np.float64)
+    if x.size == 0:
+        dx = out if out is not None else np.empty(x.shape, dtype=ot)
+        return dx, dweight.astype(ct), dbias.astype(ct)
+    xf = plan.flat(x, ct)
+    dyf = plan.flat(dy, ct)
+    dxf, finish = D.output(plan, ct, ot, out)
+    nt = D.threads()
+    if plan.kind == "planes":
+        U = (N // nb) * (C // cb)
+        K.planes_backward(dyf, xf, dxf, N, C, S, nb, cb, w, m, r, dweight, dbias, nt,
+                          D.use_fused(U, nt))
+    else:
+        K.cols_backward(dyf, xf, dxf, G0, R, C, cg, w, m, r, dweight, dbias, nt,
+                        D.use_fused(G0, nt))
+    return finish(), dweight.astype(ct), dbias.astype(ct)
+
+
+def _apply_channels(x, mean, var, weight, bias, eps, layout, out, act, per_sample=False):
+    """y = (x - mean) / sqrt(var + eps) * weight + bias with given per-channel statistics:
+    one fused pass (batch norm inference, instance norm with running stats)."""
+    x, ct, ot = D.input_array(x)
+    plan = D.Plan(x, layout)
+    C = plan.C
+    m = D.param_array(mean, "running_mean", (C,), np.float64, 0)
+    v = D.param_array(var, "running_var", (C,), np.float64, 1)
+    w = D.param_array(weight, "weight", (C,), np.float64, 1)
+    b = D.param_array(bias, "bias", (C,), ct, 0)
+    out = D.check_out(out, x.shape, ot, [(x, "x"), (weight, "weight"), (bias, "bias"),
+                                         (mean, "running_mean"), (var, "running_var")])
+    if x.size == 0:
+        return out if out is not None else np.empty(x.shape, dtype=ot)
+    mh = m.astype(ct)
+    ml = (m - mh.astype(np.float64)).astype(ct)
+    a = (w / np.sqrt(v + eps)).astype(ct)
+    xf = plan.flat(x, ct)
+    yf, finish = D.output(plan, ct, ot, out)
+    nt = D.threads()
+    if plan.kind == "planes":
+        K.planes_apply(xf, yf, plan.N, C, plan.S, mh, ml, a, b, False, act, nt)
+    else:
+        K.cols_apply(xf, yf, 1, plan.N * plan.S, C, mh, ml, a, b, False, act, nt)
+    return finish()
+
+
+def _update_running(running_mean, running_var, mean, var, count, momentum):
+    """PyTorch convention: running = (1 - momentum) * running + momentum * batch, with the
+    unbiased (n / (n - 1)) variance going into running_var."""
+    for name, buf in (("running_mean", running_mean), ("running_var", running_var)):
+        if not isinstance(buf, np.ndarray) or buf.dtype.kind != "f":
+            raise TypeError(f"{name} must be a floating numpy array to be updated in place")
+        if not buf.flags.writeable:
+            raise ValueError(f"{name} must be writeable to be updated in place")
+        if buf.shape != mean.shape:
+            raise ValueError(f"{name} must have shape {mean.shape}, got {buf.shape}")
+    if count == 0:
+        return
+    unbiased = var * (count / (count - 1)) if count > 1 else var
+    running_mean[...] = (1 - momentum) * running_mean + momentum * mean
+    running_var[...] = (1 - momentum) * running_var + momentum * unbiased
+
+
+def _check_momentum(momentum):
+    if momentum is None:
+        raise ValueError(
+            "momentum=None (cumulative average) needs a batch counter: use fastnorm.nn layers, "
+            "or pass momentum = 1 / num_batches_tracked")
+    if isinstance(momentum, bool) or not isinstance(momentum, (int, float, np.floating)):
+        raise TypeError(f"momentum must be a float, got {type(momentum).__name__}")
+    momentum = float(momentum)
+    if not 0.0 <= momentum <= 1.0:
+        raise ValueError(f"momentum must be in [0, 1], got {momentum}")
+    return momentum
+
+
+# ---- batch norm ------------------------------------------------------------------------------
+
+def batch_norm_forward(x, weight=None, bias=None, *, eps=1e-5, layout="NCHW", out=None):
+    """Training-mode batch normalization: statistics per channel over all other axes.
+
+    Parameters
+    ----------
+    x : ndarray, (N, C, *spatial) for ``layout="NCHW"`` or (N, *spatial, C) for ``"NHWC"``
+    weight, bias : ndarray (C,), optional
+    eps : float > 0
+    out : ndarray shaped like x, optional (may be x itself)
+
+    Returns
+    -------
+    y : ndarray shaped like x
+    mean, rstd : float64 ndarrays (C,)
+    """
+    return _channel_forward("batch", x, None, weight, bias, eps, layout, out)
+
+
+def batch_norm_backward(dy, x, mean, rstd, weight=None, *, training=True, layout="NCHW",
+                        out=None):
+    """Backward of :func:`batch_norm_forward`: returns ``(dx, dweight, dbias)``.
+
+    ``mean``/``rstd`` (C,) are the saved statistics. With ``training=False`` they are treated as
+    constants (running statistics in eval mode): ``dx = dy * weight * rstd``.
+    """
+    dx, dw, db = _channel_backward("batch", dy, x, mean, rstd, None, weight, layout, out)
+    if not training and x is not None and np.size(dx):
+        w = D.param_array(weight, "weight", dw.shape, np.float64, 1)
+        zero = np.zeros(dw.shape[0])
+        r = np.ascontiguousarray(rstd, dtype=np.float64)
+        _apply_channels(dy, zero, 1.0 / (r * r), w, None, 0.0, D.check_layout(layout), dx, 0)
+    return dx, dw, db
+
+
+def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, *,
+               training=False, momentum=0.1, eps=1e-5, layout="NCHW", activation=None,
+               out=None):
+    """Batch normalization in PyTorch's argument order.
+
+    In training (or without running buffers) the batch statistics are used and, when
+    ``running_mean``/``running_var`` are given, updated in place with ``momentum`` and the
+    unbiased variance. Otherwise the running statistics normalize in one fused pass
+    ``y = x * a + b``; ``activation`` ("relu", "silu", "gelu") is fused into that pass.
+    """
+    eps = D.check_eps(eps)
+    layout = D.check_layout(layout)
+    act = D.activation_code(activation)
+    if training or running_mean is None or running_var is None:
+        if training and running_mean is not None:
+            momentum = _check_momentum(momentum)
+        y, mean, rstd = _channel_forward("batch", x, None, weight, bias, eps, layout, out, act)
+        if training and (running_mean is not None or running_var is not None):
+            if running_mean is None or running_var is None:
+                raise ValueError("running_mean and running_var must be given together")
+            count = x.size // max(mean.shape[0], 1)
+            _update_running(running_mean, running_var, mean, 1.0 / (rstd * rstd) - eps, count,
+                            momentum)
+        return y
+    return _apply_channels(x, running_mean, running_var, weight, bias, eps, layout, out, act)
+
+
+# ---- instance norm ---------------------------------------------------------------------------
+
+def instance_norm_forward(x, weight=None, bias=None, *, eps=1e-5, layout="NCHW", out=None):
+    """Instance normalization: statistics per (sample, channel) over the spatial axes.
+
+    Returns ``(y, mean, rstd)`` with mean/rstd of shape (N, C).
+    """
+    return _channel_forward("instance", x, None, weight, bias, eps, layout, out)
+
+
+def instance_norm_backward(dy, x, mean, rstd, weight=None, *, layout="NCHW", out=None):
+    """Backward of :func:`instance_norm_forward`; mean/rstd (N, C). Returns (dx, dweight, dbias)."""
+    return _channel_backward("instance", dy, x, mean, rstd, None, weight, layout, out)
+
+
+def instance_norm(x, running_mean=None, running_var=None, weight=None, bias=None,
+                  use_input_stats=True, momentum=0.1, *, eps=1e-5, layout="NCHW",
+                  activation=None, out=None):
+    """Instance normalization in PyTorch's argument order (``F.instance_norm``).
+
+    With ``use_input_stats`` the per-instance statistics are used and the running buffers, if
+    given, move toward their average over the batch; otherwise the running statistics
+    normalize every instance.
+    """
+    eps = D.check_eps(eps)
+    layout = D.check_layout(layout)
+    act = D.activation_code(activation)
+    if use_input_stats:
+        if running_mean is not None:
+            momentum = _check_momentum(momentum)
+        y, mean, rstd = _channel_forward("instance", x, None, weight, bias, eps, layout, out,
+                                         act)
+        if running_mean is not None or running_var is not None:
+            if running_mean is None or running_var is None:
+                raise ValueError("running_mean and running_var must be given together")
+            if mean.shape[0] > 0:
+                N, C = mean.shape
+                count = x.size // max(N * C, 1)
+                _update_running(running_mean, running_var, mean.mean(axis=0),
+                                (1.0 / (rstd * rstd) - eps).mean(axis=0), count, momentum)
+        return y
+    if running_mean is None or running_var is None:
+        raise ValueError("use_input_stats=False needs running_mean and running_var")
+    return _apply_channels(x, running_mean, running_var, weight, bias, eps, layout, out, act)
+
+
+# ---- group norm ------------------------------------------------------------------------------
+
+def group_norm_forward(x, num_groups, weight=None, bias=None, *, eps=1e-5, layout="NCHW",
+                       out=None):
+    """Group normalization: statistics per (sample, group of C/num_groups channels).
+
+    Returns ``(y, mean, rstd)`` with mean/rstd of shape (N, num_groups).
+    """
+    return _channel_forward("group", x, num_groups, weight, bias, eps, layout, out)
+
+
+def group_norm_backward(dy, x, mean, rstd, num_groups, weight=None, *, layout="NCHW", out=None):
+    """Backward of :func:`group_norm_forward`; mean/rstd (N, num_groups)."""
+    return _channel_backward("group", dy, x, mean, rstd, num_groups, weight, layout, out)
+
+
+def group_norm(x, num_groups, weight=None, bias=None, *, eps=1e-5, layout="NCHW",
+               activation=None, out=None):
+    """Group normalization returning only y (``F.group_norm``); ``activation`` is fused."""
+    act = D.activation_code(activation)
+    return _channel_forward("group", x, num_groups, weight, bias, eps, layout, out, act)[0]
+
+
+# ---- layer norm ------------------------------------------------------------------------------
+
+def _layer_setup(x, normalized_shape, min_ndim=1):
+    x, ct, ot = D.input_array(x, min_ndim=min_ndim)
+    ns = D.normalized_shape_of(normalized_shape, x)
+    lead = x.shape[:x.ndim - len(ns)]
+    M = int(np.prod(lead, dtype=np.int64))
+    Dn = int(np.prod(ns, dtype=np.int64))
+    return x, ct, ot, ns, lead, M, Dn
+
+
+def _layer_forward(x, normalized_shape, weight, bias, eps, out, act):
+    x, ct, ot, ns, lead, M, Dn = _layer_setup(x, normalized_shape)
+    eps = D.check_eps(eps)
+    w = D.param_array(weight, "weight", ns, ct, 1).reshape(-1)
+    b = D.param_array(bias, "bias", ns, ct, 0).reshape(-1)
+    out = D.check_out(out, x.shape, ot, [(x, "x"), (weight, "weight"), (bias, "bias")])
+    mean = np.empty(M, dtype=np.float64)
+    rstd = np.empty(M, dtype=np.float64)
+    if x.size == 0:
+        mean.fill(np.nan)
+        rstd.fill(np.nan)
+        y = out if out is not None else np.empty(x.shape, dtype=ot)
+        return y, mean.reshape(lead), rstd.reshape(lead)
+    plan = D.RowsPlan(x)
+    xf = plan.flat(x, ct)
+    yf, finish = D.output(plan, ct, ot, out)
+    nt = D.threads()
+    K.planes_forward(xf, yf, M, 1, Dn, 1, 1, w, b, True, eps, mean, rstd, act, nt,
+                     D.use_fused(M, nt))
+    return finish(), mean.reshape(lead), rstd.reshape(lead)
+
+
+def layer_norm_forward(x, normalized_shape, weight=None, bias=None, *, eps=1e-5, out=None):
+    """Layer normalization over the trailing ``normalized_shape`` dims (PyTorch semantics).
+
+    Parameters
+    ----------
+    x : ndarray (*, *normalized_shape)
+    normalized_shape : int or tuple of ints
+    weight, bias : ndarray of shape normalized_shape, optional
+
+    Returns
+    -------
+    y : ndarray shaped like x
+    mean, rstd : float64 ndarrays of shape ``x.shape[:-len(normalized_shape)]``
+    """
+    return _layer_forward(x, normalized_shape, weight, bias, eps, out, 0)
+
+
+def layer_norm_backward(dy, x, mean, rstd, normalized_shape, weight=None, *, out=None):
+    """Backward of :func:`layer_norm_forward`: returns (dx, dweight, dbias), dweight/dbias
+    shaped like ``normalized_shape``."""
+    x, ct, ot, ns, lead, M, Dn = _layer_setup(x, normalized_shape)
+    dy = D.check_same(dy, x, "dy")
+    m = D.stats_array(mean, "mean", lead)
+    r = D.stats_array(rstd, "rstd", lead)
+    w = D.param_array(weight, "weight", ns, ct, 1).reshape(-1)
+    out = D.check_out(out, x.shape, ot, [(dy, "dy"), (x, "x"), (mean, "mean"),
+                                         (rstd, "rstd"), (weight, "weight")])
+    dweight = np.zeros(Dn, dtype=np.float64)
+    dbias = np.zeros(Dn, dtype=np.float64)
+    if x.size == 0:
+        dx = out if out is not None else np.empty(x.shape, dtype=ot)
+        return dx, dweight.astype(ct).reshape(ns), dbias.astype(ct).reshape(ns)
+    plan = D.RowsPlan(x)
+    xf = plan.flat(x, ct)
+    dyf = plan.flat(dy, ct)
+    dxf, finish = D.output(plan, ct, ot, out)
+    K.rows_backward(dyf, xf, dxf, M, Dn, w, m, r, dweight, dbias, D.threads())
+    return finish(), dweight.astype(ct).reshape(ns), dbias.astype(ct).reshape(ns)
+
+
+def layer_norm(x, normalized_shape, weight=None, bias=None, *, eps=1e-5, activation=None,
+               out=None):
+    """Layer normalization returning only y (``F.layer_norm``); ``activation`` is fused."""
+    return _layer_forward(x, normalized_shape, weight, bias, eps, out,
+                          D.activation_code(activation))[0]

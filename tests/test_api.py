@@ -1,0 +1,217 @@
+"""Package surface, threads, memory formats, out=, dtypes and determinism."""
+import numpy as np
+import pytest
+
+import fastnorm as fn
+import reference as ref
+
+
+def test_version_and_config(capsys):
+    assert isinstance(fn.__version__, str)
+    info = fn.show_config()
+    assert set(info) >= {"openmp", "num_threads", "compile_args"}
+    assert "openmp" in capsys.readouterr().out
+
+
+def test_set_num_threads_roundtrip():
+    prev = fn.get_num_threads()
+    assert fn.set_num_threads(1) == prev
+    assert fn.get_num_threads() == 1
+    fn.set_num_threads(prev)
+    assert fn.get_num_threads() == prev
+    with pytest.raises(ValueError, match="n must be >= 1"):
+        fn.set_num_threads(0)
+    with pytest.raises(TypeError):
+        fn.set_num_threads("2")
+
+
+def test_omp_num_threads_is_honoured(monkeypatch):
+    from fastnorm import _config
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert _config._default_threads() == 3
+
+
+def _all_ops(x, layout="NCHW"):
+    """Every op's forward and backward on x; returns a list of arrays."""
+    rng = np.random.default_rng(1)
+    dy = rng.standard_normal(x.shape).astype(x.dtype)
+    C = x.shape[1] if layout == "NCHW" else x.shape[-1]
+    w = rng.standard_normal(C).astype(x.dtype)
+    res = []
+    for fwd, bwd, extra in (
+            (fn.batch_norm_forward, fn.batch_norm_backward, ()),
+            (fn.instance_norm_forward, fn.instance_norm_backward, ()),
+            (fn.group_norm_forward, fn.group_norm_backward, (2 if C % 2 == 0 else 1,))):
+        if extra:
+            y, m, r = fwd(x, *extra, w, layout=layout)
+            d = bwd(dy, x, m, r, *extra, w, layout=layout)
+        else:
+            y, m, r = fwd(x, w, layout=layout)
+            d = bwd(dy, x, m, r, w, layout=layout)
+        res += [y, m, r, *d]
+    ns = x.shape[1:]
+    y, m, r = fn.layer_norm_forward(x, ns)
+    res += [y, m, r, *fn.layer_norm_backward(dy, x, m, r, ns)]
+    return res
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("shape", [(6, 4, 30, 31), (1, 2, 200, 190), (3, 4, 5)])
+def test_bitwise_identical_across_thread_counts(shape, layout):
+    x = (100 + np.random.default_rng(2).standard_normal(shape)).astype(np.float32)
+    runs = []
+    for t in (1, 2, 3, 4):
+        with fn.threads(t):
+            runs.append(_all_ops(x, layout))
+    for other in runs[1:]:
+        for a, b in zip(runs[0], other):
+            np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("op", ["batch", "instance", "group"])
+def test_channels_last_strides_stay_channels_last(op, rng):
+    """An NCHW-declared tensor stored channels-last runs without a copy and comes back so."""
+    xl = rng.standard_normal((2, 5, 6, 4))
+    x = xl.transpose(0, 3, 1, 2)  # logical NCHW, memory NHWC
+    G = 2 if op == "group" else None
+    f = {"batch": fn.batch_norm_forward, "instance": fn.instance_norm_forward,
+         "group": lambda a, *w, **k: fn.group_norm_forward(a, 2, *w, **k)}[op]
+    y, m, r = f(x)
+    assert y.transpose(0, 2, 3, 1).flags.c_contiguous
+    ry, _, _ = ref.channel_forward(op, x, G=G)
+    np.testing.assert_allclose(y, ry, atol=1e-10)
+
+
+def test_noncontiguous_inputs(rng):
+    base = rng.standard_normal((4, 6, 10, 12))
+    x = base[:, ::2, ::-1, 1::2]
+    y, m, r = fn.instance_norm_forward(x)
+    ry, _, _ = ref.channel_forward("instance", np.ascontiguousarray(x))
+    np.testing.assert_allclose(y, ry, atol=1e-10)
+    xf = np.asfortranarray(base)
+    y2 = fn.layer_norm(xf, (6, 10, 12))
+    np.testing.assert_allclose(y2, ref.layer_forward(base, (6, 10, 12))[0], atol=1e-10)
+
+
+def test_inputs_not_modified(rng):
+    x = rng.standard_normal((3, 4, 5, 5)).astype(np.float32)
+    keep = x.copy()
+    res = _all_ops(x)
+    np.testing.assert_array_equal(x, keep)
+    assert all(isinstance(a, np.ndarray) for a in res)
+
+
+def test_readonly_input(rng):
+    x = rng.standard_normal((3, 4, 5))
+    x.setflags(write=False)
+    y, _, _ = fn.batch_norm_forward(x)
+    assert y.flags.writeable
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_out_in_place(layout, rng):
+    x = rng.standard_normal((3, 4, 7, 6)).astype(np.float32)
+    expect, m, r = fn.group_norm_forward(x, 2, layout=layout)
+    xi = x.copy()
+    y, m2, r2 = fn.group_norm_forward(xi, 2, layout=layout, out=xi)
+    assert y is xi
+    np.testing.assert_array_equal(y, expect)
+    np.testing.assert_array_equal(m, m2)
+
+
+def test_out_backward_and_noncontiguous_out(rng):
+    x = rng.standard_normal((3, 4, 6))
+    dy = rng.standard_normal(x.shape)
+    _, m, r = fn.batch_norm_forward(x)
+    dx, _, _ = fn.batch_norm_backward(dy, x, m, r)
+    out = np.empty((3, 4, 12))[:, :, ::2]
+    got, _, _ = fn.batch_norm_backward(dy, x, m, r, out=out)
+    assert got is out
+    np.testing.assert_array_equal(out, dx)
+
+
+def test_integer_input_promotes_to_float64():
+    x = np.arange(24).reshape(2, 3, 4)
+    y, m, r = fn.batch_norm_forward(x)
+    assert y.dtype == np.float64
+    np.testing.assert_allclose(y, ref.channel_forward("batch", x)[0], atol=1e-12)
+
+
+@pytest.mark.parametrize("op", ["batch", "instance", "group", "layer"])
+def test_float16_in_float16_out(op, rng):
+    x = (rng.standard_normal((4, 8, 9, 9)) * 3 + 5).astype(np.float16)
+    if op == "layer":
+        y, m, r = fn.layer_norm_forward(x, (8, 9, 9))
+        ry = ref.layer_forward(x, (8, 9, 9))[0]
+    elif op == "group":
+        y, m, r = fn.group_norm_forward(x, 4)
+        ry = ref.channel_forward(op, x, G=4)[0]
+    else:
+        y, m, r = getattr(fn, f"{op}_norm_forward")(x)
+        ry = ref.channel_forward(op, x)[0]
+    assert y.dtype == np.float16
+    assert np.max(np.abs(y.astype(np.float64) - ry)) <= 4e-3  # float16 rounding of |y| <= 4
+
+
+def test_batch_norm_running_stats_update(rng):
+    x = rng.standard_normal((8, 3, 4, 4)) * 2 + 1
+    rm = np.zeros(3)
+    rv = np.ones(3)
+    fn.batch_norm(x, rm, rv, training=True, momentum=0.1)
+    n = 8 * 16
+    xm = x.mean(axis=(0, 2, 3))
+    xv = x.var(axis=(0, 2, 3)) * n / (n - 1)
+    np.testing.assert_allclose(rm, 0.1 * xm, rtol=1e-12)
+    np.testing.assert_allclose(rv, 0.9 + 0.1 * xv, rtol=1e-12)
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_batch_norm_inference(layout, rng):
+    x = rng.standard_normal((4, 3, 5, 6)).astype(np.float32) + 50
+    rm = np.array([50.0, 49.0, 51.0])
+    rv = np.array([1.0, 2.0, 0.5])
+    w = np.array([1.0, -2.0, 0.5], dtype=np.float32)
+    b = np.array([0.0, 1.0, -1.0], dtype=np.float32)
+    xl = np.ascontiguousarray(ref.from_nchw(x, layout))
+    y = fn.batch_norm(xl, rm, rv, w, b, layout=layout)
+    shape = (1, 3, 1, 1)
+    expect = ((x.astype(np.float64) - rm.reshape(shape)) / np.sqrt(rv.reshape(shape) + 1e-5)
+              * w.reshape(shape) + b.reshape(shape))
+    np.testing.assert_allclose(y, ref.from_nchw(expect, layout), atol=2e-6)
+    relu = fn.batch_norm(xl, rm, rv, w, b, layout=layout, activation="relu")
+    np.testing.assert_allclose(relu, np.maximum(ref.from_nchw(expect, layout), 0), atol=2e-6)
+
+
+def test_batch_norm_eval_backward(rng):
+    x = rng.standard_normal((4, 3, 5))
+    dy = rng.standard_normal(x.shape)
+    rm = np.array([0.1, -0.2, 0.3])
+    rstd = np.array([1.5, 0.7, 2.0])
+    w = np.array([1.0, 2.0, -1.0])
+    dx, dw, db = fn.batch_norm_backward(dy, x, rm, rstd, w, training=False)
+    np.testing.assert_allclose(dx, dy * (w * rstd).reshape(1, 3, 1), rtol=1e-12)
+    xhat = (x - rm.reshape(1, 3, 1)) * rstd.reshape(1, 3, 1)
+    np.testing.assert_allclose(dw, (dy * xhat).sum(axis=(0, 2)), rtol=1e-10)
+    np.testing.assert_allclose(db, dy.sum(axis=(0, 2)), rtol=1e-10)
+
+
+def test_instance_norm_running_stats(rng):
+    x = rng.standard_normal((4, 3, 10)) + 2
+    rm = np.zeros(3)
+    rv = np.ones(3)
+    y = fn.instance_norm(x, rm, rv, momentum=0.5)
+    np.testing.assert_allclose(y, ref.channel_forward("instance", x)[0], atol=1e-10)
+    var_u = x.var(axis=2) * 10 / 9
+    np.testing.assert_allclose(rm, 0.5 * x.mean(axis=2).mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(rv, 0.5 + 0.5 * var_u.mean(axis=0), rtol=1e-12)
+    y2 = fn.instance_norm(x, rm, rv, use_input_stats=False)
+    expect = (x - rm.reshape(1, 3, 1)) / np.sqrt(rv.reshape(1, 3, 1) + 1e-5)
+    np.testing.assert_allclose(y2, expect, atol=1e-12)
+
+
+def test_convenience_forwards_match(rng):
+    x = rng.standard_normal((2, 4, 6))
+    np.testing.assert_array_equal(fn.group_norm(x, 2), fn.group_norm_forward(x, 2)[0])
+    np.testing.assert_array_equal(fn.layer_norm(x, 6), fn.layer_norm_forward(x, 6)[0])
+    np.testing.assert_array_equal(fn.batch_norm(x), fn.batch_norm_forward(x)[0])
+    np.testing.assert_array_equal(fn.instance_norm(x), fn.instance_norm_forward(x)[0])

@@ -1,0 +1,212 @@
+"""Batch, instance and group norm: forward and backward against the float64 reference."""
+import numpy as np
+import pytest
+
+import fastnorm as fn
+import reference as ref
+from conftest import assert_close
+
+SHAPES_NCHW = [
+    (2, 3, 5, 7),      # odd spatial
+    (4, 1, 6),         # C = 1, rank 3
+    (3, 4),            # rank 2 (N, C)
+    (1, 6, 9, 11),     # N = 1
+    (2, 6, 3, 5, 2),   # rank 5
+    (5, 16, 33, 17),   # SIMD tails
+    (2, 4, 1, 1),      # spatial size 1
+    (1, 2, 190, 190),  # planes longer than one chunk
+]
+
+OPS = ["batch", "instance", "group"]
+
+
+def _groups(C):
+    out = {1, C}
+    if C % 2 == 0 and C > 2:
+        out.add(C // 2)
+    return sorted(out)
+
+
+def _cases():
+    for shape in SHAPES_NCHW:
+        for op in OPS:
+            N, C = shape[:2]
+            S = int(np.prod(shape[2:]))
+            if op == "batch" and N * S == 1:
+                continue
+            groups = _groups(C) if op == "group" else [None]
+            for G in groups:
+                yield op, shape, G
+
+
+CASES = list(_cases())
+
+
+def _to_layout(x_nchw, layout):
+    return np.ascontiguousarray(ref.from_nchw(x_nchw, layout))
+
+
+def _make(rng, shape, dtype, layout, offset=0.0):
+    x = (offset + rng.standard_normal(shape)).astype(dtype)
+    C = shape[1]
+    w = (1 + 0.1 * rng.standard_normal(C)).astype(dtype)
+    b = (0.1 * rng.standard_normal(C)).astype(dtype)
+    return _to_layout(x, layout), w, b
+
+
+def _fwd(op, x, G, w, b, layout, **kw):
+    if op == "batch":
+        return fn.batch_norm_forward(x, w, b, layout=layout, **kw)
+    if op == "instance":
+        return fn.instance_norm_forward(x, w, b, layout=layout, **kw)
+    return fn.group_norm_forward(x, G, w, b, layout=layout, **kw)
+
+
+def _bwd(op, dy, x, mean, rstd, G, w, layout, **kw):
+    if op == "batch":
+        return fn.batch_norm_backward(dy, x, mean, rstd, w, layout=layout, **kw)
+    if op == "instance":
+        return fn.instance_norm_backward(dy, x, mean, rstd, w, layout=layout, **kw)
+    return fn.group_norm_backward(dy, x, mean, rstd, G, w, layout=layout, **kw)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("op,shape,G", CASES)
+def test_forward(op, shape, G, layout, dtype, rng, nthreads):
+    x, w, b = _make(rng, shape, dtype, layout)
+    y, mean, rstd = _fwd(op, x, G, w, b, layout)
+    ry, rm, rr = ref.channel_forward(op, x, w, b, 1e-5, layout, G)
+    assert y.dtype == dtype and y.shape == x.shape
+    assert mean.dtype == np.float64 and rstd.dtype == np.float64
+    assert_close(y, ry, dtype, scale=1.0, what="y")
+    assert_close(mean, rm, dtype, what="mean")
+    assert_close(rstd, rr, dtype, what="rstd")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("op,shape,G", CASES)
+def test_backward(op, shape, G, layout, dtype, rng, nthreads):
+    x, w, b = _make(rng, shape, dtype, layout)
+    dy = rng.standard_normal(x.shape).astype(dtype)
+    _, mean, rstd = _fwd(op, x, G, w, b, layout)
+    dx, dw, db = _bwd(op, dy, x, mean, rstd, G, w, layout)
+    rdx, rdw, rdb = ref.channel_backward(op, dy, x, w, 1e-5, layout, G)
+    assert dx.dtype == dtype and dw.dtype == dtype and db.dtype == dtype
+    assert_close(dx, rdx, dtype, what="dx")
+    assert_close(dw, rdw, dtype, what="dweight")
+    assert_close(db, rdb, dtype, what="dbias")
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("op,G", [("batch", None), ("instance", None), ("group", 2)])
+def test_backward_finite_differences(op, G, layout, rng):
+    """Central differences of L = sum(y * dy) in float64."""
+    shape = (3, 4, 5)
+    x, w, b = _make(rng, shape, np.float64, layout)
+    dy = rng.standard_normal(x.shape)
+    _, mean, rstd = _fwd(op, x, G, w, b, layout)
+    dx, dw, db = _bwd(op, dy, x, mean, rstd, G, w, layout)
+
+    def loss(xv, wv, bv):
+        return float(np.sum(_fwd(op, xv, G, wv, bv, layout)[0] * dy))
+
+    h = 1e-6
+    num = np.zeros_like(x)
+    for i in np.ndindex(x.shape):
+        xp, xm = x.copy(), x.copy()
+        xp[i] += h
+        xm[i] -= h
+        num[i] = (loss(xp, w, b) - loss(xm, w, b)) / (2 * h)
+    np.testing.assert_allclose(dx, num, rtol=1e-5, atol=1e-7)
+    numw = np.zeros_like(w)
+    numb = np.zeros_like(b)
+    for c in range(w.size):
+        e = np.zeros_like(w)
+        e[c] = h
+        numw[c] = (loss(x, w + e, b) - loss(x, w - e, b)) / (2 * h)
+        numb[c] = (loss(x, w, b + e) - loss(x, w, b - e)) / (2 * h)
+    np.testing.assert_allclose(dw, numw, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(db, numb, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("op,G", [("batch", None), ("instance", None), ("group", 4)])
+def test_layouts_agree(op, G, rng):
+    """NCHW and NHWC give the same result for the same logical tensor."""
+    x = rng.standard_normal((3, 8, 6, 5)).astype(np.float32)
+    w = rng.standard_normal(8).astype(np.float32)
+    b = rng.standard_normal(8).astype(np.float32)
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    y1, m1, r1 = _fwd(op, x, G, w, b, "NCHW")
+    xl = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    y2, m2, r2 = _fwd(op, xl, G, w, b, "NHWC")
+    np.testing.assert_allclose(y2.transpose(0, 3, 1, 2), y1, atol=2e-6)
+    np.testing.assert_allclose(m1, m2, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(r1, r2, rtol=1e-6)
+    d1 = _bwd(op, dy, x, m1, r1, G, w, "NCHW")
+    d2 = _bwd(op, np.ascontiguousarray(dy.transpose(0, 2, 3, 1)), xl, m2, r2, G, w, "NHWC")
+    np.testing.assert_allclose(d2[0].transpose(0, 3, 1, 2), d1[0], atol=1e-5)
+    np.testing.assert_allclose(d2[1], d1[1], rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(d2[2], d1[2], rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("op,G", [("batch", None), ("instance", None), ("group", 4)])
+def test_large_offset_float32(op, G, layout, rng):
+    """x = 1e4 + N(0, 1) in float32 normalizes with max error <= 1e-4 (forward)."""
+    x, w, b = _make(rng, (4, 8, 12, 13), np.float32, layout, offset=1e4)
+    y, mean, rstd = _fwd(op, x, G, w, b, layout)
+    ry, rm, rr = ref.channel_forward(op, x, w, b, 1e-5, layout, G)
+    assert np.max(np.abs(y - ry)) <= 1e-4
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    dx, dw, db = _bwd(op, dy, x, mean, rstd, G, w, layout)
+    rdx, rdw, rdb = ref.channel_backward(op, dy, x, w, 1e-5, layout, G)
+    assert np.max(np.abs(dx - rdx)) <= 1e-4 * np.max(np.abs(rdx))
+    assert np.max(np.abs(dw - rdw)) <= 1e-4 * np.max(np.abs(rdw))
+
+
+def test_weight_none_is_identity_affine(rng):
+    x = rng.standard_normal((2, 4, 3, 3))
+    y0, m0, r0 = fn.group_norm_forward(x, 2)
+    y1, m1, r1 = fn.group_norm_forward(x, 2, np.ones(4), np.zeros(4))
+    np.testing.assert_array_equal(y0, y1)
+    dy = rng.standard_normal(x.shape)
+    d0 = fn.group_norm_backward(dy, x, m0, r0, 2)
+    d1 = fn.group_norm_backward(dy, x, m1, r1, 2, np.ones(4))
+    for a, b in zip(d0, d1):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("op", OPS)
+def test_zero_size_batch(op, layout):
+    shape = (0, 4, 3, 3) if layout == "NCHW" else (0, 3, 3, 4)
+    x = np.zeros(shape, dtype=np.float32)
+    G = 2 if op == "group" else None
+    y, mean, rstd = _fwd(op, x, G, None, None, layout)
+    assert y.shape == shape and y.dtype == np.float32
+    dx, dw, db = _bwd(op, x, x, mean, rstd, G, None, layout)
+    assert dx.shape == shape
+    np.testing.assert_array_equal(dw, 0)
+    np.testing.assert_array_equal(db, 0)
+
+
+def test_constant_channel_gives_beta():
+    x = np.full((4, 3, 5, 5), 7.25, dtype=np.float32)
+    b = np.array([0.5, -1.0, 2.0], dtype=np.float32)
+    for op, G in (("batch", None), ("instance", None), ("group", 3)):
+        for layout in ("NCHW", "NHWC"):
+            xl = np.ascontiguousarray(ref.from_nchw(x, layout))
+            y, _, _ = _fwd(op, xl, G, np.ones(3, np.float32), b, layout, eps=1e-6)
+            expect = np.broadcast_to(ref.from_nchw(b.reshape(1, 3, 1, 1), layout), y.shape)
+            np.testing.assert_array_equal(y, expect)
+
+
+def test_nan_and_inf_propagate():
+    x = np.random.default_rng(0).standard_normal((2, 3, 4, 4))
+    x[0, 1, 2, 2] = np.nan
+    x[1, 2, 0, 0] = np.inf
+    y, mean, rstd = fn.instance_norm_forward(x)
+    assert np.isnan(y[0, 1]).all() and not np.isnan(y[0, 0]).any()
+    assert not np.isfinite(y[1, 2]).any() and np.isfinite(y[1, 0]).all()

@@ -1,0 +1,96 @@
+"""Layer norm over trailing dims: forward and backward against the float64 reference."""
+import numpy as np
+import pytest
+
+import fastnorm as fn
+import reference as ref
+from conftest import assert_close
+
+CASES = [
+    ((4, 10), (10,)),
+    ((3, 5, 7), (7,)),
+    ((2, 3, 4, 5), (3, 4, 5)),     # over (C, H, W)
+    ((2, 6, 5, 3), (3,)),          # NHWC tensor, per-pixel channel LayerNorm
+    ((7,), (7,)),                  # a single row
+    ((1, 70000), (70000,)),        # one long row: split schedule, several chunks
+    ((5, 1), (1,)),                # rows of one element
+    ((64, 33), (33,)),             # SIMD tail
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape,ns", CASES)
+def test_forward(shape, ns, dtype, rng, nthreads):
+    x = rng.standard_normal(shape).astype(dtype)
+    w = (1 + 0.1 * rng.standard_normal(ns)).astype(dtype)
+    b = (0.1 * rng.standard_normal(ns)).astype(dtype)
+    y, mean, rstd = fn.layer_norm_forward(x, ns, w, b)
+    ry, rm, rr = ref.layer_forward(x, ns, w, b)
+    assert y.dtype == dtype and mean.shape == shape[:len(shape) - len(ns)]
+    assert_close(y, ry, dtype, scale=1.0, what="y")
+    assert_close(mean, rm, dtype, what="mean")
+    assert_close(rstd, rr, dtype, what="rstd")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape,ns", CASES)
+def test_backward(shape, ns, dtype, rng, nthreads):
+    x = rng.standard_normal(shape).astype(dtype)
+    w = (1 + 0.1 * rng.standard_normal(ns)).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    _, mean, rstd = fn.layer_norm_forward(x, ns, w)
+    dx, dw, db = fn.layer_norm_backward(dy, x, mean, rstd, ns, w)
+    rdx, rdw, rdb = ref.layer_backward(dy, x, ns, w)
+    assert dw.shape == tuple(ns) and db.shape == tuple(ns)
+    assert_close(dx, rdx, dtype, what="dx")
+    assert_close(dw, rdw, dtype, what="dweight")
+    assert_close(db, rdb, dtype, what="dbias")
+
+
+def test_backward_finite_differences(rng):
+    x = rng.standard_normal((3, 6))
+    w = rng.standard_normal(6)
+    b = rng.standard_normal(6)
+    dy = rng.standard_normal(x.shape)
+    _, mean, rstd = fn.layer_norm_forward(x, 6, w, b)
+    dx, dw, db = fn.layer_norm_backward(dy, x, mean, rstd, 6, w)
+
+    def loss(xv, wv, bv):
+        return float(np.sum(fn.layer_norm(xv, 6, wv, bv) * dy))
+
+    h = 1e-6
+    num = np.zeros_like(x)
+    for i in np.ndindex(x.shape):
+        xp, xm = x.copy(), x.copy()
+        xp[i] += h
+        xm[i] -= h
+        num[i] = (loss(xp, w, b) - loss(xm, w, b)) / (2 * h)
+    np.testing.assert_allclose(dx, num, rtol=1e-5, atol=1e-7)
+    e = np.eye(6) * h
+    numw = [(loss(x, w + e[j], b) - loss(x, w - e[j], b)) / (2 * h) for j in range(6)]
+    numb = [(loss(x, w, b + e[j]) - loss(x, w, b - e[j])) / (2 * h) for j in range(6)]
+    np.testing.assert_allclose(dw, numw, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(db, numb, rtol=1e-5, atol=1e-7)
+
+
+def test_large_offset_float32(rng):
+    x = (1e4 + rng.standard_normal((64, 300))).astype(np.float32)
+    y, mean, rstd = fn.layer_norm_forward(x, 300)
+    ry, _, _ = ref.layer_forward(x, (300,))
+    assert np.max(np.abs(y - ry)) <= 1e-4
+
+
+def test_constant_rows_give_beta():
+    x = np.full((5, 16), -3.5, dtype=np.float32)
+    b = np.linspace(-1, 1, 16).astype(np.float32)
+    y = fn.layer_norm(x, 16, None, b, eps=1e-6)
+    np.testing.assert_array_equal(y, np.broadcast_to(b, y.shape))
+
+
+def test_zero_rows():
+    x = np.zeros((0, 8), dtype=np.float32)
+    y, mean, rstd = fn.layer_norm_forward(x, 8)
+    assert y.shape == (0, 8) and mean.shape == (0,)
+    dx, dw, db = fn.layer_norm_backward(x, x, mean, rstd, 8)
+    assert dx.shape == (0, 8)
+    np.testing.assert_array_equal(dw, 0)
