@@ -17,22 +17,23 @@
  *   y = ((x - m_hi) - m_lo) * a + b, never x * a + (beta - m * a), which cancels in float32.
  * - On GCC/x86-64 the hot helpers are compiled three times (x86-64-v4, v3, baseline) and the
  *   loader picks one from the CPU (target_clones), so a portable build still runs AVX-512/AVX2.
- *   Accumulators are kept in FN_ACC independent lanes so the loops vectorize without -ffast-math
- *   (no reassociation is asked of the compiler).
+ *   Reductions accumulate in independent lanes written as GCC vectors, so they
+ *   vectorize without -ffast-math (no reassociation is asked of the compiler) and give the
+ *   same bits on every clone.
  */
 #ifndef FASTNORM_CORE_H
 #define FASTNORM_CORE_H
 
 #include <stddef.h>
 #include <math.h>
+#include <string.h>
 
 typedef ptrdiff_t fn_idx;
 
 /* Elements per moment block: 8 KiB of float32, well inside L1, long enough that the per-block
-   horizontal sums and the float64 merge cost little. Each float32 accumulator lane sums at most
-   FN_BLK / FN_ACC = 128 terms. */
+   horizontal sums and the float64 merge cost little. Each float32 accumulator lane (32 of them,
+   two 64-byte vectors) sums at most 64 terms. */
 #define FN_BLK 2048
-#define FN_ACC 16
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(FN_NO_CLONES) \
     && defined(__linux__)

@@ -4,6 +4,24 @@
 #define FN(name) FN_CAT(name, FN_SFX)
 #define T FN_T
 
+/* 64-byte GCC vectors: accumulators (two per reduction, so the add chains overlap) and
+   unaligned loads straight from the data. */
+typedef T FN(vec) __attribute__((vector_size(64)));
+typedef T FN(uvec) __attribute__((vector_size(64), aligned(sizeof(T)), may_alias));
+#define FN_VL ((fn_idx)(64 / sizeof(T)))
+
+/* Sum of the lanes of two accumulators, in float64, in a fixed order. */
+static inline double FN(fn_hsum)(const FN(vec) *a, const FN(vec) *b)
+{
+    T ta[64 / sizeof(T)], tb[64 / sizeof(T)];
+    double s = 0;
+    fn_idx j;
+    memcpy(ta, a, sizeof ta);
+    memcpy(tb, b, sizeof tb);
+    for (j = 0; j < FN_VL; j++) s += (double)ta[j] + (double)tb[j];
+    return s;
+}
+
 /* ---- activation epilogue (inference forwards) ------------------------------------------- */
 /* act: 0 none, 1 relu, 2 silu, 3 gelu (erf form, as torch's default). Evaluated in float64 for
    float64 data and in float32 otherwise. */
@@ -19,40 +37,44 @@ static inline T FN(fn_act)(T v, int act)
 
 /* ---- moments -------------------------------------------------------------------------- */
 
-/* Mean and M2 (sum of squared deviations) of x[0:n], 1 <= n <= FN_BLK. */
+/* Mean and M2 (sum of squared deviations) of x[0:n], 1 <= n <= FN_BLK.
+   Accumulators are GCC vectors: the lane arithmetic is fixed by the code, not by the ISA the
+   clone targets, so every clone gives the same bits. */
 FN_HOT static void FN(fn_block_moments)(const T *x, fn_idx n, double *mean, double *m2)
 {
-    T acc[FN_ACC], acc2[FN_ACC];
-    T K = x[0], mh, ml, t1 = 0, t2 = 0, d;
-    double s = 0, s1 = 0, s2 = 0, m;
-    fn_idx i, j, nv = n - n % FN_ACC;
+    FN(vec) a0 = {0}, a1 = {0}, q0 = {0}, q1 = {0}, d0, d1;
+    T K = x[0], mh, ml, t1 = 0, t2 = 0, e;
+    double s, s1, s2, m;
+    fn_idx i, nv = n - n % (2 * FN_VL);
 
-    for (j = 0; j < FN_ACC; j++) acc[j] = 0;
-    for (i = 0; i < nv; i += FN_ACC)
-        for (j = 0; j < FN_ACC; j++) acc[j] += x[i + j] - K;
+    for (i = 0; i < nv; i += 2 * FN_VL) {
+        a0 += *(const FN(uvec) *)(x + i) - K;
+        a1 += *(const FN(uvec) *)(x + i + FN_VL) - K;
+    }
     for (; i < n; i++) t1 += x[i] - K;
-    s = t1;
-    for (j = 0; j < FN_ACC; j++) s += acc[j];
+    s = (double)t1 + FN(fn_hsum)(&a0, &a1);
     m = (double)K + s / (double)n;
     mh = (T)m;
     ml = (T)(m - (double)mh);
 
-    for (j = 0; j < FN_ACC; j++) { acc[j] = 0; acc2[j] = 0; }
-    for (i = 0; i < nv; i += FN_ACC)
-        for (j = 0; j < FN_ACC; j++) {
-            d = (x[i + j] - mh) - ml;
-            acc[j] += d;
-            acc2[j] += d * d;
-        }
+    a0 = (FN(vec)){0};
+    a1 = (FN(vec)){0};
+    for (i = 0; i < nv; i += 2 * FN_VL) {
+        d0 = (*(const FN(uvec) *)(x + i) - mh) - ml;
+        d1 = (*(const FN(uvec) *)(x + i + FN_VL) - mh) - ml;
+        a0 += d0;
+        a1 += d1;
+        q0 += d0 * d0;
+        q1 += d1 * d1;
+    }
     t1 = 0;
     for (; i < n; i++) {
-        d = (x[i] - mh) - ml;
-        t1 += d;
-        t2 += d * d;
+        e = (x[i] - mh) - ml;
+        t1 += e;
+        t2 += e * e;
     }
-    s1 = t1;
-    s2 = t2;
-    for (j = 0; j < FN_ACC; j++) { s1 += acc[j]; s2 += acc2[j]; }
+    s1 = (double)t1 + FN(fn_hsum)(&a0, &a1);
+    s2 = (double)t2 + FN(fn_hsum)(&q0, &q1);
     /* corrected two-pass: the residual sum of deviations refines both the mean and M2 */
     *mean = m + s1 / (double)n;
     s2 -= s1 * s1 / (double)n;
@@ -170,33 +192,36 @@ FN_HOT static void FN(fn_rows_apply)(const T *x, T *y, fn_idx rows, fn_idx C, co
 /* ---- backward --------------------------------------------------------------------------- */
 
 /* Adds sum(dy) and sum(dy * (x - m)) over a contiguous segment to *sdy, *sdyx (float64),
-   block by block, each block summed in FN_ACC lanes of T. */
+   block by block, each block summed in vector lanes of T. */
 FN_HOT static void FN(fn_seg_bwd_sums)(const T *dy, const T *x, fn_idx len, T mh, T ml,
                                        double *sdy, double *sdyx)
 {
-    T a1[FN_ACC], a2[FN_ACC], t1, t2;
-    fn_idx i0, i, j, n, nv;
-    double s1, s2;
-    for (i0 = 0; i0 < len; i0 += FN_BLK) {
-        n = len - i0 < FN_BLK ? len - i0 : FN_BLK;
-        nv = n - n % FN_ACC;
-        for (j = 0; j < FN_ACC; j++) { a1[j] = 0; a2[j] = 0; }
-        for (i = 0; i < nv; i += FN_ACC)
-            for (j = 0; j < FN_ACC; j++) {
-                a1[j] += dy[i0 + i + j];
-                a2[j] += dy[i0 + i + j] * ((x[i0 + i + j] - mh) - ml);
-            }
+    FN(vec) a0, a1, b0, b1, g0, g1;
+    T t1, t2;
+    fn_idx i, n, nv;
+    const T *d, *xx;
+    for (; len > 0; len -= n, dy += n, x += n) {
+        n = len < FN_BLK ? len : FN_BLK;
+        nv = n - n % (2 * FN_VL);
+        d = dy;
+        xx = x;
+        a0 = a1 = b0 = b1 = (FN(vec)){0};
+        for (i = 0; i < nv; i += 2 * FN_VL) {
+            g0 = *(const FN(uvec) *)(d + i);
+            g1 = *(const FN(uvec) *)(d + i + FN_VL);
+            a0 += g0;
+            a1 += g1;
+            b0 += g0 * ((*(const FN(uvec) *)(xx + i) - mh) - ml);
+            b1 += g1 * ((*(const FN(uvec) *)(xx + i + FN_VL) - mh) - ml);
+        }
         t1 = 0;
         t2 = 0;
         for (; i < n; i++) {
-            t1 += dy[i0 + i];
-            t2 += dy[i0 + i] * ((x[i0 + i] - mh) - ml);
+            t1 += d[i];
+            t2 += d[i] * ((xx[i] - mh) - ml);
         }
-        s1 = t1;
-        s2 = t2;
-        for (j = 0; j < FN_ACC; j++) { s1 += a1[j]; s2 += a2[j]; }
-        *sdy += s1;
-        *sdyx += s2;
+        *sdy += (double)t1 + FN(fn_hsum)(&a0, &a1);
+        *sdyx += (double)t2 + FN(fn_hsum)(&b0, &b1);
     }
 }
 

@@ -871,3 +871,20 @@ cdef void cols_unit_bwd_fused(const floating *dy, const floating *x, floating *d
     cols_unit_bwd_coef(g, R, C, cg, psum, w, rstd, coef)
     rows_bwd_apply(dy + g * R * C, x + g * R * C, dx + g * R * C, R, C, coef + 2 * C,
                    coef + 3 * C, coef + 4 * C, coef, coef + C, coef + 5 * C)
+
+
+# ---- the benchmark floor -----------------------------------------------------------------------
+
+from libc.string cimport memcpy
+
+
+def parallel_copy(const floating[::1] src, floating[::1] dst, int n_threads):
+    """dst[:] = src[:] in FN_CHUNK pieces over n_threads: the bytes every op must move at least."""
+    cdef Py_ssize_t n = src.shape[0], K = nchunks(n, FN_CHUNK), i, off, ln
+    if n == 0:
+        return
+    with nogil:
+        for i in prange(K, schedule="static", num_threads=n_threads):
+            off = i * FN_CHUNK
+            ln = min(<Py_ssize_t>FN_CHUNK, n - off)
+            memcpy(&dst[off], &src[off], ln * sizeof(floating))

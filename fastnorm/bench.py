@@ -1,0 +1,370 @@
+"""The fastnorm benchmark report: ``python -m fastnorm.bench [--quick] [--json PATH] [--plot PATH]``.
+
+For every op and layout it times, in one run and at 1 and at all threads:
+
+* ``copy``: a parallel copy of the same tensor at the same thread count (the floor: a forward
+  must at least read x and write y);
+* fastnorm forward and backward (dx, dweight, dbias together);
+* the plain NumPy forward (the formula written with NumPy reductions);
+* PyTorch CPU forward and backward (``torch.autograd.grad`` through ``torch.nn.functional``),
+  when torch is installed;
+* ONNX Runtime for the inference ops, when onnxruntime and onnx are installed.
+
+Times are the minimum over repeats of the mean of an inner loop; the report prints ratios
+(time / copy, speedups), which stay meaningful on a shared, noisy machine. Nothing is asserted.
+"""
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+
+import fastnorm as fn
+from fastnorm._kernels import _norm as K
+
+
+# ---- timing ------------------------------------------------------------------------------------
+
+def timeit(f, min_sample=0.02, repeat=5, budget=1.0):
+    """Seconds per call: min over ``repeat`` samples of an inner loop lasting >= min_sample."""
+    f()
+    t0 = time.perf_counter()
+    f()
+    one = max(time.perf_counter() - t0, 1e-7)
+    inner = max(1, int(min_sample / one))
+    repeat = max(2, min(repeat, int(budget / (one * inner)) or 2))
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        for _ in range(inner):
+            f()
+        best = min(best, (time.perf_counter() - t0) / inner)
+    return best
+
+
+# ---- what is measured ----------------------------------------------------------------------------
+
+def cases(quick):
+    """(name, op, layout, shape, extra): the headline shapes of the design notes."""
+    img = (8, 64, 28, 28) if quick else (32, 64, 56, 56)
+    rows = (2048, 1024) if quick else (8192, 1024)
+    out = [
+        ("batch", "batch", "NCHW", img, {}),
+        ("batch", "batch", "NHWC", img, {}),
+        ("layer (C,H,W)", "layer", "NCHW", img, {"ns": img[1:]}),
+        ("instance", "instance", "NCHW", img, {}),
+        ("instance", "instance", "NHWC", img, {}),
+        ("group (32)", "group", "NCHW", img, {"G": 32}),
+        ("group (32)", "group", "NHWC", img, {"G": 32}),
+        ("layer (D=1024)", "layer", "rows", rows, {"ns": rows[1:]}),
+        ("batch inference", "batch_eval", "NCHW", img, {}),
+        ("batch inference", "batch_eval", "NHWC", img, {}),
+    ]
+    return out
+
+
+def _phys_shape(shape, layout):
+    """Array shape for a logical NCHW shape stored in ``layout``."""
+    if layout == "NHWC":
+        return (shape[0],) + tuple(shape[2:]) + (shape[1],)
+    return shape
+
+
+def _numpy_forward(op, x, layout, extra, w, b, eps=1e-5):
+    """The formula as a NumPy user writes it (no care for precision): the baseline."""
+    if op == "layer":
+        k = len(extra["ns"])
+        ax = tuple(range(x.ndim - k, x.ndim))
+        m = x.mean(axis=ax, keepdims=True)
+        v = x.var(axis=ax, keepdims=True)
+        return (x - m) / np.sqrt(v + eps)
+    cax = 1 if layout == "NCHW" else x.ndim - 1
+    shape = [1] * x.ndim
+    shape[cax] = -1
+    if op == "group":
+        G = extra["G"]
+        xc = x if layout == "NCHW" else np.moveaxis(x, -1, 1)
+        xg = xc.reshape(xc.shape[0], G, -1)
+        m = xg.mean(axis=2, keepdims=True)
+        v = xg.var(axis=2, keepdims=True)
+        y = ((xg - m) / np.sqrt(v + eps)).reshape(xc.shape)
+        y = y if layout == "NCHW" else np.moveaxis(y, 1, -1)
+        return y * w.reshape(shape) + b.reshape(shape)
+    if op in ("batch", "batch_eval"):
+        ax = tuple(i for i in range(x.ndim) if i != cax)
+    else:
+        ax = tuple(i for i in range(1, x.ndim) if i != cax)
+    m = x.mean(axis=ax, keepdims=True)
+    v = x.var(axis=ax, keepdims=True)
+    return (x - m) / np.sqrt(v + eps) * w.reshape(shape) + b.reshape(shape)
+
+
+def _fastnorm_calls(op, x, layout, extra, w, b, dy):
+    """(forward, backward or None) closures on fastnorm."""
+    lay = "NCHW" if layout == "rows" else layout
+    if op == "layer":
+        ns = extra["ns"]
+        _, m, r = fn.layer_norm_forward(x, ns)
+        return (lambda: fn.layer_norm_forward(x, ns),
+                lambda: fn.layer_norm_backward(dy, x, m, r, ns))
+    if op == "batch_eval":
+        rm = np.zeros(w.shape[0])
+        rv = np.ones(w.shape[0])
+        return (lambda: fn.batch_norm(x, rm, rv, w, b, layout=lay)), None
+    args = (extra["G"],) if op == "group" else ()
+    fwd = getattr(fn, f"{op}_norm_forward")
+    bwd = getattr(fn, f"{op}_norm_backward")
+    _, m, r = fwd(x, *args, w, b, layout=lay)
+    return (lambda: fwd(x, *args, w, b, layout=lay),
+            lambda: bwd(dy, x, m, r, *args, w, layout=lay))
+
+
+def _torch_calls(op, x, layout, extra, w, b, dy):
+    import torch
+    F = torch.nn.functional
+    if layout == "NHWC":  # the same memory as a channels_last NCHW tensor
+        tx = torch.from_numpy(x).permute(0, x.ndim - 1, *range(1, x.ndim - 1))
+        tdy = torch.from_numpy(dy).permute(0, x.ndim - 1, *range(1, x.ndim - 1))
+    else:
+        tx, tdy = torch.from_numpy(x), torch.from_numpy(dy)
+    tw, tb = torch.from_numpy(w), torch.from_numpy(b)
+    if op == "layer":
+        ns = tuple(extra["ns"])
+        tw = torch.ones(ns, dtype=tx.dtype)
+        tb = torch.zeros(ns, dtype=tx.dtype)
+
+        def f(a, ww, bb):
+            return F.layer_norm(a, ns, ww, bb, 1e-5)
+    elif op == "batch":
+        def f(a, ww, bb):
+            return F.batch_norm(a, None, None, ww, bb, True, 0.1, 1e-5)
+    elif op == "batch_eval":
+        rm, rv = torch.zeros(w.shape[0], dtype=tx.dtype), torch.ones(w.shape[0], dtype=tx.dtype)
+        with torch.no_grad():
+            return (lambda: F.batch_norm(tx, rm, rv, tw, tb, False, 0.1, 1e-5)), None
+    elif op == "instance":
+        def f(a, ww, bb):
+            return F.instance_norm(a, weight=ww, bias=bb, eps=1e-5)
+    else:
+        G = extra["G"]
+
+        def f(a, ww, bb):
+            return F.group_norm(a, G, ww, bb, 1e-5)
+
+    def fwd():
+        with torch.no_grad():
+            return f(tx, tw, tb)
+
+    gx = tx.detach().requires_grad_(True)
+    gw = tw.detach().requires_grad_(True)
+    gb = tb.detach().requires_grad_(True)
+    y = f(gx, gw, gb)
+
+    def bwd():
+        return torch.autograd.grad(y, (gx, gw, gb), tdy, retain_graph=True)
+
+    return fwd, bwd
+
+
+def _onnx_call(op, x, layout, extra, threads):
+    """An ONNX Runtime session for the inference forms (NCHW only: ONNX ops are channels-first)."""
+    if layout != "NCHW":
+        return None
+    try:
+        import onnx
+        import onnxruntime as ort
+        from onnx import TensorProto, helper, numpy_helper
+    except Exception:
+        return None
+    C = x.shape[1]
+    dt = TensorProto.FLOAT if x.dtype == np.float32 else TensorProto.DOUBLE
+    inits = []
+    opset = 21
+
+    def const(name, arr):
+        inits.append(numpy_helper.from_array(np.ascontiguousarray(arr, dtype=x.dtype), name))
+        return name
+
+    if op == "batch_eval":
+        node = helper.make_node("BatchNormalization",
+                                ["x", const("s", np.ones(C)), const("b", np.zeros(C)),
+                                 const("m", np.zeros(C)), const("v", np.ones(C))], ["y"],
+                                epsilon=1e-5)
+    elif op == "instance":
+        node = helper.make_node("InstanceNormalization",
+                                ["x", const("s", np.ones(C)), const("b", np.zeros(C))], ["y"],
+                                epsilon=1e-5)
+    elif op == "layer":
+        ns = extra["ns"]
+        node = helper.make_node("LayerNormalization",
+                                ["x", const("s", np.ones(ns)), const("b", np.zeros(ns))], ["y"],
+                                axis=x.ndim - len(ns), epsilon=1e-5)
+    elif op == "group":
+        node = helper.make_node("GroupNormalization",
+                                ["x", const("s", np.ones(C)), const("b", np.zeros(C))], ["y"],
+                                num_groups=extra["G"], epsilon=1e-5)
+    else:
+        return None
+    graph = helper.make_graph([node], "norm", [helper.make_tensor_value_info("x", dt, x.shape)],
+                              [helper.make_tensor_value_info("y", dt, x.shape)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 10
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    try:
+        sess = ort.InferenceSession(model.SerializeToString(), so,
+                                    providers=["CPUExecutionProvider"])
+    except Exception:
+        return None
+    return lambda: sess.run(None, {"x": x})
+
+
+# ---- the report ----------------------------------------------------------------------------------
+
+def run(quick=False, dtypes=("float32",), thread_counts=None, progress=True):
+    try:
+        import torch
+    except Exception:
+        torch = None
+    nmax = fn.get_num_threads()
+    thread_counts = thread_counts or sorted({1, nmax})
+    rng = np.random.default_rng(0)
+    budget = 0.4 if quick else 1.5
+    results = []
+    todo = [(c, d, t) for c in cases(quick) for d in dtypes for t in thread_counts]
+    for i, ((name, op, layout, shape, extra), dtype, t) in enumerate(todo):
+        if progress:
+            print(f"\r[{i + 1}/{len(todo)}] {name} {layout} {dtype} {t}T ...".ljust(60),
+                  end="", file=sys.stderr, flush=True)
+        phys = shape if layout == "rows" else _phys_shape(shape, layout)
+        x = rng.standard_normal(phys).astype(dtype)
+        dy = rng.standard_normal(phys).astype(dtype)
+        C = shape[1]
+        w = np.ones(C, dtype=dtype)
+        b = np.zeros(C, dtype=dtype)
+        row = {"name": name, "op": op, "layout": layout, "shape": list(shape), "dtype": dtype,
+               "threads": t, "bytes": int(x.nbytes)}
+        with fn.threads(t):
+            flat = x.reshape(-1)
+            dst = np.empty_like(flat)
+            row["copy"] = timeit(lambda: K.parallel_copy(flat, dst, t), budget=budget)
+            f_fwd, f_bwd = _fastnorm_calls(op, x, layout, extra, w, b, dy)
+            row["fastnorm_fwd"] = timeit(f_fwd, budget=budget)
+            row["fastnorm_bwd"] = timeit(f_bwd, budget=budget) if f_bwd else None
+            if t == 1 or not quick:
+                row["numpy_fwd"] = timeit(
+                    lambda: _numpy_forward(op, x, layout, extra, w, b), budget=budget,
+                    repeat=2)
+            if torch is not None:
+                prev = torch.get_num_threads()
+                torch.set_num_threads(t)
+                try:
+                    t_fwd, t_bwd = _torch_calls(op, x, layout, extra, w, b, dy)
+                    row["torch_fwd"] = timeit(t_fwd, budget=budget)
+                    row["torch_bwd"] = timeit(t_bwd, budget=budget) if t_bwd else None
+                finally:
+                    torch.set_num_threads(prev)
+            if op in ("batch_eval", "instance", "layer", "group"):
+                sess = _onnx_call(op if op != "layer" or layout != "rows" else "layer", x,
+                                  layout, extra, t)
+                if sess is not None:
+                    row["onnxruntime_fwd"] = timeit(sess, budget=budget)
+        results.append(row)
+    if progress:
+        print("\r".ljust(62) + "\r", end="", file=sys.stderr, flush=True)
+    return results
+
+
+def _ratio(a, b):
+    return None if a is None or b is None else a / b
+
+
+def _fmt(v, spec="{:.2f}"):
+    return "-" if v is None else spec.format(v)
+
+
+def table(results):
+    """One table: rows per (op, layout, dtype, threads), ratios measured in the same run."""
+    hdr = ("op", "layout", "dtype", "thr", "fwd/copy", "bwd/copy", "fwd GB/s", "vs numpy",
+           "fwd vs torch", "bwd vs torch", "ort/copy")
+    lines = [hdr]
+    for r in results:
+        fwd, bwd, cp = r["fastnorm_fwd"], r.get("fastnorm_bwd"), r["copy"]
+        gbs = 2 * r["bytes"] / fwd / 1e9
+        lines.append((
+            r["name"], r["layout"], r["dtype"], str(r["threads"]),
+            _fmt(_ratio(fwd, cp)), _fmt(_ratio(bwd, cp)), _fmt(gbs, "{:.1f}"),
+            _fmt(_ratio(r.get("numpy_fwd"), fwd), "{:.1f}x"),
+            _fmt(_ratio(r.get("torch_fwd"), fwd), "{:.2f}x"),
+            _fmt(_ratio(r.get("torch_bwd"), bwd), "{:.2f}x"),
+            _fmt(_ratio(r.get("onnxruntime_fwd"), cp)),
+        ))
+    widths = [max(len(str(l[i])) for l in lines) for i in range(len(hdr))]
+    out = []
+    for j, l in enumerate(lines):
+        out.append("  ".join(str(v).ljust(widths[i]) if i < 3 else str(v).rjust(widths[i])
+                             for i, v in enumerate(l)))
+        if j == 0:
+            out.append("  ".join("-" * w for w in widths))
+    return "\n".join(out)
+
+
+def plot(results, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    labels = [f"{r['name']} {r['layout']} {r['threads']}T" for r in results]
+    y = np.arange(len(results))
+    fig, ax = plt.subplots(figsize=(9, 0.35 * len(results) + 1.5))
+    h = 0.27
+    series = [("fastnorm fwd", [_ratio(r["fastnorm_fwd"], r["copy"]) for r in results]),
+              ("fastnorm bwd", [_ratio(r.get("fastnorm_bwd"), r["copy"]) for r in results]),
+              ("torch fwd", [_ratio(r.get("torch_fwd"), r["copy"]) for r in results])]
+    for k, (lab, vals) in enumerate(series):
+        ax.barh(y + (k - 1) * h, [v or 0 for v in vals], height=h, label=lab)
+    ax.axvline(1.0, color="k", lw=0.8)
+    ax.set_yticks(y)
+    ax.set_yticklabels(labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("time / parallel copy of the same tensor (lower is better)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m fastnorm.bench", description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="small shapes, short timing (< 1 min)")
+    p.add_argument("--dtype", action="append", choices=["float32", "float64"],
+                   help="dtype(s) to measure (default float32)")
+    p.add_argument("--threads", type=int, action="append",
+                   help="thread counts (default: 1 and all)")
+    p.add_argument("--json", metavar="PATH", help="write the raw figures as JSON")
+    p.add_argument("--plot", metavar="PATH", help="bar chart of the ratios (needs matplotlib)")
+    args = p.parse_args(argv)
+    results = run(args.quick, tuple(args.dtype or ["float32"]), args.threads)
+    cfg = fn.show_config(file=open(os.devnull, "w"))
+    print(f"fastnorm {fn.__version__} | {platform.machine()} | {os.cpu_count()} CPUs | "
+          f"simd {cfg['simd']} | openmp {cfg['openmp']} | numpy {np.__version__}", end="")
+    try:
+        import torch
+        print(f" | torch {torch.__version__}", end="")
+    except Exception:
+        pass
+    print("\nratios: time / parallel copy of the same tensor at the same thread count; "
+          "'vs X' = X time / fastnorm time (> 1: fastnorm faster)\n")
+    print(table(results))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"config": cfg, "results": results}, f, indent=1)
+    if args.plot:
+        plot(results, args.plot)
+    return results
+
+
+if __name__ == "__main__":
+    main()
