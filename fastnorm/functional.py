@@ -300,8 +300,13 @@ def _layer_setup(x, normalized_shape, min_ndim=1):
 def _layer_forward(x, normalized_shape, weight, bias, eps, out, act):
     x, ct, ot, ns, lead, M, Dn = _layer_setup(x, normalized_shape)
     eps = D.check_eps(eps)
-    w = D.param_array(weight, "weight", ns, ct, 1).reshape(-1)
-    b = D.param_array(bias, "bias", ns, ct, 0).reshape(-1)
+    ew = weight is not None or bias is not None
+    if ew:
+        w = D.param_array(weight, "weight", ns, ct, 1).reshape(-1)
+        b = D.param_array(bias, "bias", ns, ct, 0).reshape(-1)
+    else:  # no affine: one scalar scale per row, no weight/bias streams to read
+        w = np.ones(1, dtype=ct)
+        b = np.zeros(1, dtype=ct)
     out = D.check_out(out, x.shape, ot, [(x, "x"), (weight, "weight"), (bias, "bias")])
     mean = np.empty(M, dtype=np.float64)
     rstd = np.empty(M, dtype=np.float64)
@@ -314,7 +319,7 @@ def _layer_forward(x, normalized_shape, weight, bias, eps, out, act):
     xf = plan.flat(x, ct)
     yf, finish = D.output(plan, ct, ot, out)
     nt = D.threads()
-    K.planes_forward(xf, yf, M, 1, Dn, 1, 1, w, b, True, eps, mean, rstd, act, nt,
+    K.planes_forward(xf, yf, M, 1, Dn, 1, 1, w, b, ew, eps, mean, rstd, act, nt,
                      D.use_fused(M, nt))
     return finish(), mean.reshape(lead), rstd.reshape(lead)
 

@@ -15,6 +15,8 @@ CASES = [
     ((1, 70000), (70000,)),        # one long row: split schedule, several chunks
     ((5, 1), (1,)),                # rows of one element
     ((64, 33), (33,)),             # SIMD tail
+    ((300, 20), (20,)),            # dweight partials flushed every 64 rows
+    ((3, 9000), (9000,)),          # long rows: dweight by column chunks
 ]
 
 

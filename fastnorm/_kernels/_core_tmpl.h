@@ -22,6 +22,16 @@ static inline double FN(fn_hsum)(const FN(vec) *a, const FN(vec) *b)
     return s;
 }
 
+static inline double FN(fn_hsum1)(const FN(vec) *a)
+{
+    T ta[64 / sizeof(T)];
+    double s = 0;
+    fn_idx j;
+    memcpy(ta, a, sizeof ta);
+    for (j = 0; j < FN_VL; j++) s += (double)ta[j];
+    return s;
+}
+
 /* ---- activation epilogue (inference forwards) ------------------------------------------- */
 /* act: 0 none, 1 relu, 2 silu, 3 gelu (erf form, as torch's default). Evaluated in float64 for
    float64 data and in float32 otherwise. */
@@ -37,28 +47,15 @@ static inline T FN(fn_act)(T v, int act)
 
 /* ---- moments -------------------------------------------------------------------------- */
 
-/* Mean and M2 (sum of squared deviations) of x[0:n], 1 <= n <= FN_BLK.
-   Accumulators are GCC vectors: the lane arithmetic is fixed by the code, not by the ISA the
-   clone targets, so every clone gives the same bits. */
-FN_HOT static void FN(fn_block_moments)(const T *x, fn_idx n, double *mean, double *m2)
+/* Exact two-pass moments of x[0:n] with the first pass's mean m0 given: the corrected sum of
+   squared deviations from m0 (its residual sum refines the mean). */
+FN_HOT static void FN(fn_block_moments_2p)(const T *x, fn_idx n, double m0, double *mean,
+                                           double *m2)
 {
     FN(vec) a0 = {0}, a1 = {0}, q0 = {0}, q1 = {0}, d0, d1;
-    T K = x[0], mh, ml, t1 = 0, t2 = 0, e;
-    double s, s1, s2, m;
+    T mh = (T)m0, ml = (T)(m0 - (double)(T)m0), t1 = 0, t2 = 0, e;
+    double s1, s2;
     fn_idx i, nv = n - n % (2 * FN_VL);
-
-    for (i = 0; i < nv; i += 2 * FN_VL) {
-        a0 += *(const FN(uvec) *)(x + i) - K;
-        a1 += *(const FN(uvec) *)(x + i + FN_VL) - K;
-    }
-    for (; i < n; i++) t1 += x[i] - K;
-    s = (double)t1 + FN(fn_hsum)(&a0, &a1);
-    m = (double)K + s / (double)n;
-    mh = (T)m;
-    ml = (T)(m - (double)mh);
-
-    a0 = (FN(vec)){0};
-    a1 = (FN(vec)){0};
     for (i = 0; i < nv; i += 2 * FN_VL) {
         d0 = (*(const FN(uvec) *)(x + i) - mh) - ml;
         d1 = (*(const FN(uvec) *)(x + i + FN_VL) - mh) - ml;
@@ -67,7 +64,6 @@ FN_HOT static void FN(fn_block_moments)(const T *x, fn_idx n, double *mean, doub
         q0 += d0 * d0;
         q1 += d1 * d1;
     }
-    t1 = 0;
     for (; i < n; i++) {
         e = (x[i] - mh) - ml;
         t1 += e;
@@ -75,8 +71,47 @@ FN_HOT static void FN(fn_block_moments)(const T *x, fn_idx n, double *mean, doub
     }
     s1 = (double)t1 + FN(fn_hsum)(&a0, &a1);
     s2 = (double)t2 + FN(fn_hsum)(&q0, &q1);
-    /* corrected two-pass: the residual sum of deviations refines both the mean and M2 */
-    *mean = m + s1 / (double)n;
+    *mean = m0 + s1 / (double)n;
+    s2 -= s1 * s1 / (double)n;
+    *m2 = s2 > 0 ? s2 : 0;
+}
+
+/* Mean and M2 (sum of squared deviations) of x[0:n], 1 <= n <= FN_BLK, in one pass over the
+   block: sums of d = x - K and d^2 with the pivot K = the mean of the block's first 64 elements,
+   so d is of the order of the spread and x - K is exact when |mean| >> spread. The shifted
+   sum of squares s2 - s1^2 / n cancels only if K is far from the block mean; when
+   s1^2 / n > s2 / 2 (K more than a standard deviation away: M2 would lose more than a factor
+   2 of its precision) the block is redone as an exact two-pass. Accumulators are GCC vectors: the lane arithmetic is fixed by the code, not
+   by the ISA the clone targets, so every clone gives the same bits. */
+FN_HOT static void FN(fn_block_moments)(const T *x, fn_idx n, double *mean, double *m2)
+{
+    FN(vec) a0 = {0}, a1 = {0}, q0 = {0}, q1 = {0}, d0, d1;
+    T K, t1 = 0, t2 = 0, e;
+    double s1, s2, k = 0;
+    fn_idx i, np = n < 64 ? n : 64, nv = n - n % (2 * FN_VL);
+
+    for (i = 0; i < np; i++) k += (double)x[i];
+    K = (T)(k / (double)np);
+    for (i = 0; i < nv; i += 2 * FN_VL) {
+        d0 = *(const FN(uvec) *)(x + i) - K;
+        d1 = *(const FN(uvec) *)(x + i + FN_VL) - K;
+        a0 += d0;
+        a1 += d1;
+        q0 += d0 * d0;
+        q1 += d1 * d1;
+    }
+    for (; i < n; i++) {
+        e = x[i] - K;
+        t1 += e;
+        t2 += e * e;
+    }
+    s1 = (double)t1 + FN(fn_hsum)(&a0, &a1);
+    s2 = (double)t2 + FN(fn_hsum)(&q0, &q1);
+    if (s1 * s1 / (double)n > 0.5 * s2) {
+        FN(fn_block_moments_2p)(x, n, (double)K + s1 / (double)n, mean, m2);
+        return;
+    }
+    *mean = (double)K + s1 / (double)n;
     s2 -= s1 * s1 / (double)n;
     *m2 = s2 > 0 ? s2 : 0;
 }
@@ -93,54 +128,82 @@ static void FN(fn_seg_moments)(const T *x, fn_idx len, double *n, double *mean, 
     }
 }
 
-/* Per-column mean and M2 of a block x[rows, C] (row stride C), 1 <= rows.
+/* Per-column mean and M2 of a block x[rows, C] (row stride C), 1 <= rows, in one pass with a
+   per-column pivot: piv (the running mean of the chunk so far) or, for a chunk's first block,
+   the mean of its first rows. As in fn_block_moments, a pivot that lands more than a standard
+   deviation from a column's mean sends the block through an exact two-pass.
    scr: 5*C elements of T. Lanes run across C, so every lane shares one count. */
-FN_HOT static void FN(fn_block_col_moments)(const T *x, fn_idx rows, fn_idx C, T *scr,
-                                             double *mean, double *m2)
+FN_HOT static void FN(fn_block_col_moments)(const T *x, fn_idx rows, fn_idx C, const double *piv,
+                                             T *scr, double *mean, double *m2)
 {
-    T *K = scr, *s = scr + C, *mh = scr + 2 * C, *ml = scr + 3 * C, *d1 = scr + 4 * C;
+    T *K = scr, *s = scr + C, *q = scr + 2 * C, *mh = scr + 3 * C, *ml = scr + 4 * C;
     const T *row;
     T d;
-    double m, inv = 1.0 / (double)rows, t;
-    fn_idx r, c;
+    double m, inv = 1.0 / (double)rows, t, s1, s2;
+    fn_idx r, c, np = rows < 32 ? rows : 32;
+    int redo = 0;
 
-    for (c = 0; c < C; c++) { K[c] = x[c]; s[c] = 0; }
-    for (r = 1; r < rows; r++) {
+    if (piv) {
+        for (c = 0; c < C; c++) K[c] = (T)piv[c];
+    } else {
+        for (c = 0; c < C; c++) s[c] = 0;
+        for (r = 0; r < np; r++) {
+            row = x + r * C;
+            for (c = 0; c < C; c++) s[c] += row[c];
+        }
+        for (c = 0; c < C; c++) K[c] = s[c] / (T)np;
+    }
+    for (c = 0; c < C; c++) { s[c] = 0; q[c] = 0; }
+    for (r = 0; r < rows; r++) {
         row = x + r * C;
-        for (c = 0; c < C; c++) s[c] += row[c] - K[c];
+        for (c = 0; c < C; c++) {
+            d = row[c] - K[c];
+            s[c] += d;
+            q[c] += d * d;
+        }
     }
     for (c = 0; c < C; c++) {
-        m = (double)K[c] + (double)s[c] * inv;
-        mean[c] = m;
+        s1 = (double)s[c];
+        s2 = (double)q[c];
+        if (s1 * s1 * inv > 0.5 * s2) redo = 1;
+        mean[c] = (double)K[c] + s1 * inv;
+        t = s2 - s1 * s1 * inv;
+        m2[c] = t > 0 ? t : 0;
+    }
+    if (!redo) return;
+    for (c = 0; c < C; c++) {
+        m = mean[c];
         mh[c] = (T)m;
         ml[c] = (T)(m - (double)mh[c]);
         s[c] = 0;
-        d1[c] = 0;
+        q[c] = 0;
     }
     for (r = 0; r < rows; r++) {
         row = x + r * C;
         for (c = 0; c < C; c++) {
             d = (row[c] - mh[c]) - ml[c];
-            d1[c] += d;
-            s[c] += d * d;
+            s[c] += d;
+            q[c] += d * d;
         }
     }
     for (c = 0; c < C; c++) {
-        mean[c] += (double)d1[c] * inv;
-        t = (double)s[c] - (double)d1[c] * (double)d1[c] * inv;
+        s1 = (double)s[c];
+        mean[c] += s1 * inv;
+        t = (double)q[c] - s1 * s1 * inv;
         m2[c] = t > 0 ? t : 0;
     }
 }
 
 /* Per-column moments of x[rows, C] in blocks of rb rows, merged in order into (n, mean, m2).
-   bm, bm2: C doubles of scratch; scr: 5*C of T. */
+   Every block after the first pivots on the running mean. bm, bm2: C doubles of scratch;
+   scr: 5*C of T. */
 static void FN(fn_seg_col_moments)(const T *x, fn_idx rows, fn_idx C, fn_idx rb, T *scr,
                                    double *bm, double *bm2, double *n, double *mean, double *m2)
 {
     fn_idx r, b;
     for (r = 0; r < rows; r += rb) {
         b = rows - r < rb ? rows - r : rb;
-        FN(fn_block_col_moments)(x + r * C, b, C, scr, bm, bm2);
+        FN(fn_block_col_moments)(x + r * C, b, C, *n > 0 ? mean : NULL, scr, bm, bm2);
         fn_chan_merge_vec(n, mean, m2, C, (double)b, bm, bm2);
     }
 }
@@ -238,24 +301,75 @@ FN_HOT static void FN(fn_seg_bwd_apply)(const T *dy, const T *x, T *dx, fn_idx n
     for (i = 0; i < n; i++) dx[i] = (dy[i] * P - Q) * R + ((x[i] - mh) - ml) * B;
 }
 
-/* Layer-norm row reduce, in float64: with xc = x - m and g = dy * w,
-   *sg += sum(g), *sgx += sum(g * xc); dw[i] += dy * xc * r; db[i] += dy. */
-FN_HOT static void FN(fn_row_bwd_sums_ew)(const T *dy, const T *x, fn_idx n, double m,
-                                          double r, const T *w, double *sg, double *sgx,
-                                          double *dw, double *db)
+/* Layer-norm row reduce. With xc = (x - mh) - ml and g = dy * w: *sg += sum(g) and
+   *sgx += sum(g * xc), in vector lanes of T per FN_BLK block, added to float64 per block.
+   When dwa is given, also dwa[i] += dy * xc * r and dba[i] += dy (the caller's T accumulators
+   for dweight and dbias, flushed to float64 every few rows). */
+FN_HOT static void FN(fn_row_bwd_sums_ew)(const T *dy, const T *x, fn_idx len, T mh, T ml, T r,
+                                          const T *w, double *sg, double *sgx, T *dwa, T *dba)
 {
-    fn_idx i;
-    double a = 0, b = 0, xc, d;
-    for (i = 0; i < n; i++) {
-        d = (double)dy[i];
-        xc = (double)x[i] - m;
-        a += d * (double)w[i];
-        b += d * (double)w[i] * xc;
-        dw[i] += d * xc * r;
-        db[i] += d;
+    FN(vec) a0, b0, gv, dv, xc;
+    T t1, t2, e, d;
+    fn_idx i, n, nv;
+    for (; len > 0; len -= n, dy += n, x += n, w += n) {
+        n = len < FN_BLK ? len : FN_BLK;
+        nv = n - n % FN_VL;
+        a0 = b0 = (FN(vec)){0};
+        if (dwa) {
+            for (i = 0; i < nv; i += FN_VL) {
+                dv = *(const FN(uvec) *)(dy + i);
+                xc = (*(const FN(uvec) *)(x + i) - mh) - ml;
+                gv = dv * *(const FN(uvec) *)(w + i);
+                a0 += gv;
+                b0 += gv * xc;
+                *(FN(uvec) *)(dwa + i) += (dv * xc) * r;
+                *(FN(uvec) *)(dba + i) += dv;
+            }
+        } else {
+            for (i = 0; i < nv; i += FN_VL) {
+                xc = (*(const FN(uvec) *)(x + i) - mh) - ml;
+                gv = *(const FN(uvec) *)(dy + i) * *(const FN(uvec) *)(w + i);
+                a0 += gv;
+                b0 += gv * xc;
+            }
+        }
+        t1 = 0;
+        t2 = 0;
+        for (; i < n; i++) {
+            d = dy[i];
+            e = (x[i] - mh) - ml;
+            t1 += d * w[i];
+            t2 += (d * w[i]) * e;
+            if (dwa) {
+                dwa[i] += (d * e) * r;
+                dba[i] += d;
+            }
+        }
+        *sg += (double)t1 + FN(fn_hsum1)(&a0);
+        *sgx += (double)t2 + FN(fn_hsum1)(&b0);
+        if (dwa) {
+            dwa += n;
+            dba += n;
+        }
     }
-    *sg += a;
-    *sgx += b;
+}
+
+/* Layer-norm dweight/dbias over a column range [j0, j0 + len) of all M rows, rows in order:
+   dw[j] += sum_i dy * ((x - mh[i]) - ml[i]) * r[i], db[j] += sum_i dy, float64 accumulators. */
+FN_HOT static void FN(fn_cols_bwd_dwdb)(const T *dy, const T *x, fn_idx M, fn_idx D, fn_idx j0,
+                                        fn_idx len, const T *mh, const T *ml, const T *r,
+                                        double *dw, double *db)
+{
+    fn_idx i, j;
+    const T *d, *xx;
+    for (i = 0; i < M; i++) {
+        d = dy + i * D + j0;
+        xx = x + i * D + j0;
+        for (j = 0; j < len; j++) {
+            dw[j] += (double)((d[j] * ((xx[j] - mh[i]) - ml[i])) * r[i]);
+            db[j] += (double)d[j];
+        }
+    }
 }
 
 /* Layer-norm row dx: dx = (dy * w[i] - Q) * r + ((x - mh) - ml) * B, Q = mean(dy * w). */

@@ -76,10 +76,18 @@ cdef extern from "_core.h" nogil:
                               float Q, float R, float mh, float ml, float B)
     void fn_seg_bwd_apply_f64(const double *dy, const double *x, double *dx, fn_idx n, double P,
                               double Q, double R, double mh, double ml, double B)
-    void fn_row_bwd_sums_ew_f32(const float *dy, const float *x, fn_idx n, double m, double r,
-                                const float *w, double *sg, double *sgx, double *dw, double *db)
-    void fn_row_bwd_sums_ew_f64(const double *dy, const double *x, fn_idx n, double m, double r,
-                                const double *w, double *sg, double *sgx, double *dw, double *db)
+    void fn_row_bwd_sums_ew_f32(const float *dy, const float *x, fn_idx n, float mh, float ml,
+                                float r, const float *w, double *sg, double *sgx, float *dwa,
+                                float *dba)
+    void fn_row_bwd_sums_ew_f64(const double *dy, const double *x, fn_idx n, double mh, double ml,
+                                double r, const double *w, double *sg, double *sgx, double *dwa,
+                                double *dba)
+    void fn_cols_bwd_dwdb_f32(const float *dy, const float *x, fn_idx M, fn_idx D, fn_idx j0,
+                              fn_idx len, const float *mh, const float *ml, const float *r,
+                              double *dw, double *db)
+    void fn_cols_bwd_dwdb_f64(const double *dy, const double *x, fn_idx M, fn_idx D, fn_idx j0,
+                              fn_idx len, const double *mh, const double *ml, const double *r,
+                              double *dw, double *db)
     void fn_row_bwd_apply_ew_f32(const float *dy, const float *x, float *dx, fn_idx n,
                                  const float *w, float Q, float r, float mh, float ml, float B)
     void fn_row_bwd_apply_ew_f64(const double *dy, const double *x, double *dx, fn_idx n,
@@ -514,6 +522,19 @@ def planes_backward(const floating[::1] dy, const floating[::1] x, floating[::1]
 
 
 # ---- layer norm backward (rows with element-wise affine) -------------------------------------
+#
+# dx needs two row sums (sum g, sum g * xhat); dweight/dbias need column sums over all rows.
+# Short rows (D * itemsize <= ROW_DW_BYTES): one pass per row, the row still in L1 for dx, with
+# dweight/dbias accumulated in T over at most 64 rows, then flushed into a float64 partial per
+# block of RB rows (RB fixed by the shape); partials are summed in block order.
+# Long rows: those accumulators would not stay in cache, so dx runs parallel over rows and
+# dweight/dbias parallel over column chunks, each summing all rows in order (one more read of x
+# and dy, no partial buffers).
+
+DEF ROW_DW_BYTES = 32768
+DEF FLUSH_ROWS = 64
+DEF DW_COLS = 1024
+
 
 def rowblock_rows(Py_ssize_t M, Py_ssize_t D):
     """Rows per dweight partial: fixed by the shape alone."""
@@ -521,64 +542,109 @@ def rowblock_rows(Py_ssize_t M, Py_ssize_t D):
     return max(rb, (M + MAX_ROWBLOCKS - 1) // MAX_ROWBLOCKS)
 
 
+cdef inline void row_bwd(const floating *dy, const floating *x, floating *dx, Py_ssize_t i,
+                         Py_ssize_t D, const floating *w, double m, double r, floating *dwa,
+                         floating *dba) noexcept nogil:
+    cdef double sg = 0, sgx = 0
+    cdef floating mh, ml
+    split_mean(m, &mh, &ml)
+    if floating is float:
+        fn_row_bwd_sums_ew_f32(dy + i * D, x + i * D, D, mh, ml, <float>r, w, &sg, &sgx, dwa,
+                               dba)
+        fn_row_bwd_apply_ew_f32(dy + i * D, x + i * D, dx + i * D, D, w, <float>(sg / D),
+                                <float>r, mh, ml, <float>(-r * r * r * sgx / D))
+    else:
+        fn_row_bwd_sums_ew_f64(dy + i * D, x + i * D, D, mh, ml, r, w, &sg, &sgx, dwa, dba)
+        fn_row_bwd_apply_ew_f64(dy + i * D, x + i * D, dx + i * D, D, w, sg / D, r, mh, ml,
+                                -r * r * r * sgx / D)
+
+
 cdef void rows_block_bwd(const floating *dy, const floating *x, floating *dx, Py_ssize_t q,
                          Py_ssize_t M, Py_ssize_t D, Py_ssize_t RB, const floating *w,
-                         const double *mean, const double *rstd, double *dwb,
-                         double *dbb) noexcept nogil:
-    cdef Py_ssize_t i, j
-    cdef double sg, sgx, r, m
-    cdef floating mh, ml
+                         const double *mean, const double *rstd, double *dwb, double *dbb,
+                         floating *scr) noexcept nogil:
+    cdef Py_ssize_t i, j, i0, i1 = min(M, (q + 1) * RB), s0
+    cdef floating *dwa = scr
+    cdef floating *dba = scr + D
     for j in range(D):
         dwb[j] = 0
         dbb[j] = 0
-    for i in range(q * RB, min(M, (q + 1) * RB)):
-        m = mean[i]
-        r = rstd[i]
-        sg = 0
-        sgx = 0
-        if floating is float:
-            fn_row_bwd_sums_ew_f32(dy + i * D, x + i * D, D, m, r, w, &sg, &sgx, dwb, dbb)
-        else:
-            fn_row_bwd_sums_ew_f64(dy + i * D, x + i * D, D, m, r, w, &sg, &sgx, dwb, dbb)
-        split_mean(m, &mh, &ml)
-        if floating is float:
-            fn_row_bwd_apply_ew_f32(dy + i * D, x + i * D, dx + i * D, D, w, <float>(sg / D),
-                                    <float>r, mh, ml, <float>(-r * r * r * sgx / D))
-        else:
-            fn_row_bwd_apply_ew_f64(dy + i * D, x + i * D, dx + i * D, D, w, sg / D, r, mh, ml,
-                                    -r * r * r * sgx / D)
+    s0 = q * RB
+    while s0 < i1:
+        for j in range(D):
+            dwa[j] = 0
+            dba[j] = 0
+        for i in range(s0, min(i1, s0 + FLUSH_ROWS)):
+            row_bwd(dy, x, dx, i, D, w, mean[i], rstd[i], dwa, dba)
+        for j in range(D):
+            dwb[j] += dwa[j]
+            dbb[j] += dba[j]
+        s0 += FLUSH_ROWS
 
 
 def rows_backward(const floating[::1] dy, const floating[::1] x, floating[::1] dx,
                   Py_ssize_t M, Py_ssize_t D, const floating[::1] w, const double[::1] mean,
                   const double[::1] rstd, double[::1] dweight, double[::1] dbias, int n_threads):
-    """Layer norm backward over rows (M, D); one pass per row, the row still in L1/L2 for dx.
+    """Layer norm backward over rows (M, D).
 
-    dweight/dbias partials are kept per block of RB rows (RB fixed by the shape) and summed
-    in block order, so the result does not depend on the thread count.
+    dy, x, dx : (M*D,)      IN dy, x; OUT dx
+    w : (D,)                IN weight (ones when None)
+    mean, rstd : (M,)       IN saved statistics
+    dweight, dbias : (D,)   OUT, float64
     """
     cdef Py_ssize_t RB = rowblock_rows(M, D)
-    cdef Py_ssize_t Q = (M + RB - 1) // RB
-    cdef Py_ssize_t q, j
-    cdef double[:, ::1] dwb = np.empty((max(Q, 1), D), dtype=np.float64)
-    cdef double[:, ::1] dbb = np.empty((max(Q, 1), D), dtype=np.float64)
+    cdef Py_ssize_t Q = (M + RB - 1) // RB, ncol = nchunks(D, DW_COLS)
+    cdef Py_ssize_t nt = max(1, n_threads)
+    cdef Py_ssize_t q, j, i, k, j0
     cdef double s1, s2
+    cdef double[:, ::1] dwb
+    cdef double[:, ::1] dbb
+    cdef floating[:, ::1] tsc
+    cdef floating[::1] rmh, rml, rr
+    cdef floating *sc
+    dt = np.float32 if floating is float else np.float64
     if M == 0 or D == 0:
         dweight[:] = 0
         dbias[:] = 0
         return
+    if D * <Py_ssize_t>sizeof(floating) <= ROW_DW_BYTES:
+        dwb = np.empty((Q, D), dtype=np.float64)
+        dbb = np.empty((Q, D), dtype=np.float64)
+        tsc = np.empty((nt, 2 * D), dtype=dt)
+        with nogil:
+            with parallel(num_threads=n_threads):
+                sc = &tsc[threadid(), 0]
+                for q in prange(Q, schedule="static"):
+                    rows_block_bwd(&dy[0], &x[0], &dx[0], q, M, D, RB, &w[0], &mean[0],
+                                   &rstd[0], &dwb[q, 0], &dbb[q, 0], sc)
+            for j in prange(D, schedule="static", num_threads=n_threads):
+                s1 = 0
+                s2 = 0
+                for q in range(Q):
+                    s1 = s1 + dwb[q, j]
+                    s2 = s2 + dbb[q, j]
+                dweight[j] = s1
+                dbias[j] = s2
+        return
+    rmh = np.empty(M, dtype=dt)
+    rml = np.empty(M, dtype=dt)
+    rr = np.empty(M, dtype=dt)
+    for i in range(M):
+        split_mean(mean[i], &rmh[i], &rml[i])
+        rr[i] = <floating>rstd[i]
+    dweight[:] = 0
+    dbias[:] = 0
     with nogil:
-        for q in prange(Q, schedule="static", num_threads=n_threads):
-            rows_block_bwd(&dy[0], &x[0], &dx[0], q, M, D, RB, &w[0], &mean[0], &rstd[0],
-                           &dwb[q, 0], &dbb[q, 0])
-        for j in prange(D, schedule="static", num_threads=n_threads):
-            s1 = 0
-            s2 = 0
-            for q in range(Q):
-                s1 = s1 + dwb[q, j]
-                s2 = s2 + dbb[q, j]
-            dweight[j] = s1
-            dbias[j] = s2
+        for i in prange(M, schedule="static", num_threads=n_threads):
+            row_bwd(&dy[0], &x[0], &dx[0], i, D, &w[0], mean[i], rstd[i], NULL, NULL)
+        for k in prange(ncol, schedule="static", num_threads=n_threads):
+            j0 = k * DW_COLS
+            if floating is float:
+                fn_cols_bwd_dwdb_f32(&dy[0], &x[0], M, D, j0, min(<Py_ssize_t>DW_COLS, D - j0),
+                                     &rmh[0], &rml[0], &rr[0], &dweight[j0], &dbias[j0])
+            else:
+                fn_cols_bwd_dwdb_f64(&dy[0], &x[0], M, D, j0, min(<Py_ssize_t>DW_COLS, D - j0),
+                                     &rmh[0], &rml[0], &rr[0], &dweight[j0], &dbias[j0])
 
 
 # ---- cols (channels-last) ----------------------------------------------------------------------
