@@ -9,6 +9,7 @@ from fastnorm.functional import (
     group_norm, group_norm_backward, group_norm_forward,
     instance_norm, instance_norm_backward, instance_norm_forward,
     layer_norm, layer_norm_backward, layer_norm_forward,
+    rms_norm, rms_norm_backward, rms_norm_forward,
 )
 
 __version__ = "0.1.0"
@@ -19,6 +20,7 @@ __all__ = [
     "group_norm", "group_norm_backward", "group_norm_forward",
     "instance_norm", "instance_norm_backward", "instance_norm_forward",
     "layer_norm", "layer_norm_backward", "layer_norm_forward",
+    "rms_norm", "rms_norm_backward", "rms_norm_forward",
 ]
 
 

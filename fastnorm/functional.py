@@ -15,6 +15,7 @@ __all__ = [
     "instance_norm_forward", "instance_norm_backward", "instance_norm",
     "group_norm_forward", "group_norm_backward", "group_norm",
     "layer_norm_forward", "layer_norm_backward", "layer_norm",
+    "rms_norm_forward", "rms_norm_backward", "rms_norm",
 ]
 
 
@@ -297,8 +298,12 @@ def _layer_setup(x, normalized_shape, min_ndim=1):
     return x, ct, ot, ns, lead, M, Dn
 
 
-def _layer_forward(x, normalized_shape, weight, bias, eps, out, act):
+def _rows_forward(x, normalized_shape, weight, bias, eps, out, act, rms=False, residual=None,
+                  residual_out=None):
+    """Layer norm or RMS norm over the trailing dims; optionally of x + residual."""
     x, ct, ot, ns, lead, M, Dn = _layer_setup(x, normalized_shape)
+    if rms and eps is None:
+        eps = float(np.finfo(ot).eps)  # PyTorch's default for RMSNorm
     eps = D.check_eps(eps)
     ew = weight is not None or bias is not None
     if ew:
@@ -307,50 +312,54 @@ def _layer_forward(x, normalized_shape, weight, bias, eps, out, act):
     else:  # no affine: one scalar scale per row, no weight/bias streams to read
         w = np.ones(1, dtype=ct)
         b = np.zeros(1, dtype=ct)
-    out = D.check_out(out, x.shape, ot, [(x, "x"), (weight, "weight"), (bias, "bias")])
+    if residual is not None:
+        residual = D.check_same(residual, x, "residual")
+    inputs = [(x, "x"), (weight, "weight"), (bias, "bias"), (residual, "residual")]
+    out = D.check_out(out, x.shape, ot, inputs)
+    residual_out = D.check_out(residual_out, x.shape, ot, inputs + [(out, "out")],
+                               name="residual_out")
     mean = np.empty(M, dtype=np.float64)
     rstd = np.empty(M, dtype=np.float64)
+    plan = D.RowsPlan(x)
     if x.size == 0:
         mean.fill(np.nan)
         rstd.fill(np.nan)
         y = out if out is not None else np.empty(x.shape, dtype=ot)
-        return y, mean.reshape(lead), rstd.reshape(lead)
-    plan = D.RowsPlan(x)
+        s = None
+        if residual is not None:
+            s = residual_out if residual_out is not None else np.empty(x.shape, dtype=ot)
+        return y, mean.reshape(lead), rstd.reshape(lead), s
     xf = plan.flat(x, ct)
     yf, finish = D.output(plan, ct, ot, out)
     nt = D.threads()
+    if residual is None:
+        K.planes_forward(xf, yf, M, 1, Dn, 1, 1, w, b, ew, eps, mean, rstd, act, nt,
+                         D.use_fused(M, nt), rms)
+        return finish(), mean.reshape(lead), rstd.reshape(lead), None
+    rf = plan.flat(residual, ct)
+    sf, sfinish = D.output(plan, ct, ot, residual_out)
     K.planes_forward(xf, yf, M, 1, Dn, 1, 1, w, b, ew, eps, mean, rstd, act, nt,
-                     D.use_fused(M, nt))
-    return finish(), mean.reshape(lead), rstd.reshape(lead)
+                     D.use_fused(M, nt), rms, rf, sf)
+    return finish(), mean.reshape(lead), rstd.reshape(lead), sfinish()
 
 
-def layer_norm_forward(x, normalized_shape, weight=None, bias=None, *, eps=1e-5, out=None):
-    """Layer normalization over the trailing ``normalized_shape`` dims (PyTorch semantics).
-
-    Parameters
-    ----------
-    x : ndarray (*, *normalized_shape)
-    normalized_shape : int or tuple of ints
-    weight, bias : ndarray of shape normalized_shape, optional
-
-    Returns
-    -------
-    y : ndarray shaped like x
-    mean, rstd : float64 ndarrays of shape ``x.shape[:-len(normalized_shape)]``
-    """
-    return _layer_forward(x, normalized_shape, weight, bias, eps, out, 0)
+def _layer_forward(x, normalized_shape, weight, bias, eps, out, act):
+    y, mean, rstd, _ = _rows_forward(x, normalized_shape, weight, bias, eps, out, act)
+    return y, mean, rstd
 
 
-def layer_norm_backward(dy, x, mean, rstd, normalized_shape, weight=None, *, out=None):
-    """Backward of :func:`layer_norm_forward`: returns (dx, dweight, dbias), dweight/dbias
-    shaped like ``normalized_shape``."""
+def _rows_backward(dy, x, mean, rstd, normalized_shape, weight, out, rms, residual_grad):
     x, ct, ot, ns, lead, M, Dn = _layer_setup(x, normalized_shape)
     dy = D.check_same(dy, x, "dy")
-    m = D.stats_array(mean, "mean", lead)
+    m = np.zeros(M) if rms else D.stats_array(mean, "mean", lead)
     r = D.stats_array(rstd, "rstd", lead)
     w = D.param_array(weight, "weight", ns, ct, 1).reshape(-1)
+    ds = None
+    if residual_grad is not None:
+        ds = D.check_same(residual_grad, x, "residual_grad")
     out = D.check_out(out, x.shape, ot, [(dy, "dy"), (x, "x"), (mean, "mean"),
-                                         (rstd, "rstd"), (weight, "weight")])
+                                         (rstd, "rstd"), (weight, "weight"),
+                                         (residual_grad, "residual_grad")])
     dweight = np.zeros(Dn, dtype=np.float64)
     dbias = np.zeros(Dn, dtype=np.float64)
     if x.size == 0:
@@ -359,13 +368,87 @@ def layer_norm_backward(dy, x, mean, rstd, normalized_shape, weight=None, *, out
     plan = D.RowsPlan(x)
     xf = plan.flat(x, ct)
     dyf = plan.flat(dy, ct)
+    dsf = plan.flat(ds, ct) if ds is not None else None
     dxf, finish = D.output(plan, ct, ot, out)
-    K.rows_backward(dyf, xf, dxf, M, Dn, w, m, r, dweight, dbias, D.threads())
+    K.rows_backward(dyf, xf, dxf, M, Dn, w, m, r, dweight, dbias, D.threads(), rms, dsf)
     return finish(), dweight.astype(ct).reshape(ns), dbias.astype(ct).reshape(ns)
 
 
-def layer_norm(x, normalized_shape, weight=None, bias=None, *, eps=1e-5, activation=None,
-               out=None):
-    """Layer normalization returning only y (``F.layer_norm``); ``activation`` is fused."""
-    return _layer_forward(x, normalized_shape, weight, bias, eps, out,
-                          D.activation_code(activation))[0]
+def layer_norm_forward(x, normalized_shape, weight=None, bias=None, *, eps=1e-5, residual=None,
+                       out=None, residual_out=None):
+    """Layer normalization over the trailing ``normalized_shape`` dims (PyTorch semantics).
+
+    Parameters
+    ----------
+    x : ndarray (*, *normalized_shape)
+    normalized_shape : int or tuple of ints
+    weight, bias : ndarray of shape normalized_shape, optional
+    residual : ndarray shaped like x, optional; normalizes ``s = x + residual`` (fused)
+
+    Returns
+    -------
+    y : ndarray shaped like x
+    mean, rstd : float64 ndarrays of shape ``x.shape[:-len(normalized_shape)]``
+    s : ``x + residual``, only when ``residual`` is given (pass it as x to the backward)
+    """
+    y, mean, rstd, s = _rows_forward(x, normalized_shape, weight, bias, eps, out, 0,
+                                     residual=residual, residual_out=residual_out)
+    return (y, mean, rstd) if residual is None else (y, mean, rstd, s)
+
+
+def layer_norm_backward(dy, x, mean, rstd, normalized_shape, weight=None, *,
+                        residual_grad=None, out=None):
+    """Backward of :func:`layer_norm_forward`: returns (dx, dweight, dbias), dweight/dbias
+    shaped like ``normalized_shape``.
+
+    For a fused add + norm, ``x`` is the saved sum ``x + residual`` and ``residual_grad`` the
+    gradient reaching that sum through the residual stream; it is added to dx in the same pass,
+    and dx is then the gradient of both the block input and the residual.
+    """
+    return _rows_backward(dy, x, mean, rstd, normalized_shape, weight, out, False,
+                          residual_grad)
+
+
+def layer_norm(x, normalized_shape, weight=None, bias=None, *, eps=1e-5, residual=None,
+               activation=None, out=None, residual_out=None):
+    """Layer normalization returning y (``F.layer_norm``); ``activation`` is fused.
+
+    With ``residual=r`` it normalizes ``x + r`` and returns ``(y, x + r)`` from one pass over
+    memory (read x and r, write the sum and y), the pre-norm transformer block pattern.
+    """
+    y, _, _, s = _rows_forward(x, normalized_shape, weight, bias, eps, out,
+                               D.activation_code(activation), residual=residual,
+                               residual_out=residual_out)
+    return y if residual is None else (y, s)
+
+
+# ---- RMS norm --------------------------------------------------------------------------------
+
+def rms_norm_forward(x, normalized_shape, weight=None, *, eps=None, residual=None, out=None,
+                     residual_out=None):
+    """RMS normalization over the trailing dims: ``y = x / sqrt(mean(x^2) + eps) * weight``.
+
+    ``eps=None`` is the machine epsilon of x's dtype (PyTorch's default). Returns ``(y, rstd)``
+    with rstd float64 of shape ``x.shape[:-len(normalized_shape)]``; with ``residual=r`` it
+    normalizes ``x + r`` and returns ``(y, rstd, x + r)``.
+    """
+    y, _, rstd, s = _rows_forward(x, normalized_shape, weight, None, eps, out, 0, rms=True,
+                                  residual=residual, residual_out=residual_out)
+    return (y, rstd) if residual is None else (y, rstd, s)
+
+
+def rms_norm_backward(dy, x, rstd, normalized_shape, weight=None, *, residual_grad=None,
+                      out=None):
+    """Backward of :func:`rms_norm_forward`: returns ``(dx, dweight)``."""
+    dx, dw, _ = _rows_backward(dy, x, None, rstd, normalized_shape, weight, out, True,
+                               residual_grad)
+    return dx, dw
+
+
+def rms_norm(x, normalized_shape, weight=None, *, eps=None, residual=None, activation=None,
+             out=None, residual_out=None):
+    """RMS normalization returning y, or ``(y, x + r)`` with ``residual=r`` (one pass)."""
+    y, _, _, s = _rows_forward(x, normalized_shape, weight, None, eps, out,
+                               D.activation_code(activation), rms=True, residual=residual,
+                               residual_out=residual_out)
+    return y if residual is None else (y, s)

@@ -372,12 +372,26 @@ FN_HOT static void FN(fn_cols_bwd_dwdb)(const T *dy, const T *x, fn_idx M, fn_id
     }
 }
 
-/* Layer-norm row dx: dx = (dy * w[i] - Q) * r + ((x - mh) - ml) * B, Q = mean(dy * w). */
+/* Layer-norm row dx: dx = (dy * w[i] - Q) * r + ((x - mh) - ml) * B, Q = mean(dy * w)
+   (RMS norm: Q = mh = ml = 0). ds, when given, is added: the gradient that reaches x + residual
+   from the residual stream itself. */
 FN_HOT static void FN(fn_row_bwd_apply_ew)(const T *dy, const T *x, T *dx, fn_idx n,
-                                           const T *w, T Q, T r, T mh, T ml, T B)
+                                           const T *w, T Q, T r, T mh, T ml, T B, const T *ds)
 {
     fn_idx i;
-    for (i = 0; i < n; i++) dx[i] = (dy[i] * w[i] - Q) * r + ((x[i] - mh) - ml) * B;
+    if (ds) {
+        for (i = 0; i < n; i++)
+            dx[i] = ((dy[i] * w[i] - Q) * r + ((x[i] - mh) - ml) * B) + ds[i];
+    } else {
+        for (i = 0; i < n; i++) dx[i] = (dy[i] * w[i] - Q) * r + ((x[i] - mh) - ml) * B;
+    }
+}
+
+/* s = x + r (the residual stream of a fused add + norm). */
+FN_HOT static void FN(fn_seg_add)(const T *x, const T *r, T *s, fn_idx n)
+{
+    fn_idx i;
+    for (i = 0; i < n; i++) s[i] = x[i] + r[i];
 }
 
 /* Channels-last reduce of one block x[rows, C]: sdy[c] += sum(dy), sdyx[c] += sum(dy * (x - m)).

@@ -89,10 +89,13 @@ cdef extern from "_core.h" nogil:
                               fn_idx len, const double *mh, const double *ml, const double *r,
                               double *dw, double *db)
     void fn_row_bwd_apply_ew_f32(const float *dy, const float *x, float *dx, fn_idx n,
-                                 const float *w, float Q, float r, float mh, float ml, float B)
+                                 const float *w, float Q, float r, float mh, float ml, float B,
+                                 const float *ds)
     void fn_row_bwd_apply_ew_f64(const double *dy, const double *x, double *dx, fn_idx n,
                                  const double *w, double Q, double r, double mh, double ml,
-                                 double B)
+                                 double B, const double *ds)
+    void fn_seg_add_f32(const float *x, const float *r, float *s, fn_idx n)
+    void fn_seg_add_f64(const double *x, const double *r, double *s, fn_idx n)
     void fn_rows_bwd_sums_f32(const float *dy, const float *x, fn_idx rows, fn_idx C,
                               const float *mh, const float *ml, float *scr, double *sdy,
                               double *sdyx)
@@ -231,14 +234,22 @@ cdef inline Py_ssize_t nchunks(Py_ssize_t length, Py_ssize_t chunk) noexcept nog
 # ---- planes (channels-first) -----------------------------------------------------------------
 
 cdef inline void plane_chunk_moments(const floating *x, Py_ssize_t S, Py_ssize_t p, Py_ssize_t k,
-                                     double *out) noexcept nogil:
-    """Moments (count, mean, M2) of chunk k of plane p, from zero."""
-    cdef Py_ssize_t off = k * FN_CHUNK
-    cdef Py_ssize_t ln = min(FN_CHUNK, S - off)
+                                     const floating *res, floating *xs, double *out) noexcept nogil:
+    """Moments (count, mean, M2) of chunk k of plane p, from zero. With a residual, the chunk of
+    xs = x + res is written first and its moments are taken (from L1)."""
+    cdef Py_ssize_t off = p * S + k * FN_CHUNK
+    cdef Py_ssize_t ln = min(FN_CHUNK, S - k * FN_CHUNK)
     out[0] = 0
     out[1] = 0
     out[2] = 0
-    seg_moments(x + p * S + off, ln, &out[0], &out[1], &out[2])
+    if res != NULL:
+        if floating is float:
+            fn_seg_add_f32(x + off, res + off, xs + off, ln)
+        else:
+            fn_seg_add_f64(x + off, res + off, xs + off, ln)
+        seg_moments(xs + off, ln, &out[0], &out[1], &out[2])
+    else:
+        seg_moments(x + off, ln, &out[0], &out[1], &out[2])
 
 
 cdef inline void plane_chunk_apply(const floating *x, floating *y, Py_ssize_t S, Py_ssize_t p,
@@ -253,16 +264,29 @@ cdef inline void plane_chunk_apply(const floating *x, floating *y, Py_ssize_t S,
         seg_apply(x + p * S + off, y + p * S + off, ln, mh, ml, r * w[c], b[c], act)
 
 
+cdef inline void unit_finalize(double un, double um, double um2, double eps, bint rms,
+                               double *mean, double *rstd) noexcept nogil:
+    """Statistics of a unit from its merged moments. RMS norm: mean(x^2) = M2/n + mean^2."""
+    if rms:
+        mean[0] = 0
+        rstd[0] = 1.0 / sqrt(um2 / un + um * um + eps)
+    else:
+        mean[0] = um
+        rstd[0] = 1.0 / sqrt(um2 / un + eps)
+
+
 cdef void planes_unit_fused(const floating *x, floating *y, Py_ssize_t u, Py_ssize_t C,
                             Py_ssize_t S, Py_ssize_t nb, Py_ssize_t cb, const floating *w,
-                            const floating *b, bint ew, double eps, double *mean_out,
-                            double *rstd_out, int act) noexcept nogil:
+                            const floating *b, bint ew, bint rms, double eps, double *mean_out,
+                            double *rstd_out, int act, const floating *res,
+                            floating *xs) noexcept nogil:
     cdef Py_ssize_t ncb = C // cb, K = nchunks(S, FN_CHUNK)
     cdef Py_ssize_t n0 = (u // ncb) * nb, c0 = (u % ncb) * cb
     cdef Py_ssize_t n, c, k, p
-    cdef double un = 0, um = 0, um2 = 0, pn, pm, pm2, r
+    cdef double un = 0, um = 0, um2 = 0, pn, pm, pm2
     cdef double part[3]
     cdef floating mh, ml
+    cdef const floating *src = xs if res != NULL else x
     for n in range(n0, n0 + nb):
         for c in range(c0, c0 + cb):
             p = n * C + c
@@ -270,76 +294,80 @@ cdef void planes_unit_fused(const floating *x, floating *y, Py_ssize_t u, Py_ssi
             pm = 0
             pm2 = 0
             for k in range(K):
-                plane_chunk_moments(x, S, p, k, part)
+                plane_chunk_moments(x, S, p, k, res, xs, part)
                 fn_chan_merge(&pn, &pm, &pm2, part[0], part[1], part[2])
             fn_chan_merge(&un, &um, &um2, pn, pm, pm2)
-    r = 1.0 / sqrt(um2 / un + eps)
-    mean_out[u] = um
-    rstd_out[u] = r
-    split_mean(um, &mh, &ml)
+    unit_finalize(un, um, um2, eps, rms, &mean_out[u], &rstd_out[u])
+    split_mean(mean_out[u], &mh, &ml)
     for n in range(n0, n0 + nb):
         for c in range(c0, c0 + cb):
             p = n * C + c
             for k in range(K):
-                plane_chunk_apply(x, y, S, p, k, c, ew, mh, ml, <floating>r, w, b, act)
+                plane_chunk_apply(src, y, S, p, k, c, ew, mh, ml, <floating>rstd_out[u], w, b,
+                                  act)
 
 
 def planes_forward(const floating[::1] x, floating[::1] y, Py_ssize_t N, Py_ssize_t C,
                    Py_ssize_t S, Py_ssize_t nb, Py_ssize_t cb, const floating[::1] w,
                    const floating[::1] b, bint ew, double eps, double[::1] mean_out,
-                   double[::1] rstd_out, int act, int n_threads, bint fuse):
+                   double[::1] rstd_out, int act, int n_threads, bint fuse, bint rms=False,
+                   const floating[::1] res=None, floating[::1] xs=None):
     """Training forward over x (N, C, S) in planes.
 
     x, y : (N*C*S,)            IN x, OUT y (y may be x)
     w, b : (C,) or (S,) if ew  IN affine, per channel or element-wise
     mean_out, rstd_out : (U,)  OUT per unit, U = (N/nb) * (C/cb)
+    rms                        RMS norm: rstd = 1/sqrt(mean(x^2) + eps), nothing subtracted
+    res, xs : (N*C*S,)         optional residual: xs = x + res is written and normalized
     """
     cdef Py_ssize_t ncb = C // cb
     cdef Py_ssize_t U = (N // nb) * ncb, K = nchunks(S, FN_CHUNK)
     cdef Py_ssize_t P = N * C, items = P * K
     cdef Py_ssize_t i, u, p, k, n, c, n0, c0
-    cdef double un, um, um2, pn, pm, pm2
     cdef double[:, ::1] part
     cdef floating[::1] cmh, cml, cr
+    cdef const floating *rp = NULL
+    cdef floating *xp = NULL
+    cdef const floating *src = &x[0] if items > 0 else NULL
     if U == 0 or S == 0:
         return
+    if res is not None:
+        rp = &res[0]
+        xp = &xs[0]
+        src = xp
     if fuse:
         with nogil:
             for u in prange(U, schedule="static", num_threads=n_threads):
-                planes_unit_fused(&x[0], &y[0], u, C, S, nb, cb, &w[0], &b[0], ew, eps,
-                                  &mean_out[0], &rstd_out[0], act)
+                planes_unit_fused(&x[0], &y[0], u, C, S, nb, cb, &w[0], &b[0], ew, rms, eps,
+                                  &mean_out[0], &rstd_out[0], act, rp, xp)
         return
     part = np.empty((items, 3), dtype=np.float64)
-    if floating is float:
-        cmh = np.empty(U, dtype=np.float32)
-        cml = np.empty(U, dtype=np.float32)
-        cr = np.empty(U, dtype=np.float32)
-    else:
-        cmh = np.empty(U, dtype=np.float64)
-        cml = np.empty(U, dtype=np.float64)
-        cr = np.empty(U, dtype=np.float64)
+    dt = np.float32 if floating is float else np.float64
+    cmh = np.empty(U, dtype=dt)
+    cml = np.empty(U, dtype=dt)
+    cr = np.empty(U, dtype=dt)
     with nogil:
         for i in prange(items, schedule="static", num_threads=n_threads):
-            plane_chunk_moments(&x[0], S, i // K, i % K, &part[i, 0])
+            plane_chunk_moments(&x[0], S, i // K, i % K, rp, xp, &part[i, 0])
         for u in prange(U, schedule="static", num_threads=n_threads):
-            planes_unit_merge(&part[0, 0], u, C, K, nb, cb, eps, &mean_out[0], &rstd_out[0],
-                              &cmh[0], &cml[0], &cr[0])
+            planes_unit_merge(&part[0, 0], u, C, K, nb, cb, eps, rms, &mean_out[0],
+                              &rstd_out[0], &cmh[0], &cml[0], &cr[0])
         for i in prange(items, schedule="static", num_threads=n_threads):
             p = i // K
             c = p % C
             u = ((p // C) // nb) * ncb + c // cb
-            plane_chunk_apply(&x[0], &y[0], S, p, i % K, c, ew, cmh[u], cml[u], cr[u],
-                              &w[0], &b[0], act)
+            plane_chunk_apply(src, &y[0], S, p, i % K, c, ew, cmh[u], cml[u], cr[u], &w[0],
+                              &b[0], act)
 
 
 cdef void planes_unit_merge(const double *part, Py_ssize_t u, Py_ssize_t C, Py_ssize_t K,
-                            Py_ssize_t nb, Py_ssize_t cb, double eps, double *mean_out,
+                            Py_ssize_t nb, Py_ssize_t cb, double eps, bint rms, double *mean_out,
                             double *rstd_out, floating *cmh, floating *cml,
                             floating *cr) noexcept nogil:
     cdef Py_ssize_t ncb = C // cb
     cdef Py_ssize_t n0 = (u // ncb) * nb, c0 = (u % ncb) * cb
     cdef Py_ssize_t n, c, k, i
-    cdef double un = 0, um = 0, um2 = 0, pn, pm, pm2, r
+    cdef double un = 0, um = 0, um2 = 0, pn, pm, pm2
     for n in range(n0, n0 + nb):
         for c in range(c0, c0 + cb):
             pn = 0
@@ -349,11 +377,9 @@ cdef void planes_unit_merge(const double *part, Py_ssize_t u, Py_ssize_t C, Py_s
                 i = (n * C + c) * K + k
                 fn_chan_merge(&pn, &pm, &pm2, part[3 * i], part[3 * i + 1], part[3 * i + 2])
             fn_chan_merge(&un, &um, &um2, pn, pm, pm2)
-    r = 1.0 / sqrt(um2 / un + eps)
-    mean_out[u] = um
-    rstd_out[u] = r
-    split_mean(um, &cmh[u], &cml[u])
-    cr[u] = <floating>r
+    unit_finalize(un, um, um2, eps, rms, &mean_out[u], &rstd_out[u])
+    split_mean(mean_out[u], &cmh[u], &cml[u])
+    cr[u] = <floating>rstd_out[u]
 
 
 def planes_apply(const floating[::1] x, floating[::1] y, Py_ssize_t N, Py_ssize_t C,
@@ -544,25 +570,31 @@ def rowblock_rows(Py_ssize_t M, Py_ssize_t D):
 
 cdef inline void row_bwd(const floating *dy, const floating *x, floating *dx, Py_ssize_t i,
                          Py_ssize_t D, const floating *w, double m, double r, floating *dwa,
-                         floating *dba) noexcept nogil:
-    cdef double sg = 0, sgx = 0
+                         floating *dba, bint rms, const floating *ds) noexcept nogil:
+    """One row: sums, then dx while the row is in L1. RMS norm: nothing is subtracted, so the
+    mean(g) term is absent (m = 0, Q = 0)."""
+    cdef double sg = 0, sgx = 0, Q
     cdef floating mh, ml
+    cdef const floating *dsi = ds + i * D if ds != NULL else NULL
     split_mean(m, &mh, &ml)
     if floating is float:
         fn_row_bwd_sums_ew_f32(dy + i * D, x + i * D, D, mh, ml, <float>r, w, &sg, &sgx, dwa,
                                dba)
-        fn_row_bwd_apply_ew_f32(dy + i * D, x + i * D, dx + i * D, D, w, <float>(sg / D),
-                                <float>r, mh, ml, <float>(-r * r * r * sgx / D))
     else:
         fn_row_bwd_sums_ew_f64(dy + i * D, x + i * D, D, mh, ml, r, w, &sg, &sgx, dwa, dba)
-        fn_row_bwd_apply_ew_f64(dy + i * D, x + i * D, dx + i * D, D, w, sg / D, r, mh, ml,
-                                -r * r * r * sgx / D)
+    Q = 0 if rms else sg / D
+    if floating is float:
+        fn_row_bwd_apply_ew_f32(dy + i * D, x + i * D, dx + i * D, D, w, <float>Q, <float>r,
+                                mh, ml, <float>(-r * r * r * sgx / D), dsi)
+    else:
+        fn_row_bwd_apply_ew_f64(dy + i * D, x + i * D, dx + i * D, D, w, Q, r, mh, ml,
+                                -r * r * r * sgx / D, dsi)
 
 
 cdef void rows_block_bwd(const floating *dy, const floating *x, floating *dx, Py_ssize_t q,
                          Py_ssize_t M, Py_ssize_t D, Py_ssize_t RB, const floating *w,
                          const double *mean, const double *rstd, double *dwb, double *dbb,
-                         floating *scr) noexcept nogil:
+                         floating *scr, bint rms, const floating *ds) noexcept nogil:
     cdef Py_ssize_t i, j, i0, i1 = min(M, (q + 1) * RB), s0
     cdef floating *dwa = scr
     cdef floating *dba = scr + D
@@ -575,7 +607,7 @@ cdef void rows_block_bwd(const floating *dy, const floating *x, floating *dx, Py
             dwa[j] = 0
             dba[j] = 0
         for i in range(s0, min(i1, s0 + FLUSH_ROWS)):
-            row_bwd(dy, x, dx, i, D, w, mean[i], rstd[i], dwa, dba)
+            row_bwd(dy, x, dx, i, D, w, mean[i], rstd[i], dwa, dba, rms, ds)
         for j in range(D):
             dwb[j] += dwa[j]
             dbb[j] += dba[j]
@@ -584,15 +616,18 @@ cdef void rows_block_bwd(const floating *dy, const floating *x, floating *dx, Py
 
 def rows_backward(const floating[::1] dy, const floating[::1] x, floating[::1] dx,
                   Py_ssize_t M, Py_ssize_t D, const floating[::1] w, const double[::1] mean,
-                  const double[::1] rstd, double[::1] dweight, double[::1] dbias, int n_threads):
-    """Layer norm backward over rows (M, D).
+                  const double[::1] rstd, double[::1] dweight, double[::1] dbias, int n_threads,
+                  bint rms=False, const floating[::1] ds=None):
+    """Layer norm (or RMS norm) backward over rows (M, D).
 
     dy, x, dx : (M*D,)      IN dy, x; OUT dx
     w : (D,)                IN weight (ones when None)
     mean, rstd : (M,)       IN saved statistics
     dweight, dbias : (D,)   OUT, float64
+    ds : (M*D,)             IN optional gradient of the residual stream, added to dx
     """
     cdef Py_ssize_t RB = rowblock_rows(M, D)
+    cdef const floating *dsp = &ds[0] if ds is not None else NULL
     cdef Py_ssize_t Q = (M + RB - 1) // RB, ncol = nchunks(D, DW_COLS)
     cdef Py_ssize_t nt = max(1, n_threads)
     cdef Py_ssize_t q, j, i, k, j0
@@ -616,7 +651,7 @@ def rows_backward(const floating[::1] dy, const floating[::1] x, floating[::1] d
                 sc = &tsc[threadid(), 0]
                 for q in prange(Q, schedule="static"):
                     rows_block_bwd(&dy[0], &x[0], &dx[0], q, M, D, RB, &w[0], &mean[0],
-                                   &rstd[0], &dwb[q, 0], &dbb[q, 0], sc)
+                                   &rstd[0], &dwb[q, 0], &dbb[q, 0], sc, rms, dsp)
             for j in prange(D, schedule="static", num_threads=n_threads):
                 s1 = 0
                 s2 = 0
@@ -636,7 +671,7 @@ def rows_backward(const floating[::1] dy, const floating[::1] x, floating[::1] d
     dbias[:] = 0
     with nogil:
         for i in prange(M, schedule="static", num_threads=n_threads):
-            row_bwd(&dy[0], &x[0], &dx[0], i, D, &w[0], mean[i], rstd[i], NULL, NULL)
+            row_bwd(&dy[0], &x[0], &dx[0], i, D, &w[0], mean[i], rstd[i], NULL, NULL, rms, dsp)
         for k in prange(ncol, schedule="static", num_threads=n_threads):
             j0 = k * DW_COLS
             if floating is float:
