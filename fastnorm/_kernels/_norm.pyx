@@ -989,3 +989,101 @@ def parallel_copy(const floating[::1] src, floating[::1] dst, int n_threads):
             off = i * FN_CHUNK
             ln = min(<Py_ssize_t>FN_CHUNK, n - off)
             memcpy(&dst[off], &src[off], ln * sizeof(floating))
+
+
+# ---- statistics only (mergeable moments) -------------------------------------------------------
+
+def planes_moments(const floating[::1] x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S, Py_ssize_t nb,
+                   Py_ssize_t cb, double[::1] mean_out, double[::1] m2_out, int n_threads):
+    """Mean and M2 (sum of squared deviations) per unit of x (N, C, S); units as in
+    planes_forward, with the same chunks and merge order (count per unit: nb * cb * S).
+
+    mean_out, m2_out : (U,)   OUT, float64
+    """
+    cdef Py_ssize_t ncb = C // cb
+    cdef Py_ssize_t U = (N // nb) * ncb, K = nchunks(S, FN_CHUNK)
+    cdef Py_ssize_t items = N * C * K
+    cdef Py_ssize_t i, u, n, c, k, j, n0, c0
+    cdef double un, um, um2, pn, pm, pm2
+    cdef double[:, ::1] part
+    if U == 0:
+        return
+    if S == 0:
+        mean_out[:] = np.nan
+        m2_out[:] = np.nan
+        return
+    part = np.empty((items, 3), dtype=np.float64)
+    with nogil:
+        for i in prange(items, schedule="static", num_threads=n_threads):
+            plane_chunk_moments(&x[0], S, i // K, i % K, <const floating *>NULL,
+                                <floating *>NULL, &part[i, 0])
+        for u in prange(U, schedule="static", num_threads=n_threads):
+            n0 = (u // ncb) * nb
+            c0 = (u % ncb) * cb
+            un = 0
+            um = 0
+            um2 = 0
+            for n in range(n0, n0 + nb):
+                for c in range(c0, c0 + cb):
+                    pn = 0
+                    pm = 0
+                    pm2 = 0
+                    for k in range(K):
+                        j = (n * C + c) * K + k
+                        fn_chan_merge(&pn, &pm, &pm2, part[j, 0], part[j, 1], part[j, 2])
+                    fn_chan_merge(&un, &um, &um2, pn, pm, pm2)
+            mean_out[u] = um
+            m2_out[u] = um2
+
+
+def cols_moments(const floating[::1] x, Py_ssize_t G0, Py_ssize_t R, Py_ssize_t C,
+                 Py_ssize_t cg, double[::1] mean_out, double[::1] m2_out, int n_threads):
+    """Mean and M2 per (g0, group of cg columns) of channels-last x (G0, R, C), with
+    cols_forward's chunks and merge order (count per unit: R * cg).
+
+    mean_out, m2_out : (G0 * C/cg,)   OUT, float64
+    """
+    cdef Py_ssize_t rb = cols_block_rows(C), G = C // cg if cg > 0 else 0
+    cdef Py_ssize_t chr_ = rb * CHUNK_BLOCKS, K = nchunks(R, chr_), items = G0 * K
+    cdef Py_ssize_t nt = max(1, n_threads)
+    cdef Py_ssize_t i, g, k, t, j, c
+    cdef double cnt, n, m, s
+    dt = np.float32 if floating is float else np.float64
+    cdef floating[:, ::1] tsc = np.empty((nt, 5 * max(C, 1)), dtype=dt)
+    cdef double[:, ::1] tsd = np.empty((nt, 4 * max(C, 1)), dtype=np.float64)
+    cdef double[:, ::1] part
+    cdef floating *sc
+    cdef double *sd
+    if G0 == 0 or C == 0:
+        return
+    if R == 0:
+        mean_out[:] = np.nan
+        m2_out[:] = np.nan
+        return
+    part = np.empty((items, 2 * C), dtype=np.float64)
+    with nogil:
+        with parallel(num_threads=n_threads):
+            t = threadid()
+            sc = &tsc[t, 0]
+            sd = &tsd[t, 0]
+            for i in prange(items, schedule="static"):
+                cols_chunk_moments(&x[0], R, C, rb, i // K, i % K, sc, sd, sd + C,
+                                   &part[i, 0], &part[i, C])
+        with parallel(num_threads=n_threads):
+            t = threadid()
+            sd = &tsd[t, 0]
+            for g in prange(G0, schedule="static"):
+                cnt = 0
+                for c in range(2 * C):
+                    sd[c] = 0
+                for k in range(K):
+                    fn_chan_merge_vec(&cnt, sd, sd + C, C, <double>min(chr_, R - k * chr_),
+                                      &part[g * K + k, 0], &part[g * K + k, C])
+                for j in range(G):
+                    n = 0
+                    m = 0
+                    s = 0
+                    for c in range(j * cg, (j + 1) * cg):
+                        fn_chan_merge(&n, &m, &s, <double>R, sd[c], sd[C + c])
+                    mean_out[g * G + j] = m
+                    m2_out[g * G + j] = s
