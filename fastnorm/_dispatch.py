@@ -28,12 +28,19 @@ if _BFLOAT16 is not None:
 
 # ---- dtypes ----------------------------------------------------------------------------------
 
+_F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)
+_NATIVE = {_F32: (_F32, _F32), _F64: (_F64, _F64)}
+
+
 def compute_dtype(dtype, name="x"):
     """(compute dtype, output dtype) for an input dtype, or TypeError.
 
     float32/float64 compute in their own precision; float16/bfloat16 compute in float32 and
     return their own dtype; integers are promoted to float64.
     """
+    hit = _NATIVE.get(dtype)
+    if hit is not None:
+        return hit
     dtype = np.dtype(dtype)
     if dtype == np.float32 or dtype == np.float64:
         return dtype, dtype
@@ -67,6 +74,8 @@ def input_array(x, name="x", min_ndim=2):
 
 
 def check_eps(eps):
+    if type(eps) is float and 0.0 < eps < math.inf:
+        return eps
     if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
         raise TypeError(f"eps must be a real number, got {type(eps).__name__}")
     eps = float(eps)
@@ -76,6 +85,8 @@ def check_eps(eps):
 
 
 def check_layout(layout):
+    if layout == "NCHW" or layout == "NHWC":
+        return layout
     if not isinstance(layout, str) or layout.upper() not in LAYOUTS:
         raise ValueError(f"layout must be 'NCHW' or 'NHWC', got {layout!r}")
     return layout.upper()
@@ -85,6 +96,9 @@ def param_array(a, name, shape, ct, fill):
     """weight/bias/running stats -> C-contiguous array of dtype ct and the given shape."""
     if a is None:
         return np.full(shape, fill, dtype=ct)
+    if (type(a) is np.ndarray and a.dtype == ct and a.shape == shape
+            and a.flags.c_contiguous):
+        return a
     a = as_array(a, name)
     if a.dtype.kind not in "fiu" and a.dtype not in _HALF:
         raise TypeError(f"{name} must be a real floating array, got dtype {a.dtype}")
@@ -126,7 +140,7 @@ def check_out(out, shape, dtype, inputs, name="out"):
     if not out.flags.writeable:
         raise ValueError(f"{name} must be writeable")
     for a, an in inputs:
-        if a is None or not isinstance(a, np.ndarray):
+        if a is None or not isinstance(a, np.ndarray) or not np.may_share_memory(out, a):
             continue
         same = (a.__array_interface__["data"][0] == out.__array_interface__["data"][0]
                 and a.strides == out.strides and a.shape == out.shape)
@@ -161,7 +175,7 @@ class Plan:
         else:
             self.C = x.shape[-1]
             spatial = x.shape[1:-1]
-        self.S = int(np.prod(spatial, dtype=np.int64))
+        self.S = math.prod(spatial)
         self.layout = layout
         # perm maps the user's axes to the physical (C-contiguous) order
         if layout == "NCHW":
@@ -239,8 +253,17 @@ def use_fused(units, n_threads):
     return rounds * n_threads <= 1.15 * units
 
 
-def threads():
-    return get_num_threads()
+# Below this many bytes per thread a parallel region costs more than it saves: small tensors
+# (edge inference) run on one thread, as the results are the same for any thread count.
+PARALLEL_GRAIN_BYTES = 1 << 16
+
+
+def threads(nbytes=None):
+    """Threads for an op moving about nbytes (None: the configured count)."""
+    n = get_num_threads()
+    if nbytes is None or n == 1:
+        return n
+    return max(1, min(n, nbytes // PARALLEL_GRAIN_BYTES))
 
 
 class RowsPlan:

@@ -5,6 +5,8 @@ Shapes: ``layout="NCHW"`` means channels at axis 1, ``"NHWC"`` channels last; bo
 rank >= 2, e.g. ``(N, C)``, ``(N, C, L)``, ``(N, C, H, W)``, ``(N, C, D, H, W)``. ``mean`` and
 ``rstd`` are float64; ``rstd = 1 / sqrt(var + eps)`` with the biased variance.
 """
+import math
+
 import numpy as np
 
 from fastnorm import _dispatch as D
@@ -45,7 +47,7 @@ def _channel_forward(op, x, num_groups, weight, bias, eps, layout, out, act=0):
     if op == "batch" and N * S == 1:
         raise ValueError(
             f"Expected more than 1 value per channel when training, got x of shape {x.shape}")
-    nstat = int(np.prod(sshape))
+    nstat = math.prod(sshape)
     mean = np.empty(nstat, dtype=np.float64)
     rstd = np.empty(nstat, dtype=np.float64)
     if x.size == 0:
@@ -55,7 +57,7 @@ def _channel_forward(op, x, num_groups, weight, bias, eps, layout, out, act=0):
         return y, mean.reshape(sshape), rstd.reshape(sshape)
     xf = plan.flat(x, ct)
     yf, finish = D.output(plan, ct, ot, out)
-    nt = D.threads()
+    nt = D.threads(x.nbytes)
     if plan.kind == "planes":
         U = (N // nb) * (C // cb)
         K.planes_forward(xf, yf, N, C, S, nb, cb, w, b, False, eps, mean, rstd, act, nt,
@@ -87,7 +89,7 @@ def _channel_backward(op, dy, x, mean, rstd, num_groups, weight, layout, out):
     xf = plan.flat(x, ct)
     dyf = plan.flat(dy, ct)
     dxf, finish = D.output(plan, ct, ot, out)
-    nt = D.threads()
+    nt = D.threads(x.nbytes)
     if plan.kind == "planes":
         U = (N // nb) * (C // cb)
         K.planes_backward(dyf, xf, dxf, N, C, S, nb, cb, w, m, r, dweight, dbias, nt,
@@ -112,12 +114,10 @@ def _apply_channels(x, mean, var, weight, bias, eps, layout, out, act, per_sampl
                                          (mean, "running_mean"), (var, "running_var")])
     if x.size == 0:
         return out if out is not None else np.empty(x.shape, dtype=ot)
-    mh = m.astype(ct)
-    ml = (m - mh.astype(np.float64)).astype(ct)
-    a = (w / np.sqrt(v + eps)).astype(ct)
+    mh, ml, a = K.inference_coefficients(m, v, w, eps, b)
     xf = plan.flat(x, ct)
     yf, finish = D.output(plan, ct, ot, out)
-    nt = D.threads()
+    nt = D.threads(x.nbytes)
     if plan.kind == "planes":
         K.planes_apply(xf, yf, plan.N, C, plan.S, mh, ml, a, b, False, act, nt)
     else:
@@ -293,8 +293,8 @@ def _layer_setup(x, normalized_shape, min_ndim=1):
     x, ct, ot = D.input_array(x, min_ndim=min_ndim)
     ns = D.normalized_shape_of(normalized_shape, x)
     lead = x.shape[:x.ndim - len(ns)]
-    M = int(np.prod(lead, dtype=np.int64))
-    Dn = int(np.prod(ns, dtype=np.int64))
+    M = math.prod(lead)
+    Dn = math.prod(ns)
     return x, ct, ot, ns, lead, M, Dn
 
 
@@ -331,7 +331,7 @@ def _rows_forward(x, normalized_shape, weight, bias, eps, out, act, rms=False, r
         return y, mean.reshape(lead), rstd.reshape(lead), s
     xf = plan.flat(x, ct)
     yf, finish = D.output(plan, ct, ot, out)
-    nt = D.threads()
+    nt = D.threads(x.nbytes)
     if residual is None:
         K.planes_forward(xf, yf, M, 1, Dn, 1, 1, w, b, ew, eps, mean, rstd, act, nt,
                          D.use_fused(M, nt), rms)
@@ -370,7 +370,7 @@ def _rows_backward(dy, x, mean, rstd, normalized_shape, weight, out, rms, residu
     dyf = plan.flat(dy, ct)
     dsf = plan.flat(ds, ct) if ds is not None else None
     dxf, finish = D.output(plan, ct, ot, out)
-    K.rows_backward(dyf, xf, dxf, M, Dn, w, m, r, dweight, dbias, D.threads(), rms, dsf)
+    K.rows_backward(dyf, xf, dxf, M, Dn, w, m, r, dweight, dbias, D.threads(x.nbytes), rms, dsf)
     return finish(), dweight.astype(ct).reshape(ns), dbias.astype(ct).reshape(ns)
 
 

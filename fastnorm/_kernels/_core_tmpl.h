@@ -140,8 +140,9 @@ FN_HOT static void FN(fn_block_col_moments)(const T *x, fn_idx rows, fn_idx C, c
     const T *row;
     T d;
     double m, inv = 1.0 / (double)rows, t, s1, s2;
-    fn_idx r, c, np = rows < 32 ? rows : 32;
+    fn_idx r, c, np = rows < 32 ? rows : 32, cv = C - C % FN_VL;
     int redo = 0;
+    FN(vec) dv;
 
     if (piv) {
         for (c = 0; c < C; c++) K[c] = (T)piv[c];
@@ -156,7 +157,12 @@ FN_HOT static void FN(fn_block_col_moments)(const T *x, fn_idx rows, fn_idx C, c
     for (c = 0; c < C; c++) { s[c] = 0; q[c] = 0; }
     for (r = 0; r < rows; r++) {
         row = x + r * C;
-        for (c = 0; c < C; c++) {
+        for (c = 0; c < cv; c += FN_VL) {
+            dv = *(const FN(uvec) *)(row + c) - *(const FN(uvec) *)(K + c);
+            *(FN(uvec) *)(s + c) += dv;
+            *(FN(uvec) *)(q + c) += dv * dv;
+        }
+        for (; c < C; c++) {
             d = row[c] - K[c];
             s[c] += d;
             q[c] += d * d;
@@ -233,22 +239,28 @@ FN_HOT static void FN(fn_seg_apply_ew)(const T *x, T *y, fn_idx n, T mh, T ml, T
     }
 }
 
-/* Channels-last apply: y[r, c] = ((x[r, c] - mh[c]) - ml[c]) * a[c] + b[c]. */
+/* Channels-last apply: y[r, c] = ((x[r, c] - mh[c]) - ml[c]) * a[c] + b[c]. Written with
+   explicit vectors across C: a row is short (often 32 to 512 values), and the compiler's own
+   vectorization would redo its aliasing checks and remainder loop on every row. */
 FN_HOT static void FN(fn_rows_apply)(const T *x, T *y, fn_idx rows, fn_idx C, const T *mh,
                                      const T *ml, const T *a, const T *b, int act)
 {
-    fn_idx r, c;
+    fn_idx r, c, cv = C - C % FN_VL;
     const T *xr;
     T *yr;
+    FN(vec) v;
     for (r = 0; r < rows; r++) {
         xr = x + r * C;
         yr = y + r * C;
-        if (act == 0) {
-            for (c = 0; c < C; c++) yr[c] = ((xr[c] - mh[c]) - ml[c]) * a[c] + b[c];
-        } else {
-            for (c = 0; c < C; c++)
-                yr[c] = FN(fn_act)(((xr[c] - mh[c]) - ml[c]) * a[c] + b[c], act);
+        for (c = 0; c < cv; c += FN_VL) {
+            v = ((*(const FN(uvec) *)(xr + c) - *(const FN(uvec) *)(mh + c))
+                 - *(const FN(uvec) *)(ml + c)) * *(const FN(uvec) *)(a + c)
+                + *(const FN(uvec) *)(b + c);
+            *(FN(uvec) *)(yr + c) = v;
         }
+        for (; c < C; c++) yr[c] = ((xr[c] - mh[c]) - ml[c]) * a[c] + b[c];
+        if (act != 0)
+            for (c = 0; c < C; c++) yr[c] = FN(fn_act)(yr[c], act);
     }
 }
 
@@ -395,19 +407,27 @@ FN_HOT static void FN(fn_seg_add)(const T *x, const T *r, T *s, fn_idx n)
 }
 
 /* Channels-last reduce of one block x[rows, C]: sdy[c] += sum(dy), sdyx[c] += sum(dy * (x - m)).
-   scr: 2*C of T. */
+   scr: 2*C of T. Explicit vectors across C, as in fn_rows_apply. */
 FN_HOT static void FN(fn_rows_bwd_sums)(const T *dy, const T *x, fn_idx rows, fn_idx C,
                                         const T *mh, const T *ml, T *scr, double *sdy,
                                         double *sdyx)
 {
     T *a1 = scr, *a2 = scr + C;
     const T *xr, *dr;
-    fn_idx r, c;
+    fn_idx r, c, cv = C - C % FN_VL;
+    FN(vec) g;
     for (c = 0; c < C; c++) { a1[c] = 0; a2[c] = 0; }
     for (r = 0; r < rows; r++) {
         xr = x + r * C;
         dr = dy + r * C;
-        for (c = 0; c < C; c++) {
+        for (c = 0; c < cv; c += FN_VL) {
+            g = *(const FN(uvec) *)(dr + c);
+            *(FN(uvec) *)(a1 + c) += g;
+            *(FN(uvec) *)(a2 + c) += g * ((*(const FN(uvec) *)(xr + c)
+                                          - *(const FN(uvec) *)(mh + c))
+                                         - *(const FN(uvec) *)(ml + c));
+        }
+        for (; c < C; c++) {
             a1[c] += dr[c];
             a2[c] += dr[c] * ((xr[c] - mh[c]) - ml[c]);
         }
@@ -421,14 +441,22 @@ FN_HOT static void FN(fn_rows_bwd_apply)(const T *dy, const T *x, T *dx, fn_idx 
                                          const T *P, const T *Q, const T *R, const T *mh,
                                          const T *ml, const T *B)
 {
-    fn_idx r, c;
+    fn_idx r, c, cv = C - C % FN_VL;
     const T *xr, *dr;
     T *o;
+    FN(vec) v;
     for (r = 0; r < rows; r++) {
         xr = x + r * C;
         dr = dy + r * C;
         o = dx + r * C;
-        for (c = 0; c < C; c++)
+        for (c = 0; c < cv; c += FN_VL) {
+            v = (*(const FN(uvec) *)(dr + c) * *(const FN(uvec) *)(P + c)
+                 - *(const FN(uvec) *)(Q + c)) * *(const FN(uvec) *)(R + c)
+                + ((*(const FN(uvec) *)(xr + c) - *(const FN(uvec) *)(mh + c))
+                   - *(const FN(uvec) *)(ml + c)) * *(const FN(uvec) *)(B + c);
+            *(FN(uvec) *)(o + c) = v;
+        }
+        for (; c < C; c++)
             o[c] = (dr[c] * P[c] - Q[c]) * R[c] + ((xr[c] - mh[c]) - ml[c]) * B[c];
     }
 }

@@ -1087,3 +1087,19 @@ def cols_moments(const floating[::1] x, Py_ssize_t G0, Py_ssize_t R, Py_ssize_t 
                         fn_chan_merge(&n, &m, &s, <double>R, sd[c], sd[C + c])
                     mean_out[g * G + j] = m
                     m2_out[g * G + j] = s
+
+
+def inference_coefficients(const double[::1] mean, const double[::1] var, const double[::1] w,
+                           double eps, const floating[::1] b):
+    """(mh, ml, a) in b's dtype for y = ((x - mh) - ml) * a + b from given statistics:
+    a = w / sqrt(var + eps), mh + ml = mean (split for float32 exactness)."""
+    cdef Py_ssize_t C = mean.shape[0], c
+    dt = np.float32 if floating is float else np.float64
+    mh_arr = np.empty(C, dtype=dt)
+    ml_arr = np.empty(C, dtype=dt)
+    a_arr = np.empty(C, dtype=dt)
+    cdef floating[::1] mh = mh_arr, ml = ml_arr, a = a_arr
+    for c in range(C):
+        split_mean(mean[c], &mh[c], &ml[c])
+        a[c] = <floating>(w[c] / sqrt(var[c] + eps))
+    return mh_arr, ml_arr, a_arr
