@@ -366,24 +366,6 @@ FN_HOT static void FN(fn_row_bwd_sums_ew)(const T *dy, const T *x, fn_idx len, T
     }
 }
 
-/* Layer-norm dweight/dbias over a column range [j0, j0 + len) of all M rows, rows in order:
-   dw[j] += sum_i dy * ((x - mh[i]) - ml[i]) * r[i], db[j] += sum_i dy, float64 accumulators. */
-FN_HOT static void FN(fn_cols_bwd_dwdb)(const T *dy, const T *x, fn_idx M, fn_idx D, fn_idx j0,
-                                        fn_idx len, const T *mh, const T *ml, const T *r,
-                                        double *dw, double *db)
-{
-    fn_idx i, j;
-    const T *d, *xx;
-    for (i = 0; i < M; i++) {
-        d = dy + i * D + j0;
-        xx = x + i * D + j0;
-        for (j = 0; j < len; j++) {
-            dw[j] += (double)((d[j] * ((xx[j] - mh[i]) - ml[i])) * r[i]);
-            db[j] += (double)d[j];
-        }
-    }
-}
-
 /* Layer-norm row dx: dx = (dy * w[i] - Q) * r + ((x - mh) - ml) * B, Q = mean(dy * w)
    (RMS norm: Q = mh = ml = 0). ds, when given, is added: the gradient that reaches x + residual
    from the residual stream itself. */

@@ -82,12 +82,6 @@ cdef extern from "_core.h" nogil:
     void fn_row_bwd_sums_ew_f64(const double *dy, const double *x, fn_idx n, double mh, double ml,
                                 double r, const double *w, double *sg, double *sgx, double *dwa,
                                 double *dba)
-    void fn_cols_bwd_dwdb_f32(const float *dy, const float *x, fn_idx M, fn_idx D, fn_idx j0,
-                              fn_idx len, const float *mh, const float *ml, const float *r,
-                              double *dw, double *db)
-    void fn_cols_bwd_dwdb_f64(const double *dy, const double *x, fn_idx M, fn_idx D, fn_idx j0,
-                              fn_idx len, const double *mh, const double *ml, const double *r,
-                              double *dw, double *db)
     void fn_row_bwd_apply_ew_f32(const float *dy, const float *x, float *dx, fn_idx n,
                                  const float *w, float Q, float r, float mh, float ml, float B,
                                  const float *ds)
@@ -553,13 +547,14 @@ def planes_backward(const floating[::1] dy, const floating[::1] x, floating[::1]
 # Short rows (D * itemsize <= ROW_DW_BYTES): one pass per row, the row still in L1 for dx, with
 # dweight/dbias accumulated in T over at most 64 rows, then flushed into a float64 partial per
 # block of RB rows (RB fixed by the shape); partials are summed in block order.
-# Long rows: those accumulators would not stay in cache, so dx runs parallel over rows and
-# dweight/dbias parallel over column chunks, each summing all rows in order (one more read of x
-# and dy, no partial buffers).
+# Long rows: those accumulators would not stay in cache. Pass A runs over column chunks of
+# DW_COLS: each sums all rows in order (dweight/dbias of the chunk, and per-(row, chunk) partial
+# row sums); pass B merges the row sums in chunk order and writes dx over (row, chunk) items.
+# x and dy are read twice, with no partial buffer larger than M * D / DW_COLS.
 
 DEF ROW_DW_BYTES = 32768
 DEF FLUSH_ROWS = 64
-DEF DW_COLS = 1024
+DEF DW_COLS = 4096
 
 
 def rowblock_rows(Py_ssize_t M, Py_ssize_t D):
@@ -635,7 +630,8 @@ def rows_backward(const floating[::1] dy, const floating[::1] x, floating[::1] d
     cdef double[:, ::1] dwb
     cdef double[:, ::1] dbb
     cdef floating[:, ::1] tsc
-    cdef floating[::1] rmh, rml, rr
+    cdef double[:, :, ::1] part
+    cdef double[:, ::1] rq
     cdef floating *sc
     dt = np.float32 if floating is float else np.float64
     if M == 0 or D == 0:
@@ -661,25 +657,82 @@ def rows_backward(const floating[::1] dy, const floating[::1] x, floating[::1] d
                 dweight[j] = s1
                 dbias[j] = s2
         return
-    rmh = np.empty(M, dtype=dt)
-    rml = np.empty(M, dtype=dt)
-    rr = np.empty(M, dtype=dt)
-    for i in range(M):
-        split_mean(mean[i], &rmh[i], &rml[i])
-        rr[i] = <floating>rstd[i]
-    dweight[:] = 0
-    dbias[:] = 0
+    # long rows: pass A over column chunks (row sums per (row, chunk), dweight/dbias for the
+    # chunk), pass B over (row, chunk) items for dx
+    part = np.empty((M, ncol, 2), dtype=np.float64)
+    rq = np.empty((M, 2), dtype=np.float64)
+    tsc = np.empty((nt, 2 * DW_COLS), dtype=dt)
     with nogil:
+        with parallel(num_threads=n_threads):
+            sc = &tsc[threadid(), 0]
+            for k in prange(ncol, schedule="static"):
+                cols_chunk_bwd_rows(&dy[0], &x[0], M, D, k, &w[0], &mean[0], &rstd[0],
+                                    &part[0, 0, 0], ncol, &dweight[0], &dbias[0], sc)
         for i in prange(M, schedule="static", num_threads=n_threads):
-            row_bwd(&dy[0], &x[0], &dx[0], i, D, &w[0], mean[i], rstd[i], NULL, NULL, rms, dsp)
-        for k in prange(ncol, schedule="static", num_threads=n_threads):
-            j0 = k * DW_COLS
+            s1 = 0
+            s2 = 0
+            for k in range(ncol):
+                s1 = s1 + part[i, k, 0]
+                s2 = s2 + part[i, k, 1]
+            rq[i, 0] = 0 if rms else s1 / D
+            rq[i, 1] = -rstd[i] * rstd[i] * rstd[i] * s2 / D
+        for j in prange(M * ncol, schedule="static", num_threads=n_threads):
+            row_chunk_bwd_apply(&dy[0], &x[0], &dx[0], j // ncol, D, j % ncol, &w[0], mean[j // ncol],
+                                rstd[j // ncol], rq[j // ncol, 0], rq[j // ncol, 1], dsp)
+
+
+cdef void cols_chunk_bwd_rows(const floating *dy, const floating *x, Py_ssize_t M, Py_ssize_t D,
+                              Py_ssize_t k, const floating *w, const double *mean,
+                              const double *rstd, double *part, Py_ssize_t ncol,
+                              double *dweight, double *dbias, floating *scr) noexcept nogil:
+    """Pass A of the long-row layer-norm backward for column chunk k: per row i (in order) the
+    partial sums of g and g * xc over the chunk into part[i, k], and dweight/dbias of the
+    chunk, accumulated in T over FLUSH_ROWS rows and flushed into float64."""
+    cdef Py_ssize_t j0 = k * DW_COLS, ln = min(<Py_ssize_t>DW_COLS, D - j0), i, j, s0
+    cdef floating *dwa = scr
+    cdef floating *dba = scr + DW_COLS
+    cdef double sg, sgx
+    cdef floating mh, ml
+    for j in range(ln):
+        dweight[j0 + j] = 0
+        dbias[j0 + j] = 0
+    s0 = 0
+    while s0 < M:
+        for j in range(ln):
+            dwa[j] = 0
+            dba[j] = 0
+        for i in range(s0, min(M, s0 + FLUSH_ROWS)):
+            sg = 0
+            sgx = 0
+            split_mean(mean[i], &mh, &ml)
             if floating is float:
-                fn_cols_bwd_dwdb_f32(&dy[0], &x[0], M, D, j0, min(<Py_ssize_t>DW_COLS, D - j0),
-                                     &rmh[0], &rml[0], &rr[0], &dweight[j0], &dbias[j0])
+                fn_row_bwd_sums_ew_f32(dy + i * D + j0, x + i * D + j0, ln, mh, ml,
+                                       <float>rstd[i], w + j0, &sg, &sgx, dwa, dba)
             else:
-                fn_cols_bwd_dwdb_f64(&dy[0], &x[0], M, D, j0, min(<Py_ssize_t>DW_COLS, D - j0),
-                                     &rmh[0], &rml[0], &rr[0], &dweight[j0], &dbias[j0])
+                fn_row_bwd_sums_ew_f64(dy + i * D + j0, x + i * D + j0, ln, mh, ml, rstd[i],
+                                       w + j0, &sg, &sgx, dwa, dba)
+            part[(i * ncol + k) * 2] = sg
+            part[(i * ncol + k) * 2 + 1] = sgx
+        for j in range(ln):
+            dweight[j0 + j] += dwa[j]
+            dbias[j0 + j] += dba[j]
+        s0 += FLUSH_ROWS
+
+
+cdef inline void row_chunk_bwd_apply(const floating *dy, const floating *x, floating *dx,
+                                     Py_ssize_t i, Py_ssize_t D, Py_ssize_t k, const floating *w,
+                                     double m, double r, double Q, double B,
+                                     const floating *ds) noexcept nogil:
+    cdef Py_ssize_t j0 = k * DW_COLS, ln = min(<Py_ssize_t>DW_COLS, D - j0)
+    cdef Py_ssize_t off = i * D + j0
+    cdef floating mh, ml
+    cdef const floating *dsi = ds + off if ds != NULL else NULL
+    split_mean(m, &mh, &ml)
+    if floating is float:
+        fn_row_bwd_apply_ew_f32(dy + off, x + off, dx + off, ln, w + j0, <float>Q, <float>r, mh,
+                                ml, <float>B, dsi)
+    else:
+        fn_row_bwd_apply_ew_f64(dy + off, x + off, dx + off, ln, w + j0, Q, r, mh, ml, B, dsi)
 
 
 # ---- cols (channels-last) ----------------------------------------------------------------------
