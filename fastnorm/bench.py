@@ -279,6 +279,85 @@ def run(quick=False, dtypes=("float32",), thread_counts=None, progress=True):
     return results
 
 
+def latency(progress=True):
+    """Per-call time on small tensors (edge inference): fastnorm vs torch.nn.functional."""
+    try:
+        import torch
+        F = torch.nn.functional
+    except Exception:
+        torch = None
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((1, 64, 14, 14)).astype(np.float32)
+    r = rng.standard_normal((1, 197, 768)).astype(np.float32)
+    w64, b64 = np.ones(64, np.float32), np.zeros(64, np.float32)
+    w768, b768 = np.ones(768, np.float32), np.zeros(768, np.float32)
+    rm, rv = np.zeros(64, np.float32), np.ones(64, np.float32)
+    y = np.empty_like(x)
+    rows = [
+        ("batch inference (1,64,14,14)", lambda: fn.batch_norm(x, rm, rv, w64, b64),
+         lambda: fn.batch_norm(x, rm, rv, w64, b64, out=y),
+         ("batch_norm", lambda t: (t(x), t(rm), t(rv), t(w64), t(b64)))),
+        ("group norm 32 (1,64,14,14)", lambda: fn.group_norm(x, 32, w64, b64),
+         lambda: fn.group_norm(x, 32, w64, b64, out=y),
+         ("group_norm", lambda t: (t(x), 32, t(w64), t(b64)))),
+        ("layer norm (1,197,768)", lambda: fn.layer_norm(r, 768, w768, b768), None,
+         ("layer_norm", lambda t: (t(r), (768,), t(w768), t(b768)))),
+    ]
+    out = []
+    for name, f, f_out, (tname, targs) in rows:
+        if progress:
+            print(f"\rlatency: {name} ...".ljust(60), end="", file=sys.stderr, flush=True)
+        row = {"name": name, "fastnorm_us": timeit(f, min_sample=0.01) * 1e6,
+               "fastnorm_out_us": timeit(f_out, min_sample=0.01) * 1e6 if f_out else None}
+        if torch is not None:
+            args = targs(torch.from_numpy)
+            tf = getattr(F, tname)
+            with torch.no_grad():
+                row["torch_us"] = timeit(lambda: tf(*args), min_sample=0.01) * 1e6
+        out.append(row)
+    return out
+
+
+def scaling(quick=False, progress=True):
+    """Ratio to copy across tensor sizes (L2, L3 and beyond), at all threads."""
+    sizes = [256 << 10, 4 << 20, 64 << 20] + ([] if quick else [1 << 30])
+    t = fn.get_num_threads()
+    rng = np.random.default_rng(2)
+    res = []
+    for nbytes in sizes:
+        n = nbytes // 4
+        C, S = 64, max(1, n // (64 * 3136))
+        N = max(1, n // (C * 3136))
+        img = (N, C, 56, 56) if n >= C * 3136 else (1, C, max(1, n // (C * 8)), 8)
+        rows = (max(1, n // 1024), 1024)
+        for name, shape, f in (
+                ("group (32) NCHW fwd", img, lambda a: fn.group_norm_forward(a, 32)),
+                ("batch NHWC fwd", img[:1] + img[2:] + img[1:2],
+                 lambda a: fn.batch_norm_forward(a, layout="NHWC")),
+                ("layer (D=1024) fwd", rows, lambda a: fn.layer_norm_forward(a, 1024))):
+            if progress:
+                print(f"\rscaling: {name} {nbytes >> 10} KiB ...".ljust(60), end="",
+                      file=sys.stderr, flush=True)
+            a = rng.standard_normal(shape, dtype=np.float32)
+            flat = a.reshape(-1)
+            dst = np.empty_like(flat)
+            budget = 0.3 if quick else 1.0
+            cp = timeit(lambda: K.parallel_copy(flat, dst, t), budget=budget)
+            res.append({"name": name, "bytes": int(a.nbytes), "threads": t,
+                        "ratio": timeit(lambda: f(a), budget=budget) / cp})
+            del a, flat, dst
+    return res
+
+
+def copy_check():
+    """The floor is honest: our parallel copy at one thread vs numpy.copyto."""
+    a = np.random.default_rng(3).standard_normal(32 * 64 * 56 * 56, dtype=np.float32)
+    b = np.empty_like(a)
+    ours = timeit(lambda: K.parallel_copy(a, b, 1))
+    ref = timeit(lambda: np.copyto(b, a))
+    return ours / ref
+
+
 def _ratio(a, b):
     return None if a is None or b is None else a / b
 
@@ -287,22 +366,8 @@ def _fmt(v, spec="{:.2f}"):
     return "-" if v is None else spec.format(v)
 
 
-def table(results):
-    """One table: rows per (op, layout, dtype, threads), ratios measured in the same run."""
-    hdr = ("op", "layout", "dtype", "thr", "fwd/copy", "bwd/copy", "fwd GB/s", "vs numpy",
-           "fwd vs torch", "bwd vs torch", "ort/copy")
-    lines = [hdr]
-    for r in results:
-        fwd, bwd, cp = r["fastnorm_fwd"], r.get("fastnorm_bwd"), r["copy"]
-        gbs = 2 * r["bytes"] / fwd / 1e9
-        lines.append((
-            r["name"], r["layout"], r["dtype"], str(r["threads"]),
-            _fmt(_ratio(fwd, cp)), _fmt(_ratio(bwd, cp)), _fmt(gbs, "{:.1f}"),
-            _fmt(_ratio(r.get("numpy_fwd"), fwd), "{:.1f}x"),
-            _fmt(_ratio(r.get("torch_fwd"), fwd), "{:.2f}x"),
-            _fmt(_ratio(r.get("torch_bwd"), bwd), "{:.2f}x"),
-            _fmt(_ratio(r.get("onnxruntime_fwd"), cp)),
-        ))
+def _grid(lines):
+    hdr = lines[0]
     widths = [max(len(str(l[i])) for l in lines) for i in range(len(hdr))]
     out = []
     for j, l in enumerate(lines):
@@ -311,6 +376,32 @@ def table(results):
         if j == 0:
             out.append("  ".join("-" * w for w in widths))
     return "\n".join(out)
+
+
+def table(results):
+    """One table: rows per (op, layout, dtype, threads), ratios measured in the same run.
+    'xT/1T' is the speedup of fastnorm's forward (and, in brackets, of the copy) over the same
+    row at one thread."""
+    one = {(r["name"], r["layout"], r["dtype"]): r for r in results if r["threads"] == 1}
+    hdr = ("op", "layout", "dtype", "thr", "fwd/copy", "bwd/copy", "fwd GB/s", "vs numpy",
+           "fwd vs torch", "bwd vs torch", "ort/copy", "xT/1T (copy)")
+    lines = [hdr]
+    for r in results:
+        fwd, bwd, cp = r["fastnorm_fwd"], r.get("fastnorm_bwd"), r["copy"]
+        gbs = 2 * r["bytes"] / fwd / 1e9
+        base = one.get((r["name"], r["layout"], r["dtype"]))
+        scale = "-"
+        if base is not None and r["threads"] > 1:
+            scale = f"{base['fastnorm_fwd'] / fwd:.2f} ({base['copy'] / cp:.2f})"
+        lines.append((
+            r["name"], r["layout"], r["dtype"], str(r["threads"]),
+            _fmt(_ratio(fwd, cp)), _fmt(_ratio(bwd, cp)), _fmt(gbs, "{:.1f}"),
+            _fmt(_ratio(r.get("numpy_fwd"), fwd), "{:.1f}x"),
+            _fmt(_ratio(r.get("torch_fwd"), fwd), "{:.2f}x"),
+            _fmt(_ratio(r.get("torch_bwd"), bwd), "{:.2f}x"),
+            _fmt(_ratio(r.get("onnxruntime_fwd"), cp)), scale,
+        ))
+    return _grid(lines)
 
 
 def plot(results, path):
@@ -345,8 +436,14 @@ def main(argv=None):
                    help="thread counts (default: 1 and all)")
     p.add_argument("--json", metavar="PATH", help="write the raw figures as JSON")
     p.add_argument("--plot", metavar="PATH", help="bar chart of the ratios (needs matplotlib)")
+    p.add_argument("--scaling", action="store_true",
+                   help="also the ratio to copy from 256 KiB to 1 GiB tensors (needs ~3 GB)")
     args = p.parse_args(argv)
     results = run(args.quick, tuple(args.dtype or ["float32"]), args.threads)
+    lat = latency()
+    scal = scaling(args.quick) if args.scaling else []
+    cc = copy_check()
+    print("\r".ljust(62) + "\r", end="", file=sys.stderr, flush=True)
     cfg = fn.show_config(file=open(os.devnull, "w"))
     print(f"fastnorm {fn.__version__} | {platform.machine()} | {os.cpu_count()} CPUs | "
           f"simd {cfg['simd']} | openmp {cfg['openmp']} | numpy {np.__version__}", end="")
@@ -358,9 +455,24 @@ def main(argv=None):
     print("\nratios: time / parallel copy of the same tensor at the same thread count; "
           "'vs X' = X time / fastnorm time (> 1: fastnorm faster)\n")
     print(table(results))
+    print(f"\ncopy floor check: parallel copy at 1 thread / numpy.copyto = {cc:.2f}")
+    print("\nper-call latency on small tensors, microseconds (fastnorm with out= in brackets):\n")
+    lines = [("tensor", "fastnorm", "torch", "torch/fastnorm")]
+    for r in lat:
+        fo = f" ({r['fastnorm_out_us']:.1f})" if r.get("fastnorm_out_us") else ""
+        lines.append((r["name"], f"{r['fastnorm_us']:.1f}{fo}", _fmt(r.get("torch_us"), "{:.1f}"),
+                      _fmt(_ratio(r.get("torch_us"), r["fastnorm_us"]), "{:.2f}x")))
+    print(_grid(lines))
+    if scal:
+        print("\nscaling: time / copy by tensor size, all threads:\n")
+        lines = [("op", "size", "ratio to copy")]
+        for r in scal:
+            lines.append((r["name"], f"{r['bytes'] / 2**20:.2f} MiB", f"{r['ratio']:.2f}"))
+        print(_grid(lines))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"config": cfg, "results": results}, f, indent=1)
+            json.dump({"config": cfg, "results": results, "latency": lat, "scaling": scal,
+                       "copy_vs_numpy_copyto": cc}, f, indent=1)
     if args.plot:
         plot(results, args.plot)
     return results
