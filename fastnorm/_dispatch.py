@@ -241,16 +241,7 @@ def output(plan, ct, ot, out):
     return flat, finish
 
 
-def use_fused(units, n_threads):
-    """Fused (one unit per thread) or split (chunk items) schedule; results are bitwise equal
-    either way. Fused saves a read of x when a unit fits in cache, but only pays when the units
-    share out evenly over the threads."""
-    if n_threads <= 1 or units == 0:
-        return True
-    if units < n_threads:
-        return False
-    rounds = -(-units // n_threads)
-    return rounds * n_threads <= 1.15 * units
+from fastnorm._kernels._norm import use_fused  # noqa: E402  (one rule, shared with the kernels)
 
 
 # Below this many bytes per thread a parallel region costs more than it saves: small tensors

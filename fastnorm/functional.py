@@ -201,9 +201,14 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, *
     unbiased variance. Otherwise the running statistics normalize in one fused pass
     ``y = x * a + b``; ``activation`` ("relu", "silu", "gelu") is fused into that pass.
     """
+    act = D.activation_code(activation)
+    if not training and out is None and running_mean is not None and running_var is not None:
+        y = K.fast_forward(0, x, 0, weight, bias, running_mean, running_var, eps, layout, act,
+                           D.get_num_threads(), D.PARALLEL_GRAIN_BYTES)
+        if y is not None:
+            return y
     eps = D.check_eps(eps)
     layout = D.check_layout(layout)
-    act = D.activation_code(activation)
     if training or running_mean is None or running_var is None:
         if training and running_mean is not None:
             momentum = _check_momentum(momentum)
@@ -242,9 +247,14 @@ def instance_norm(x, running_mean=None, running_var=None, weight=None, bias=None
     given, move toward their average over the batch; otherwise the running statistics
     normalize every instance.
     """
+    act = D.activation_code(activation)
+    if use_input_stats and running_mean is None and running_var is None and out is None:
+        y = K.fast_forward(1, x, 0, weight, bias, None, None, eps, layout, act,
+                           D.get_num_threads(), D.PARALLEL_GRAIN_BYTES)
+        if y is not None:
+            return y
     eps = D.check_eps(eps)
     layout = D.check_layout(layout)
-    act = D.activation_code(activation)
     if use_input_stats:
         if running_mean is not None:
             momentum = _check_momentum(momentum)
@@ -284,6 +294,11 @@ def group_norm(x, num_groups, weight=None, bias=None, *, eps=1e-5, layout="NCHW"
                activation=None, out=None):
     """Group normalization returning only y (``F.group_norm``); ``activation`` is fused."""
     act = D.activation_code(activation)
+    if out is None and type(num_groups) is int:
+        y = K.fast_forward(2, x, num_groups, weight, bias, None, None, eps, layout, act,
+                           D.get_num_threads(), D.PARALLEL_GRAIN_BYTES)
+        if y is not None:
+            return y
     return _channel_forward("group", x, num_groups, weight, bias, eps, layout, out, act)[0]
 
 
@@ -416,10 +431,25 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, *, eps=1e-5, residua
     With ``residual=r`` it normalizes ``x + r`` and returns ``(y, x + r)`` from one pass over
     memory (read x and r, write the sum and y), the pre-norm transformer block pattern.
     """
-    y, _, _, s = _rows_forward(x, normalized_shape, weight, bias, eps, out,
-                               D.activation_code(activation), residual=residual,
-                               residual_out=residual_out)
+    act = D.activation_code(activation)
+    if residual is None and out is None and _last_axis(normalized_shape, x):
+        y = K.fast_forward(3, x, 0, weight, bias, None, None, eps, "", act,
+                           D.get_num_threads(), D.PARALLEL_GRAIN_BYTES)
+        if y is not None:
+            return y
+    y, _, _, s = _rows_forward(x, normalized_shape, weight, bias, eps, out, act,
+                               residual=residual, residual_out=residual_out)
     return y if residual is None else (y, s)
+
+
+def _last_axis(normalized_shape, x):
+    """normalized_shape names exactly x's last axis (the fast path's case)."""
+    if type(x) is not np.ndarray or x.ndim == 0:
+        return False
+    if type(normalized_shape) is int:
+        return normalized_shape == x.shape[-1]
+    return (type(normalized_shape) is tuple and len(normalized_shape) == 1
+            and normalized_shape[0] == x.shape[-1])
 
 
 # ---- RMS norm --------------------------------------------------------------------------------
@@ -448,7 +478,15 @@ def rms_norm_backward(dy, x, rstd, normalized_shape, weight=None, *, residual_gr
 def rms_norm(x, normalized_shape, weight=None, *, eps=None, residual=None, activation=None,
              out=None, residual_out=None):
     """RMS normalization returning y, or ``(y, x + r)`` with ``residual=r`` (one pass)."""
-    y, _, _, s = _rows_forward(x, normalized_shape, weight, None, eps, out,
-                               D.activation_code(activation), rms=True, residual=residual,
-                               residual_out=residual_out)
+    act = D.activation_code(activation)
+    if residual is None and out is None and _last_axis(normalized_shape, x):
+        e = eps
+        if e is None and isinstance(x, np.ndarray):
+            e = float(np.finfo(x.dtype).eps) if x.dtype.kind == "f" else None
+        y = K.fast_forward(4, x, 0, weight, None, None, None, e, "", act,
+                           D.get_num_threads(), D.PARALLEL_GRAIN_BYTES)
+        if y is not None:
+            return y
+    y, _, _, s = _rows_forward(x, normalized_shape, weight, None, eps, out, act, rms=True,
+                               residual=residual, residual_out=residual_out)
     return y if residual is None else (y, s)

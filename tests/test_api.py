@@ -215,3 +215,34 @@ def test_convenience_forwards_match(rng):
     np.testing.assert_array_equal(fn.layer_norm(x, 6), fn.layer_norm_forward(x, 6)[0])
     np.testing.assert_array_equal(fn.batch_norm(x), fn.batch_norm_forward(x)[0])
     np.testing.assert_array_equal(fn.instance_norm(x), fn.instance_norm_forward(x)[0])
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(1, 64, 14, 14), (2, 8, 3), (4, 32), (8, 64, 40, 40)])
+def test_fast_path_equals_full_path(shape, dtype, layout, rng, nthreads):
+    """The small-tensor fast path (plain arrays, no out=) and the full path (out= given) run
+    the same kernels: results are bitwise equal."""
+    x = rng.standard_normal(shape).astype(dtype)
+    C = shape[1] if layout == "NCHW" else shape[-1]
+    w = rng.standard_normal(C).astype(dtype)
+    b = rng.standard_normal(C).astype(dtype)
+    rm = rng.standard_normal(C)
+    rv = rng.random(C) + 0.5
+    G = 4 if C % 4 == 0 else 1
+    calls = [
+        lambda **k: fn.batch_norm(x, rm, rv, w, b, layout=layout, **k),
+        lambda **k: fn.batch_norm(x, rm, rv, None, b, layout=layout, activation="relu", **k),
+        lambda **k: fn.instance_norm(x, weight=w, bias=b, layout=layout, **k),
+        lambda **k: fn.group_norm(x, G, w, b, layout=layout, **k),
+        lambda **k: fn.group_norm(x, G, layout=layout, activation="silu", **k),
+        lambda **k: fn.layer_norm(x, shape[-1], **k),
+        lambda **k: fn.layer_norm(x, (shape[-1],), x[0].reshape(-1)[:shape[-1]].copy(), **k),
+        lambda **k: fn.rms_norm(x, shape[-1], **k),
+    ]
+    for f in calls:
+        if shape[0] * (x.size // (shape[0] * C)) == 1 and f is calls[2]:
+            continue
+        fast = f()
+        full = f(out=np.empty_like(x))
+        np.testing.assert_array_equal(fast, full)

@@ -10,26 +10,45 @@ typedef T FN(vec) __attribute__((vector_size(64)));
 typedef T FN(uvec) __attribute__((vector_size(64), aligned(sizeof(T)), may_alias));
 #define FN_VL ((fn_idx)(64 / sizeof(T)))
 
-/* Sum of the lanes of two accumulators, in float64, in a fixed order. */
+/* Sum of the lanes of two accumulators (or one, b == NULL), in float64, as a fixed pairwise
+   tree: short segments (a plane of 14x14) pay for this once per block, so it must not be a
+   serial chain of 32 dependent adds. */
 static inline double FN(fn_hsum)(const FN(vec) *a, const FN(vec) *b)
 {
     T ta[64 / sizeof(T)], tb[64 / sizeof(T)];
-    double s = 0;
-    fn_idx j;
+    double t[64 / sizeof(T)];
+    fn_idx j, h;
     memcpy(ta, a, sizeof ta);
-    memcpy(tb, b, sizeof tb);
-    for (j = 0; j < FN_VL; j++) s += (double)ta[j] + (double)tb[j];
-    return s;
+    if (b) {
+        memcpy(tb, b, sizeof tb);
+        for (j = 0; j < FN_VL; j++) t[j] = (double)ta[j] + (double)tb[j];
+    } else {
+        for (j = 0; j < FN_VL; j++) t[j] = (double)ta[j];
+    }
+    for (h = FN_VL / 2; h >= 1; h /= 2)
+        for (j = 0; j < h; j++) t[j] += t[j + h];
+    return t[0];
 }
 
 static inline double FN(fn_hsum1)(const FN(vec) *a)
 {
-    T ta[64 / sizeof(T)];
-    double s = 0;
-    fn_idx j;
-    memcpy(ta, a, sizeof ta);
-    for (j = 0; j < FN_VL; j++) s += (double)ta[j];
-    return s;
+    return FN(fn_hsum)(a, NULL);
+}
+
+/* A pivot near the mean of x[0:n]: the mean of its first (up to) 16 values, summed as a tree. */
+static inline T FN(fn_pivot)(const T *x, fn_idx n)
+{
+    double t[16];
+    fn_idx j, h;
+    if (n < 16) {
+        double s = 0;
+        for (j = 0; j < n; j++) s += (double)x[j];
+        return (T)(s / (double)n);
+    }
+    for (j = 0; j < 16; j++) t[j] = (double)x[j];
+    for (h = 8; h >= 1; h /= 2)
+        for (j = 0; j < h; j++) t[j] += t[j + h];
+    return (T)(t[0] * (1.0 / 16.0));
 }
 
 /* ---- activation epilogue (inference forwards) ------------------------------------------- */
@@ -77,7 +96,7 @@ FN_HOT static void FN(fn_block_moments_2p)(const T *x, fn_idx n, double m0, doub
 }
 
 /* Mean and M2 (sum of squared deviations) of x[0:n], 1 <= n <= FN_BLK, in one pass over the
-   block: sums of d = x - K and d^2 with the pivot K = the mean of the block's first 64 elements,
+   block: sums of d = x - K and d^2 with the pivot K = the mean of the block's first 16 elements,
    so d is of the order of the spread and x - K is exact when |mean| >> spread. The shifted
    sum of squares s2 - s1^2 / n cancels only if K is far from the block mean; when
    s1^2 / n > s2 / 2 (K more than a standard deviation away: M2 would lose more than a factor
@@ -86,12 +105,10 @@ FN_HOT static void FN(fn_block_moments_2p)(const T *x, fn_idx n, double m0, doub
 FN_HOT static void FN(fn_block_moments)(const T *x, fn_idx n, double *mean, double *m2)
 {
     FN(vec) a0 = {0}, a1 = {0}, q0 = {0}, q1 = {0}, d0, d1;
-    T K, t1 = 0, t2 = 0, e;
-    double s1, s2, k = 0;
-    fn_idx i, np = n < 64 ? n : 64, nv = n - n % (2 * FN_VL);
+    T K = FN(fn_pivot)(x, n), t1 = 0, t2 = 0, e;
+    double s1, s2;
+    fn_idx i, nv = n - n % (2 * FN_VL);
 
-    for (i = 0; i < np; i++) k += (double)x[i];
-    K = (T)(k / (double)np);
     for (i = 0; i < nv; i += 2 * FN_VL) {
         d0 = *(const FN(uvec) *)(x + i) - K;
         d1 = *(const FN(uvec) *)(x + i + FN_VL) - K;

@@ -128,6 +128,19 @@ def simd_level():
     return fn_simd_level().decode()
 
 
+cpdef bint use_fused(Py_ssize_t units, int n_threads):
+    """Fused (one unit per thread) or split (chunk items) schedule; results are bitwise equal
+    either way. Fused saves a read of x when a unit fits in cache, but only pays when the units
+    share out evenly over the threads."""
+    cdef Py_ssize_t rounds
+    if n_threads <= 1 or units == 0:
+        return True
+    if units < n_threads:
+        return False
+    rounds = (units + n_threads - 1) // n_threads
+    return rounds * n_threads <= 1.15 * units
+
+
 def cols_block_rows(Py_ssize_t C):
     """Rows per channels-last moment block: about FN_BLK elements, 8 to 256 rows."""
     cdef Py_ssize_t rb = FN_BLK // C if C > 0 else 1
@@ -301,6 +314,17 @@ cdef void planes_unit_fused(const floating *x, floating *y, Py_ssize_t u, Py_ssi
                                   act)
 
 
+cdef void planes_fused_run(const floating *x, floating *y, Py_ssize_t N, Py_ssize_t C,
+                           Py_ssize_t S, Py_ssize_t nb, Py_ssize_t cb, const floating *w,
+                           const floating *b, bint ew, bint rms, double eps, double *mean_out,
+                           double *rstd_out, int act, const floating *res, floating *xs,
+                           int n_threads) noexcept nogil:
+    cdef Py_ssize_t U = (N // nb) * (C // cb), u
+    for u in prange(U, schedule="static", num_threads=n_threads):
+        planes_unit_fused(x, y, u, C, S, nb, cb, w, b, ew, rms, eps, mean_out, rstd_out, act,
+                          res, xs)
+
+
 def planes_forward(const floating[::1] x, floating[::1] y, Py_ssize_t N, Py_ssize_t C,
                    Py_ssize_t S, Py_ssize_t nb, Py_ssize_t cb, const floating[::1] w,
                    const floating[::1] b, bint ew, double eps, double[::1] mean_out,
@@ -331,9 +355,8 @@ def planes_forward(const floating[::1] x, floating[::1] y, Py_ssize_t N, Py_ssiz
         src = xp
     if fuse:
         with nogil:
-            for u in prange(U, schedule="static", num_threads=n_threads):
-                planes_unit_fused(&x[0], &y[0], u, C, S, nb, cb, &w[0], &b[0], ew, rms, eps,
-                                  &mean_out[0], &rstd_out[0], act, rp, xp)
+            planes_fused_run(&x[0], &y[0], N, C, S, nb, cb, &w[0], &b[0], ew, rms, eps,
+                             &mean_out[0], &rstd_out[0], act, rp, xp, n_threads)
         return
     part = np.empty((items, 3), dtype=np.float64)
     dt = np.float32 if floating is float else np.float64
@@ -1156,3 +1179,194 @@ def inference_coefficients(const double[::1] mean, const double[::1] var, const 
         split_mean(mean[c], &mh[c], &ml[c])
         a[c] = <floating>(w[c] / sqrt(var[c] + eps))
     return mh_arr, ml_arr, a_arr
+
+
+# ---- the small-tensor fast path ----------------------------------------------------------------
+#
+# For edge inference the Python layer's validation costs more than the kernel. fast_forward
+# recognizes the plain case with a handful of C-level checks (an ndarray of float32/float64 in
+# C order, parameters None or 1-D arrays of its dtype, a finite eps > 0) and runs the same
+# fused kernels as the full path; for anything else it returns None and the full path
+# validates, reports errors and handles the general case. Results are identical either way.
+
+from libc.stdlib cimport malloc, free
+from libc.math cimport isfinite
+
+cdef dict _CONSTS = {}
+
+
+cdef object _const(Py_ssize_t n, int typenum, double fill):
+    """A cached read-only array of n copies of fill (weight/bias defaults)."""
+    key = (n, typenum, fill)
+    a = _CONSTS.get(key)
+    if a is None:
+        if len(_CONSTS) > 64:
+            _CONSTS.clear()
+        a = np.full(n, fill, dtype=np.float32 if typenum == cnp.NPY_FLOAT32 else np.float64)
+        a.setflags(write=False)
+        _CONSTS[key] = a
+    return a
+
+
+cdef inline bint _vec(object a, Py_ssize_t n, int typenum):
+    return (type(a) is np.ndarray and cnp.PyArray_TYPE(<cnp.ndarray>a) == typenum
+            and cnp.PyArray_NDIM(<cnp.ndarray>a) == 1 and cnp.PyArray_DIM(<cnp.ndarray>a, 0) == n
+            and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>a))
+
+
+cdef inline double _at(object a, Py_ssize_t i):
+    if cnp.PyArray_TYPE(<cnp.ndarray>a) == cnp.NPY_FLOAT32:
+        return (<float *>cnp.PyArray_DATA(<cnp.ndarray>a))[i]
+    return (<double *>cnp.PyArray_DATA(<cnp.ndarray>a))[i]
+
+
+cdef int _fast_run(const floating *x, floating *y, int op, Py_ssize_t N, Py_ssize_t C,
+                   Py_ssize_t S, Py_ssize_t cb, bint cols, bint ew, const floating *w,
+                   const floating *b, double eps, int act, int nt, object rmean,
+                   object rvar, object weight) except -1:
+    cdef Py_ssize_t U, i, c, K_, items, p, off, ln
+    cdef double *st = NULL
+    cdef floating *sc = NULL
+    cdef double *sd = NULL
+    cdef Py_ssize_t rb = cols_block_rows(C) if cols else 0
+    try:
+        if op == 0:  # inference with running statistics: coefficients, then one apply pass
+            sc = <floating *>malloc(3 * C * sizeof(floating))
+            if sc == NULL:
+                raise MemoryError()
+            for c in range(C):
+                split_mean(_at(rmean, c), &sc[c], &sc[C + c])
+                sc[2 * C + c] = <floating>((1.0 if weight is None else _at(weight, c))
+                                           / sqrt(_at(rvar, c) + eps))
+            with nogil:
+                if cols:
+                    rows_apply(x, y, N * S, C, sc, sc + C, sc + 2 * C, b, act)
+                else:
+                    K_ = nchunks(S, FN_CHUNK)
+                    items = N * C * K_
+                    for i in prange(items, schedule="static", num_threads=nt):
+                        p = i // K_
+                        c = p % C
+                        off = (i % K_) * FN_CHUNK
+                        ln = min(<Py_ssize_t>FN_CHUNK, S - off)
+                        seg_apply(x + p * S + off, y + p * S + off, ln, sc[c], sc[C + c],
+                                  sc[2 * C + c], b[c], act)
+            return 0
+        if cols:  # instance / group norm channels-last, one thread (fast_forward's condition)
+            U = N * (C // cb)
+            st = <double *>malloc((2 * U + 6 * C) * sizeof(double))
+            sc = <floating *>malloc(9 * C * sizeof(floating))
+            if st == NULL or sc == NULL:
+                raise MemoryError()
+            with nogil:
+                for i in range(N):
+                    cols_unit_fused(x, y, i, S, C, cb, rb, nchunks(S, rb * CHUNK_BLOCKS), sc,
+                                    st + 2 * U, w, b, eps, st, st + U, act)
+            return 0
+        U = N * (C // cb)
+        st = <double *>malloc(2 * U * sizeof(double))
+        if st == NULL:
+            raise MemoryError()
+        with nogil:
+            planes_fused_run(x, y, N, C, S, 1, cb, w, b, ew, op == 4, eps, st, st + U, act,
+                             NULL, NULL, nt)
+        return 0
+    finally:
+        free(st)
+        free(sc)
+
+
+def fast_forward(int op, object x, Py_ssize_t groups, object weight, object bias,
+                 object rmean, object rvar, object eps, object layout, int act,
+                 int max_threads, Py_ssize_t grain):
+    """y for the plain case, or None.
+
+    op: 0 batch norm with running statistics, 1 instance norm, 2 group norm (groups), 3 layer
+    norm over the last axis, 4 RMS norm over the last axis.
+    """
+    cdef cnp.ndarray xa, ya
+    cdef int typenum, nd, nt
+    cdef Py_ssize_t N, C, S, cb = 1, U, i, nbytes
+    cdef bint cols = False, ew = False
+    cdef double e
+    if type(x) is not np.ndarray or type(eps) is not float:
+        return None
+    xa = <cnp.ndarray>x
+    typenum = cnp.PyArray_TYPE(xa)
+    if typenum != cnp.NPY_FLOAT32 and typenum != cnp.NPY_FLOAT64:
+        return None
+    if not cnp.PyArray_IS_C_CONTIGUOUS(xa):
+        return None
+    e = <double>eps
+    if not (e > 0 and isfinite(e)):
+        return None
+    nd = cnp.PyArray_NDIM(xa)
+    if nd < (1 if op >= 3 else 2) or cnp.PyArray_SIZE(xa) == 0:
+        return None
+    nbytes = cnp.PyArray_NBYTES(xa)
+    nt = <int>max(1, min(max_threads, nbytes // grain))
+    if op >= 3:
+        C = 1
+        S = cnp.PyArray_DIM(xa, nd - 1)
+        N = cnp.PyArray_SIZE(xa) // S
+        ew = weight is not None or bias is not None
+        if ew:
+            if weight is None:
+                weight = _const(S, typenum, 1.0)
+            if bias is None:
+                bias = _const(S, typenum, 0.0)
+            if not (_vec(weight, S, typenum) and _vec(bias, S, typenum)):
+                return None
+        else:
+            weight = _const(1, typenum, 1.0)
+            bias = _const(1, typenum, 0.0)
+    else:
+        N = cnp.PyArray_DIM(xa, 0)
+        if layout == "NCHW":
+            C = cnp.PyArray_DIM(xa, 1)
+            S = cnp.PyArray_SIZE(xa) // (N * C)
+        elif layout == "NHWC":
+            C = cnp.PyArray_DIM(xa, nd - 1)
+            S = cnp.PyArray_SIZE(xa) // (N * C)
+            cols = True
+        else:
+            return None
+        if S == 1:
+            cols = True
+        if op == 2:
+            if groups < 1 or C % groups != 0:
+                return None
+            cb = C // groups
+        if op == 0:
+            if not (_vec(rmean, C, cnp.NPY_FLOAT64) or _vec(rmean, C, cnp.NPY_FLOAT32)):
+                return None
+            if not (_vec(rvar, C, cnp.NPY_FLOAT64) or _vec(rvar, C, cnp.NPY_FLOAT32)):
+                return None
+            if cols and nt > 1:
+                return None  # the full path's parallel apply
+        if weight is None:
+            weight = _const(C, typenum, 1.0)
+        if bias is None:
+            bias = _const(C, typenum, 0.0)
+        if not (_vec(weight, C, typenum) and _vec(bias, C, typenum)):
+            return None
+        if op != 0:
+            U = N * (C // cb)
+            if cols and (nt > 1 or S == 1):
+                return None  # the full path's split schedule
+            if not cols and not use_fused(U, nt):
+                return None
+    if op >= 3 and not use_fused(N, nt):
+        return None
+    ya = <cnp.ndarray>np.empty_like(xa)
+    if typenum == cnp.NPY_FLOAT32:
+        _fast_run(<const float *>cnp.PyArray_DATA(xa), <float *>cnp.PyArray_DATA(ya), op, N, C,
+                  S, cb, cols, ew, <const float *>cnp.PyArray_DATA(<cnp.ndarray>weight),
+                  <const float *>cnp.PyArray_DATA(<cnp.ndarray>bias), e, act, nt, rmean, rvar,
+                  weight)
+    else:
+        _fast_run(<const double *>cnp.PyArray_DATA(xa), <double *>cnp.PyArray_DATA(ya), op, N,
+                  C, S, cb, cols, ew, <const double *>cnp.PyArray_DATA(<cnp.ndarray>weight),
+                  <const double *>cnp.PyArray_DATA(<cnp.ndarray>bias), e, act, nt, rmean, rvar,
+                  weight)
+    return ya
