@@ -202,9 +202,9 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, *
     ``y = x * a + b``; ``activation`` ("relu", "silu", "gelu") is fused into that pass.
     """
     act = D.activation_code(activation)
-    if not training and out is None and running_mean is not None and running_var is not None:
+    if not training and running_mean is not None and running_var is not None:
         y = K.fast_forward(0, x, 0, weight, bias, running_mean, running_var, eps, layout, act,
-                           D.get_num_threads(), D.PARALLEL_GRAIN_BYTES)
+                           D.get_num_threads(), D.PARALLEL_GRAIN_BYTES, out)
         if y is not None:
             return y
     eps = D.check_eps(eps)
@@ -248,9 +248,9 @@ def instance_norm(x, running_mean=None, running_var=None, weight=None, bias=None
     normalize every instance.
     """
     act = D.activation_code(activation)
-    if use_input_stats and running_mean is None and running_var is None and out is None:
+    if use_input_stats and running_mean is None and running_var is None:
         y = K.fast_forward(1, x, 0, weight, bias, None, None, eps, layout, act,
-                           D.get_num_threads(), D.PARALLEL_GRAIN_BYTES)
+                           D.get_num_threads(), D.PARALLEL_GRAIN_BYTES, out)
         if y is not None:
             return y
     eps = D.check_eps(eps)
@@ -294,9 +294,9 @@ def group_norm(x, num_groups, weight=None, bias=None, *, eps=1e-5, layout="NCHW"
                activation=None, out=None):
     """Group normalization returning only y (``F.group_norm``); ``activation`` is fused."""
     act = D.activation_code(activation)
-    if out is None and type(num_groups) is int:
+    if type(num_groups) is int:
         y = K.fast_forward(2, x, num_groups, weight, bias, None, None, eps, layout, act,
-                           D.get_num_threads(), D.PARALLEL_GRAIN_BYTES)
+                           D.get_num_threads(), D.PARALLEL_GRAIN_BYTES, out)
         if y is not None:
             return y
     return _channel_forward("group", x, num_groups, weight, bias, eps, layout, out, act)[0]
@@ -432,9 +432,9 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, *, eps=1e-5, residua
     memory (read x and r, write the sum and y), the pre-norm transformer block pattern.
     """
     act = D.activation_code(activation)
-    if residual is None and out is None and _last_axis(normalized_shape, x):
+    if residual is None and _last_axis(normalized_shape, x):
         y = K.fast_forward(3, x, 0, weight, bias, None, None, eps, "", act,
-                           D.get_num_threads(), D.PARALLEL_GRAIN_BYTES)
+                           D.get_num_threads(), D.PARALLEL_GRAIN_BYTES, out)
         if y is not None:
             return y
     y, _, _, s = _rows_forward(x, normalized_shape, weight, bias, eps, out, act,
@@ -479,12 +479,12 @@ def rms_norm(x, normalized_shape, weight=None, *, eps=None, residual=None, activ
              out=None, residual_out=None):
     """RMS normalization returning y, or ``(y, x + r)`` with ``residual=r`` (one pass)."""
     act = D.activation_code(activation)
-    if residual is None and out is None and _last_axis(normalized_shape, x):
+    if residual is None and _last_axis(normalized_shape, x):
         e = eps
         if e is None and isinstance(x, np.ndarray):
             e = float(np.finfo(x.dtype).eps) if x.dtype.kind == "f" else None
         y = K.fast_forward(4, x, 0, weight, None, None, None, e, "", act,
-                           D.get_num_threads(), D.PARALLEL_GRAIN_BYTES)
+                           D.get_num_threads(), D.PARALLEL_GRAIN_BYTES, out)
         if y is not None:
             return y
     y, _, _, s = _rows_forward(x, normalized_shape, weight, None, eps, out, act, rms=True,

@@ -221,8 +221,8 @@ def test_convenience_forwards_match(rng):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape", [(1, 64, 14, 14), (2, 8, 3), (4, 32), (8, 64, 40, 40)])
 def test_fast_path_equals_full_path(shape, dtype, layout, rng, nthreads):
-    """The small-tensor fast path (plain arrays, no out=) and the full path (out= given) run
-    the same kernels: results are bitwise equal."""
+    """The small-tensor fast path (plain arrays) and the full path (here forced by a strided
+    out=) run the same kernels: results are bitwise equal."""
     x = rng.standard_normal(shape).astype(dtype)
     C = shape[1] if layout == "NCHW" else shape[-1]
     w = rng.standard_normal(C).astype(dtype)
@@ -244,5 +244,8 @@ def test_fast_path_equals_full_path(shape, dtype, layout, rng, nthreads):
         if shape[0] * (x.size // (shape[0] * C)) == 1 and f is calls[2]:
             continue
         fast = f()
-        full = f(out=np.empty_like(x))
+        fast_out = np.empty_like(x)
+        assert f(out=fast_out) is fast_out
+        full = f(out=np.empty(x.shape + (2,), dtype=x.dtype)[..., 0])
         np.testing.assert_array_equal(fast, full)
+        np.testing.assert_array_equal(fast, fast_out)

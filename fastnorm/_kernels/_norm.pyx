@@ -1276,9 +1276,20 @@ cdef int _fast_run(const floating *x, floating *y, int op, Py_ssize_t N, Py_ssiz
         free(sc)
 
 
+cdef inline bint _disjoint(object a, cnp.ndarray o):
+    """a (None or a C-contiguous ndarray) and o share no byte."""
+    cdef char *p
+    cdef char *q
+    if a is None:
+        return True
+    p = <char *>cnp.PyArray_DATA(<cnp.ndarray>a)
+    q = <char *>cnp.PyArray_DATA(o)
+    return (p + cnp.PyArray_NBYTES(<cnp.ndarray>a) <= q) or (q + cnp.PyArray_NBYTES(o) <= p)
+
+
 def fast_forward(int op, object x, Py_ssize_t groups, object weight, object bias,
                  object rmean, object rvar, object eps, object layout, int act,
-                 int max_threads, Py_ssize_t grain):
+                 int max_threads, Py_ssize_t grain, object out=None):
     """y for the plain case, or None.
 
     op: 0 batch norm with running statistics, 1 instance norm, 2 group norm (groups), 3 layer
@@ -1358,7 +1369,22 @@ def fast_forward(int op, object x, Py_ssize_t groups, object weight, object bias
                 return None
     if op >= 3 and not use_fused(N, nt):
         return None
-    ya = <cnp.ndarray>np.empty_like(xa)
+    if out is None:
+        ya = <cnp.ndarray>np.empty_like(xa)
+    else:
+        # out: same dtype and shape, C order, writeable; x itself or disjoint from every input
+        if type(out) is not np.ndarray:
+            return None
+        ya = <cnp.ndarray>out
+        if (cnp.PyArray_TYPE(ya) != typenum or not cnp.PyArray_IS_C_CONTIGUOUS(ya)
+                or not cnp.PyArray_ISWRITEABLE(ya) or cnp.PyArray_NDIM(ya) != nd
+                or not cnp.PyArray_SAMESHAPE(ya, xa)):
+            return None
+        if cnp.PyArray_DATA(ya) != cnp.PyArray_DATA(xa) and not _disjoint(xa, ya):
+            return None
+        if not (_disjoint(weight, ya) and _disjoint(bias, ya) and _disjoint(rmean, ya)
+                and _disjoint(rvar, ya)):
+            return None
     if typenum == cnp.NPY_FLOAT32:
         _fast_run(<const float *>cnp.PyArray_DATA(xa), <float *>cnp.PyArray_DATA(ya), op, N, C,
                   S, cb, cols, ew, <const float *>cnp.PyArray_DATA(<cnp.ndarray>weight),
