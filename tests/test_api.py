@@ -249,3 +249,30 @@ def test_fast_path_equals_full_path(shape, dtype, layout, rng, nthreads):
         full = f(out=np.empty(x.shape + (2,), dtype=x.dtype)[..., 0])
         np.testing.assert_array_equal(fast, full)
         np.testing.assert_array_equal(fast, fast_out)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_moment_kernels(dtype, rng):
+    """The statistics-only kernels agree with float64 NumPy and with each other's layouts, and
+    do not depend on the thread count."""
+    from fastnorm._kernels import _norm as K
+    x = (50 + 2 * rng.standard_normal((6, 8, 3000))).astype(dtype)
+    tol = 1e-7 if dtype == np.float32 else 1e-13
+    res = []
+    for t in (1, 2, 3):
+        m, s = np.empty(4), np.empty(4)
+        K.planes_moments(x.ravel(), 6, 8, 3000, 6, 2, m, s, t)
+        xl = np.ascontiguousarray(x.transpose(0, 2, 1)).reshape(1, 6 * 3000, 8)
+        ml, sl = np.empty(4), np.empty(4)
+        # cols: one unit of all rows, groups of 2 columns == planes with nb = N, cb = 2
+        K.cols_moments(xl.ravel(), 1, 6 * 3000, 8, 2, ml, sl, t)
+        res.append((m, s, ml, sl))
+    xg = x.astype(np.float64).transpose(1, 0, 2).reshape(4, -1)
+    for m, s, ml, sl in res:
+        np.testing.assert_allclose(m, xg.mean(axis=1), rtol=tol)
+        np.testing.assert_allclose(s, xg.var(axis=1) * xg.shape[1], rtol=tol * 100)
+        np.testing.assert_allclose(ml, m, rtol=tol)
+        np.testing.assert_allclose(sl, s, rtol=tol * 100)
+    for other in res[1:]:
+        for a, b in zip(res[0], other):
+            np.testing.assert_array_equal(a, b)

@@ -377,14 +377,17 @@ def planes_forward(const floating[::1] x, floating[::1] y, Py_ssize_t N, Py_ssiz
                               &b[0], act)
 
 
-cdef void planes_unit_merge(const double *part, Py_ssize_t u, Py_ssize_t C, Py_ssize_t K,
-                            Py_ssize_t nb, Py_ssize_t cb, double eps, bint rms, double *mean_out,
-                            double *rstd_out, floating *cmh, floating *cml,
-                            floating *cr) noexcept nogil:
+cdef void planes_unit_moments(const double *part, Py_ssize_t u, Py_ssize_t C, Py_ssize_t K,
+                              Py_ssize_t nb, Py_ssize_t cb, double *out) noexcept nogil:
+    """(count, mean, M2) of unit u from its (plane, chunk) partials: chunks merged per plane,
+    planes merged per unit, all in index order (the fused path's order)."""
     cdef Py_ssize_t ncb = C // cb
     cdef Py_ssize_t n0 = (u // ncb) * nb, c0 = (u % ncb) * cb
     cdef Py_ssize_t n, c, k, i
-    cdef double un = 0, um = 0, um2 = 0, pn, pm, pm2
+    cdef double pn, pm, pm2
+    out[0] = 0
+    out[1] = 0
+    out[2] = 0
     for n in range(n0, n0 + nb):
         for c in range(c0, c0 + cb):
             pn = 0
@@ -393,8 +396,16 @@ cdef void planes_unit_merge(const double *part, Py_ssize_t u, Py_ssize_t C, Py_s
             for k in range(K):
                 i = (n * C + c) * K + k
                 fn_chan_merge(&pn, &pm, &pm2, part[3 * i], part[3 * i + 1], part[3 * i + 2])
-            fn_chan_merge(&un, &um, &um2, pn, pm, pm2)
-    unit_finalize(un, um, um2, eps, rms, &mean_out[u], &rstd_out[u])
+            fn_chan_merge(&out[0], &out[1], &out[2], pn, pm, pm2)
+
+
+cdef void planes_unit_merge(const double *part, Py_ssize_t u, Py_ssize_t C, Py_ssize_t K,
+                            Py_ssize_t nb, Py_ssize_t cb, double eps, bint rms, double *mean_out,
+                            double *rstd_out, floating *cmh, floating *cml,
+                            floating *cr) noexcept nogil:
+    cdef double um[3]
+    planes_unit_moments(part, u, C, K, nb, cb, um)
+    unit_finalize(um[0], um[1], um[2], eps, rms, &mean_out[u], &rstd_out[u])
     split_mean(mean_out[u], &cmh[u], &cml[u])
     cr[u] = <floating>rstd_out[u]
 
@@ -773,24 +784,64 @@ cdef inline void cols_chunk_moments(const floating *x, Py_ssize_t R, Py_ssize_t 
     seg_col_moments(x + (g * R + r0) * C, ln, C, rb, scr, bm, bm2, &cnt, mean, m2)
 
 
+cdef inline void cols_group_moments(Py_ssize_t R, Py_ssize_t cg, Py_ssize_t j,
+                                    const double *mean, const double *m2,
+                                    double *out) noexcept nogil:
+    """(count, mean, M2) of column group j (cg columns of R rows each), columns in order."""
+    cdef Py_ssize_t c
+    out[0] = 0
+    out[1] = 0
+    out[2] = 0
+    for c in range(j * cg, (j + 1) * cg):
+        fn_chan_merge(&out[0], &out[1], &out[2], <double>R, mean[c], m2[c])
+
+
+cdef void cols_unit_columns(const double *part, Py_ssize_t g, Py_ssize_t R, Py_ssize_t C,
+                            Py_ssize_t rb, Py_ssize_t K, double *m, double *m2) noexcept nogil:
+    """Per-column mean/M2 of unit g from its chunk partials, merged in chunk order."""
+    cdef Py_ssize_t chr_ = rb * CHUNK_BLOCKS, k, c, i
+    cdef double cnt = 0
+    for c in range(C):
+        m[c] = 0
+        m2[c] = 0
+    for k in range(K):
+        i = g * K + k
+        fn_chan_merge_vec(&cnt, m, m2, C, <double>min(chr_, R - k * chr_), part + i * 2 * C,
+                          part + i * 2 * C + C)
+
+
+cdef void cols_partials(const floating *x, Py_ssize_t R, Py_ssize_t C, Py_ssize_t rb,
+                        Py_ssize_t K, Py_ssize_t items, double *part, floating *tsc,
+                        double *tsd, int n_threads) noexcept nogil:
+    """Phase 1 of the split schedule: chunk partials (mean[C], M2[C]) of every (unit, chunk).
+    tsc / tsd: per-thread scratch rows of 9C (T) and 6C (double)."""
+    cdef Py_ssize_t i, t
+    cdef floating *sc
+    cdef double *sd
+    with parallel(num_threads=n_threads):
+        t = threadid()
+        sc = tsc + t * 9 * C
+        sd = tsd + t * 6 * C
+        for i in prange(items, schedule="static"):
+            cols_chunk_moments(x, R, C, rb, i // K, i % K, sc, sd, sd + C, part + i * 2 * C,
+                               part + i * 2 * C + C)
+
+
 cdef void cols_unit_coef(Py_ssize_t g, Py_ssize_t R, Py_ssize_t C, Py_ssize_t cg,
                          const double *mean, const double *m2, const floating *w,
                          const floating *b, double eps, double *mean_out, double *rstd_out,
                          floating *mh, floating *ml, floating *a, floating *bb) noexcept nogil:
     """Per-column (R rows each) moments of unit g -> group stats and per-column coefficients."""
     cdef Py_ssize_t G = C // cg, j, c
-    cdef double n, m, s, r
+    cdef double gm[3]
+    cdef double r
     for j in range(G):
-        n = 0
-        m = 0
-        s = 0
-        for c in range(j * cg, (j + 1) * cg):
-            fn_chan_merge(&n, &m, &s, <double>R, mean[c], m2[c])
-        r = 1.0 / sqrt(s / n + eps)
-        mean_out[g * G + j] = m
+        cols_group_moments(R, cg, j, mean, m2, gm)
+        r = 1.0 / sqrt(gm[2] / gm[0] + eps)
+        mean_out[g * G + j] = gm[1]
         rstd_out[g * G + j] = r
         for c in range(j * cg, (j + 1) * cg):
-            split_mean(m, &mh[c], &ml[c])
+            split_mean(gm[1], &mh[c], &ml[c])
             a[c] = <floating>(r * <double>w[c])
             bb[c] = b[c]
 
@@ -830,13 +881,7 @@ def cols_forward(const floating[::1] x, floating[::1] y, Py_ssize_t G0, Py_ssize
     part = np.empty((items, 2 * C), dtype=np.float64)
     coef = np.empty((G0, 4 * C), dtype=dt)
     with nogil:
-        with parallel(num_threads=n_threads):
-            t = threadid()
-            sc = &tsc[t, 0]
-            sd = &tsd[t, 0]
-            for i in prange(items, schedule="static"):
-                cols_chunk_moments(&x[0], R, C, rb, i // K, i % K, sc, sd, sd + C,
-                                   &part[i, 0], &part[i, C])
+        cols_partials(&x[0], R, C, rb, K, items, &part[0, 0], &tsc[0, 0], &tsd[0, 0], n_threads)
         with parallel(num_threads=n_threads):
             t = threadid()
             sd = &tsd[t, 0]
@@ -855,18 +900,8 @@ cdef void cols_unit_merge(const double *part, Py_ssize_t g, Py_ssize_t R, Py_ssi
                           Py_ssize_t cg, Py_ssize_t rb, Py_ssize_t K, double *sd,
                           const floating *w, const floating *b, double eps, double *mean_out,
                           double *rstd_out, floating *coef) noexcept nogil:
-    cdef Py_ssize_t chr_ = rb * CHUNK_BLOCKS, k, c, i
-    cdef double cnt = 0
-    cdef double *m = sd
-    cdef double *m2 = sd + C
-    for c in range(C):
-        m[c] = 0
-        m2[c] = 0
-    for k in range(K):
-        i = g * K + k
-        fn_chan_merge_vec(&cnt, m, m2, C, <double>min(chr_, R - k * chr_), part + i * 2 * C,
-                          part + i * 2 * C + C)
-    cols_unit_coef(g, R, C, cg, m, m2, w, b, eps, mean_out, rstd_out, coef, coef + C,
+    cols_unit_columns(part, g, R, C, rb, K, sd, sd + C)
+    cols_unit_coef(g, R, C, cg, sd, sd + C, w, b, eps, mean_out, rstd_out, coef, coef + C,
                    coef + 2 * C, coef + 3 * C)
 
 
@@ -1069,6 +1104,15 @@ def parallel_copy(const floating[::1] src, floating[::1] dst, int n_threads):
 
 # ---- statistics only (mergeable moments) -------------------------------------------------------
 
+cdef void planes_unit_store(const double *part, Py_ssize_t u, Py_ssize_t C, Py_ssize_t K,
+                            Py_ssize_t nb, Py_ssize_t cb, double *mean_out,
+                            double *m2_out) noexcept nogil:
+    cdef double um[3]  # per call, so private to the thread
+    planes_unit_moments(part, u, C, K, nb, cb, um)
+    mean_out[u] = um[1]
+    m2_out[u] = um[2]
+
+
 def planes_moments(const floating[::1] x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S, Py_ssize_t nb,
                    Py_ssize_t cb, double[::1] mean_out, double[::1] m2_out, int n_threads):
     """Mean and M2 (sum of squared deviations) per unit of x (N, C, S); units as in
@@ -1079,8 +1123,7 @@ def planes_moments(const floating[::1] x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t
     cdef Py_ssize_t ncb = C // cb
     cdef Py_ssize_t U = (N // nb) * ncb, K = nchunks(S, FN_CHUNK)
     cdef Py_ssize_t items = N * C * K
-    cdef Py_ssize_t i, u, n, c, k, j, n0, c0
-    cdef double un, um, um2, pn, pm, pm2
+    cdef Py_ssize_t i, u
     cdef double[:, ::1] part
     if U == 0:
         return
@@ -1094,22 +1137,18 @@ def planes_moments(const floating[::1] x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t
             plane_chunk_moments(&x[0], S, i // K, i % K, <const floating *>NULL,
                                 <floating *>NULL, &part[i, 0])
         for u in prange(U, schedule="static", num_threads=n_threads):
-            n0 = (u // ncb) * nb
-            c0 = (u % ncb) * cb
-            un = 0
-            um = 0
-            um2 = 0
-            for n in range(n0, n0 + nb):
-                for c in range(c0, c0 + cb):
-                    pn = 0
-                    pm = 0
-                    pm2 = 0
-                    for k in range(K):
-                        j = (n * C + c) * K + k
-                        fn_chan_merge(&pn, &pm, &pm2, part[j, 0], part[j, 1], part[j, 2])
-                    fn_chan_merge(&un, &um, &um2, pn, pm, pm2)
-            mean_out[u] = um
-            m2_out[u] = um2
+            planes_unit_store(&part[0, 0], u, C, K, nb, cb, &mean_out[0], &m2_out[0])
+
+
+cdef void cols_unit_store(Py_ssize_t g, Py_ssize_t R, Py_ssize_t C, Py_ssize_t cg,
+                          const double *m, const double *m2, double *mean_out,
+                          double *m2_out) noexcept nogil:
+    cdef Py_ssize_t G = C // cg, j
+    cdef double gm[3]  # per call, so private to the thread
+    for j in range(G):
+        cols_group_moments(R, cg, j, m, m2, gm)
+        mean_out[g * G + j] = gm[1]
+        m2_out[g * G + j] = gm[2]
 
 
 def cols_moments(const floating[::1] x, Py_ssize_t G0, Py_ssize_t R, Py_ssize_t C,
@@ -1122,14 +1161,12 @@ def cols_moments(const floating[::1] x, Py_ssize_t G0, Py_ssize_t R, Py_ssize_t 
     cdef Py_ssize_t rb = cols_block_rows(C), G = C // cg if cg > 0 else 0
     cdef Py_ssize_t chr_ = rb * CHUNK_BLOCKS, K = nchunks(R, chr_), items = G0 * K
     cdef Py_ssize_t nt = max(1, n_threads)
-    cdef Py_ssize_t i, g, k, t, j, c
-    cdef double cnt, n, m, s
+    cdef Py_ssize_t g
     dt = np.float32 if floating is float else np.float64
-    cdef floating[:, ::1] tsc = np.empty((nt, 5 * max(C, 1)), dtype=dt)
-    cdef double[:, ::1] tsd = np.empty((nt, 4 * max(C, 1)), dtype=np.float64)
+    cdef floating[:, ::1] tsc = np.empty((nt, 9 * max(C, 1)), dtype=dt)
+    cdef double[:, ::1] tsd = np.empty((nt, 6 * max(C, 1)), dtype=np.float64)
+    cdef double[:, ::1] cm = np.empty((max(G0, 1), 2 * max(C, 1)), dtype=np.float64)
     cdef double[:, ::1] part
-    cdef floating *sc
-    cdef double *sd
     if G0 == 0 or C == 0:
         return
     if R == 0:
@@ -1138,31 +1175,10 @@ def cols_moments(const floating[::1] x, Py_ssize_t G0, Py_ssize_t R, Py_ssize_t 
         return
     part = np.empty((items, 2 * C), dtype=np.float64)
     with nogil:
-        with parallel(num_threads=n_threads):
-            t = threadid()
-            sc = &tsc[t, 0]
-            sd = &tsd[t, 0]
-            for i in prange(items, schedule="static"):
-                cols_chunk_moments(&x[0], R, C, rb, i // K, i % K, sc, sd, sd + C,
-                                   &part[i, 0], &part[i, C])
-        with parallel(num_threads=n_threads):
-            t = threadid()
-            sd = &tsd[t, 0]
-            for g in prange(G0, schedule="static"):
-                cnt = 0
-                for c in range(2 * C):
-                    sd[c] = 0
-                for k in range(K):
-                    fn_chan_merge_vec(&cnt, sd, sd + C, C, <double>min(chr_, R - k * chr_),
-                                      &part[g * K + k, 0], &part[g * K + k, C])
-                for j in range(G):
-                    n = 0
-                    m = 0
-                    s = 0
-                    for c in range(j * cg, (j + 1) * cg):
-                        fn_chan_merge(&n, &m, &s, <double>R, sd[c], sd[C + c])
-                    mean_out[g * G + j] = m
-                    m2_out[g * G + j] = s
+        cols_partials(&x[0], R, C, rb, K, items, &part[0, 0], &tsc[0, 0], &tsd[0, 0], n_threads)
+        for g in prange(G0, schedule="static", num_threads=n_threads):
+            cols_unit_columns(&part[0, 0], g, R, C, rb, K, &cm[g, 0], &cm[g, C])
+            cols_unit_store(g, R, C, cg, &cm[g, 0], &cm[g, C], &mean_out[0], &m2_out[0])
 
 
 def inference_coefficients(const double[::1] mean, const double[::1] var, const double[::1] w,
