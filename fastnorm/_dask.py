@@ -22,9 +22,9 @@ def _flatten(parts):
 def _chunk(block, axis=None, keepdims=True, computing_meta=False, **kwargs):
     from fastnorm.stats import _moments_array
 
+    if computing_meta:  # Dask probes with an empty block of the input's type
+        return block
     shape = tuple(1 if i in axis else d for i, d in enumerate(block.shape))
-    if computing_meta:
-        return np.empty(tuple(0 for _ in shape), dtype=PARTIAL)
     count, mean, m2 = _moments_array(np.asarray(block), tuple(axis))
     out = np.empty(shape, dtype=PARTIAL)
     out["n"] = count.reshape(shape)
@@ -59,8 +59,10 @@ def dask_moments(x, axis, ddof, keepdims):
 
     _input(np.empty(0, dtype=x.dtype))  # the dtype check of the in-memory path
     axes = _check_axis(axis, x.ndim)
+    ndim = x.ndim if keepdims else x.ndim - len(axes)
     red = da.reduction(x, _chunk, _merge, combine=_merge, axis=axes, keepdims=keepdims,
-                       dtype=PARTIAL, concatenate=False, name="fastnorm-moments")
+                       dtype=PARTIAL, concatenate=False, name="fastnorm-moments",
+                       meta=np.empty((0,) * ndim, dtype=PARTIAL))
     (res,) = dask.compute(red)
     res = np.asarray(res)
     return Moments(res["n"], res["mean"], res["m2"], ddof)
