@@ -158,6 +158,17 @@ class _Scaler:
             if k.endswith("_") and not k.startswith("_"):
                 delattr(self, k)
         self.__dict__.pop("_stat_shape", None)
+        self.__dict__.pop("_moments", None)
+
+    def __sklearn_tags__(self):
+        # scikit-learn >= 1.6 asks estimators for tags (clone, Pipeline); answered only when
+        # asked, so fastnorm never imports scikit-learn itself
+        from sklearn.base import BaseEstimator
+        from sklearn.utils import TransformerTags
+
+        tags = BaseEstimator.__sklearn_tags__(self)
+        tags.transformer_tags = TransformerTags()
+        return tags
 
     def _start(self, X):
         layout = _check_layout(self.layout)
