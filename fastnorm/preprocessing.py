@@ -19,7 +19,7 @@ import numpy as np
 
 from fastnorm import _dispatch as D
 from fastnorm._kernels import _norm as K
-from fastnorm.stats import _is_dask, moments
+from fastnorm.stats import _is_dask, moments, n_threads_for
 
 __all__ = ["StandardScaler", "MinMaxScaler", "NotFittedError"]
 
@@ -106,7 +106,7 @@ def _apply(X, layout, shift, a, b, out, copy, name="X"):
     b = np.ascontiguousarray(b, dtype=np.float64).reshape(-1).astype(ct)
     xf = plan.flat(X, ct)
     yf, finish = D.output(plan, ct, ot, out)
-    nt = D.threads()
+    nt = n_threads_for(X.size)
     if plan.kind == "planes":
         K.planes_apply(xf, yf, plan.N, plan.C, plan.S, mh, ml, a, b, False, 0, nt)
     else:

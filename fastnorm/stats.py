@@ -39,6 +39,13 @@ __all__ = ["Moments", "moments", "channel_stats"]
 # parallel region dominates its setup, small enough to stay far below the size of any input
 # worth streaming.
 CHUNK_ELEMS = 1 << 20
+# Below this many elements a kernel call runs on one thread: waking a team costs more than the
+# work (and much more on a loaded machine, where a woken thread may wait for a core).
+PARALLEL_MIN = 1 << 15
+
+
+def n_threads_for(size):
+    return D.threads() if size >= PARALLEL_MIN else 1
 
 
 class Moments:
@@ -309,7 +316,7 @@ def _kernel_moments(flat, labels, sizes):
         step = CHUNK_ELEMS
     else:
         step = max(1, CHUNK_ELEMS // max(inner, 1))
-    nt = D.threads()
+    nt = n_threads_for(flat.size)
     cnt = None
     mean = m2 = None
     means, m2s = [], []
