@@ -2,6 +2,9 @@
 
 Batch, layer, instance and group normalization, forward and backward, float32 and float64
 (float16/bfloat16 computed in float32), channels-first and channels-last, parallel with OpenMP.
+Mergeable moments and dataset statistics (``fastnorm.moments``, ``fastnorm.channel_stats``),
+input scalers (``fastnorm.preprocessing``) and synchronized batch norm over
+``torch.distributed`` (``fastnorm.distributed``).
 """
 from fastnorm._config import get_num_threads, set_num_threads, threads
 from fastnorm.functional import (
@@ -11,6 +14,7 @@ from fastnorm.functional import (
     layer_norm, layer_norm_backward, layer_norm_forward,
     rms_norm, rms_norm_backward, rms_norm_forward,
 )
+from fastnorm.stats import Moments, channel_stats, moments
 
 __version__ = "0.1.0"
 
@@ -21,7 +25,17 @@ __all__ = [
     "instance_norm", "instance_norm_backward", "instance_norm_forward",
     "layer_norm", "layer_norm_backward", "layer_norm_forward",
     "rms_norm", "rms_norm_backward", "rms_norm_forward",
+    "Moments", "moments", "channel_stats",
 ]
+
+
+def __getattr__(name):
+    # submodules loaded on first use: fastnorm.preprocessing, and fastnorm.distributed, which
+    # imports torch (``import fastnorm`` itself imports none of torch, dask or scikit-learn)
+    if name in ("preprocessing", "distributed"):
+        import importlib
+        return importlib.import_module(f"fastnorm.{name}")
+    raise AttributeError(f"module 'fastnorm' has no attribute {name!r}")
 
 
 def show_config(file=None):
