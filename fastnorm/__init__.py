@@ -3,6 +3,8 @@
 Batch, layer, instance and group normalization, forward and backward, float32 and float64
 (float16/bfloat16 computed in float32), channels-first and channels-last, parallel with OpenMP.
 """
+from typing import Any, Dict, Optional, TextIO
+
 from fastnorm._config import get_num_threads, set_num_threads, threads
 from fastnorm.functional import (
     batch_norm, batch_norm_backward, batch_norm_forward,
@@ -11,6 +13,8 @@ from fastnorm.functional import (
     layer_norm, layer_norm_backward, layer_norm_forward,
     rms_norm, rms_norm_backward, rms_norm_forward,
 )
+from fastnorm.inference import fold_batch_norm
+from fastnorm import nn  # noqa: E402  (NumPy layers; fastnorm.torch is imported on demand)
 
 __version__ = "0.1.0"
 
@@ -21,10 +25,11 @@ __all__ = [
     "instance_norm", "instance_norm_backward", "instance_norm_forward",
     "layer_norm", "layer_norm_backward", "layer_norm_forward",
     "rms_norm", "rms_norm_backward", "rms_norm_forward",
+    "fold_batch_norm", "nn",
 ]
 
 
-def show_config(file=None):
+def show_config(file: Optional[TextIO] = None) -> Dict[str, Any]:
     """Print (and return as a dict) how this fastnorm was built and how it will run."""
     import sys
 

@@ -38,7 +38,7 @@ __all__ = ["BatchNorm", "InstanceNorm", "GroupNorm", "LayerNorm", "RMSNorm"]
 ShapeLike = Union[int, Sequence[int]]
 
 _CONVENTIONS = {"torch": 0.1, "keras": 0.99, "onnx": 0.9}
-_DEFAULT = object()
+_DEFAULT: Any = object()  # "momentum not given": the convention picks it
 
 
 def _to_numpy(value: Any, key: str) -> np.ndarray:
@@ -67,14 +67,14 @@ class _Layer:
         self._saved: Optional[tuple] = None
 
     # -- modes -----------------------------------------------------------------------------------
-    def train(self, mode: bool = True):
+    def train(self, mode: bool = True) -> "_Layer":
         """Training mode (batch statistics, buffers updated); returns self."""
         if not isinstance(mode, bool):
             raise TypeError(f"mode must be a bool, got {type(mode).__name__}")
         self.training = mode
         return self
 
-    def eval(self):
+    def eval(self) -> "_Layer":
         """Inference mode (running statistics where the layer tracks them); returns self."""
         return self.train(False)
 
@@ -87,9 +87,10 @@ class _Layer:
         return [p for _, p in self.named_parameters()]
 
     def named_parameters(self) -> List[Tuple[str, np.ndarray]]:
+        """(name, array) pairs of the learnable arrays."""
         return [(n, getattr(self, n)) for n in self._param_names if getattr(self, n) is not None]
 
-    def gradients(self) -> List[np.ndarray]:
+    def gradients(self) -> List[Optional[np.ndarray]]:
         """The gradients from the last backward, aligned with :meth:`parameters`."""
         return [getattr(self, f"{n}_grad") for n, _ in self.named_parameters()]
 
@@ -451,7 +452,8 @@ class LayerNorm(_Layer):
                 f"elementwise_affine={self.elementwise_affine}")
 
     def forward(self, x: Any, residual: Any = None, out: Optional[np.ndarray] = None,
-                residual_out: Optional[np.ndarray] = None):
+                residual_out: Optional[np.ndarray] = None
+                ) -> Union[np.ndarray, Tuple[np.ndarray, np.ndarray]]:
         """y shaped like x (*, *normalized_shape), or ``(y, x + residual)``."""
         res = F.layer_norm_forward(x, self.normalized_shape, self.weight, self.bias,
                                    eps=self.eps, residual=residual, out=out,
@@ -496,7 +498,8 @@ class RMSNorm(_Layer):
                 f"elementwise_affine={self.elementwise_affine}")
 
     def forward(self, x: Any, residual: Any = None, out: Optional[np.ndarray] = None,
-                residual_out: Optional[np.ndarray] = None):
+                residual_out: Optional[np.ndarray] = None
+                ) -> Union[np.ndarray, Tuple[np.ndarray, np.ndarray]]:
         """y shaped like x (*, *normalized_shape), or ``(y, x + residual)``."""
         res = F.rms_norm_forward(x, self.normalized_shape, self.weight, eps=self.eps,
                                  residual=residual, out=out, residual_out=residual_out)
