@@ -328,8 +328,9 @@ class InstanceNorm(_RunningStatsNorm):
     Like ``torch.nn.InstanceNorm1d/2d/3d`` (batched input, rank >= 3), same defaults:
     ``affine=False``, ``track_running_stats=False``. With running statistics tracked, training
     moves them toward the batch average of the per-instance statistics and eval normalizes with
-    them. Unlike PyTorch's InstanceNorm, which ignores ``momentum=None``, None is a cumulative
-    average here as for :class:`BatchNorm`. Parameters as for :class:`BatchNorm`.
+    them. Unlike PyTorch's InstanceNorm, which ignores ``momentum=None`` and never advances
+    ``num_batches_tracked``, None is a cumulative average here as for :class:`BatchNorm`, and
+    training batches are counted. Parameters as for :class:`BatchNorm`.
     """
 
     _op = "instance"
