@@ -277,3 +277,27 @@ def test_public_api_is_typed(qualname, func):
         assert not missing, f"unannotated parameters {missing}"
         assert inspect.signature(func).return_annotation is not inspect.Parameter.empty
     assert os.path.exists(os.path.join(os.path.dirname(fn.__file__), "py.typed"))
+
+
+# ---- the README's examples run --------------------------------------------------------------
+
+def _readme_blocks():
+    import re
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
+    if not os.path.exists(path):
+        return []
+    text = open(path).read()
+    blocks = []
+    for section in re.split(r"\n## ", text)[1:]:
+        title = section.split("\n", 1)[0]
+        for i, code in enumerate(re.findall(r"```python\n(.*?)```", section, re.S)):
+            blocks.append(pytest.param(code, id=f"{title.split()[0]}-{i}"))
+    return blocks
+
+
+@pytest.mark.parametrize("code", _readme_blocks())
+def test_readme_example_runs(code):
+    if "import torch" in code:
+        pytest.importorskip("torch")
+    exec(compile(code, "README.md", "exec"), {})
