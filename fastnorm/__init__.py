@@ -6,6 +6,8 @@ Mergeable moments and dataset statistics (``fastnorm.moments``, ``fastnorm.chann
 input scalers (``fastnorm.preprocessing``) and synchronized batch norm over
 ``torch.distributed`` (``fastnorm.distributed``).
 """
+from typing import Any, Dict, Optional, TextIO
+
 from fastnorm._config import get_num_threads, set_num_threads, threads
 from fastnorm.functional import (
     batch_norm, batch_norm_backward, batch_norm_forward,
@@ -15,6 +17,8 @@ from fastnorm.functional import (
     rms_norm, rms_norm_backward, rms_norm_forward,
 )
 from fastnorm.stats import Moments, channel_stats, moments
+from fastnorm.inference import fold_batch_norm
+from fastnorm import nn  # noqa: E402  (NumPy layers; fastnorm.torch is imported on demand)
 
 __version__ = "0.1.0"
 
@@ -26,6 +30,7 @@ __all__ = [
     "layer_norm", "layer_norm_backward", "layer_norm_forward",
     "rms_norm", "rms_norm_backward", "rms_norm_forward",
     "Moments", "moments", "channel_stats",
+    "fold_batch_norm", "nn",
 ]
 
 
@@ -38,7 +43,7 @@ def __getattr__(name):
     raise AttributeError(f"module 'fastnorm' has no attribute {name!r}")
 
 
-def show_config(file=None):
+def show_config(file: Optional[TextIO] = None) -> Dict[str, Any]:
     """Print (and return as a dict) how this fastnorm was built and how it will run."""
     import sys
 

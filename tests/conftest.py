@@ -9,6 +9,21 @@ sys.path.insert(0, os.path.dirname(__file__))
 import fastnorm  # noqa: E402
 
 
+def pytest_addoption(parser):
+    parser.addoption("--runslow", action="store_true", default=False,
+                     help="also run the tests marked slow")
+
+
+def pytest_collection_modifyitems(config, items):
+    # slow tests are deselected by default: --runslow (or -m slow) brings them back
+    if config.getoption("--runslow") or "slow" in (config.getoption("-m") or ""):
+        return
+    slow = [it for it in items if it.get_closest_marker("slow")]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [it for it in items if not it.get_closest_marker("slow")]
+
+
 def pytest_report_header(config):
     from fastnorm._kernels import _norm
     return (f"fastnorm {fastnorm.__version__}: openmp={_norm.openmp_enabled()}, "

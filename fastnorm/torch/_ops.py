@@ -1,0 +1,437 @@
+"""fastnorm kernels as PyTorch custom ops (``torch.ops.fastnorm.*``), and the functional forms.
+
+Design: each op is a pure function of CPU tensors registered with ``torch.library.custom_op``,
+with a fake (meta) implementation for ``torch.compile`` and an autograd formula that calls the
+matching backward op. Tensors cross to NumPy with ``.numpy()`` (no copy, strides kept; bfloat16
+is reinterpreted through ``ml_dtypes``), and outputs are allocated here as torch tensors and
+handed to fastnorm as ``out=``, so the kernels write straight into them and the fake and real
+outputs have the same strides by construction: a channels-last input gives a channels-last
+output. Running statistics are updated outside the ops, in the functional wrappers, so the ops
+never mutate their inputs.
+
+The functional forms take ``torch.nn.functional``'s arguments and fall back to it for anything
+fastnorm does not run: other devices, other dtypes, sparse or quantized tensors.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from fastnorm import functional as FN
+
+__all__ = ["batch_norm", "instance_norm", "group_norm", "layer_norm", "rms_norm", "supported"]
+
+try:  # bfloat16 tensors are viewed as ml_dtypes.bfloat16 arrays
+    import ml_dtypes as _ml_dtypes
+
+    _BF16: Optional[np.dtype] = np.dtype(_ml_dtypes.bfloat16)
+except Exception:  # pragma: no cover - optional dependency
+    _BF16 = None
+
+_DTYPES = {torch.float32, torch.float64, torch.float16}
+if _BF16 is not None:
+    _DTYPES.add(torch.bfloat16)
+
+ShapeArg = Union[int, Sequence[int]]
+
+
+def supported(x: Tensor, *others: Optional[Tensor]) -> bool:
+    """True when fastnorm runs this call: CPU strided tensors of a supported dtype."""
+    for t in (x,) + others:
+        if t is None:
+            continue
+        if t.device.type != "cpu" or t.layout != torch.strided or t.is_quantized:
+            return False
+    return x.dtype in _DTYPES
+
+
+# ---- tensor <-> array ------------------------------------------------------------------------
+
+def _np(t: Optional[Tensor]) -> Optional[np.ndarray]:
+    """The tensor's memory as a NumPy array (no copy)."""
+    if t is None:
+        return None
+    t = t.detach()
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.int16).numpy().view(_BF16)
+    return t.numpy()
+
+
+def _perm_last(ndim: int) -> Tuple[int, ...]:
+    return (0,) + tuple(range(2, ndim)) + (1,)
+
+
+def _empty_like_kernel(x: Tensor, dtype: Optional[torch.dtype] = None) -> Tensor:
+    """An output in the memory format the channel kernels give x: channels-last when x is stored
+    channels-last (and not also plain contiguous), C order otherwise."""
+    dtype = x.dtype if dtype is None else dtype
+    if x.dim() >= 3 and not x.is_contiguous():
+        perm = _perm_last(x.dim())
+        if x.permute(perm).is_contiguous():
+            inv = [0] * x.dim()
+            for i, p in enumerate(perm):
+                inv[p] = i
+            return x.new_empty([x.shape[p] for p in perm], dtype=dtype).permute(inv)
+    return x.new_empty(x.shape, dtype=dtype)
+
+
+def _stats_dtype(x: Tensor) -> torch.dtype:
+    """dtype of dweight/dbias from fastnorm: the compute dtype (float32 for 16-bit floats)."""
+    return x.dtype if x.dtype == torch.float64 else torch.float32
+
+
+def _from(a: np.ndarray) -> Tensor:
+    return torch.from_numpy(np.ascontiguousarray(a))
+
+
+# ---- channel ops: batch / instance (per (n, c)) / group --------------------------------------
+
+@torch.library.custom_op("fastnorm::batch_norm_fwd", mutates_args=())
+def batch_norm_fwd(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
+                   eps: float) -> Tuple[Tensor, Tensor, Tensor]:
+    y = _empty_like_kernel(x)
+    _, m, r = FN.batch_norm_forward(_np(x), _np(weight), _np(bias), eps=eps, out=_np(y))
+    return y, _from(m), _from(r)
+
+
+@batch_norm_fwd.register_fake
+def _(x, weight, bias, eps):
+    C = x.shape[1]
+    return (_empty_like_kernel(x), x.new_empty((C,), dtype=torch.float64),
+            x.new_empty((C,), dtype=torch.float64))
+
+
+@torch.library.custom_op("fastnorm::instance_norm_fwd", mutates_args=())
+def instance_norm_fwd(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
+                      eps: float) -> Tuple[Tensor, Tensor, Tensor]:
+    y = _empty_like_kernel(x)
+    _, m, r = FN.instance_norm_forward(_np(x), _np(weight), _np(bias), eps=eps, out=_np(y))
+    return y, _from(m), _from(r)
+
+
+@instance_norm_fwd.register_fake
+def _(x, weight, bias, eps):
+    s = (x.shape[0], x.shape[1])
+    return (_empty_like_kernel(x), x.new_empty(s, dtype=torch.float64),
+            x.new_empty(s, dtype=torch.float64))
+
+
+@torch.library.custom_op("fastnorm::group_norm_fwd", mutates_args=())
+def group_norm_fwd(x: Tensor, num_groups: int, weight: Optional[Tensor], bias: Optional[Tensor],
+                   eps: float) -> Tuple[Tensor, Tensor, Tensor]:
+    y = _empty_like_kernel(x)
+    _, m, r = FN.group_norm_forward(_np(x), num_groups, _np(weight), _np(bias), eps=eps,
+                                    out=_np(y))
+    return y, _from(m), _from(r)
+
+
+@group_norm_fwd.register_fake
+def _(x, num_groups, weight, bias, eps):
+    s = (x.shape[0], num_groups)
+    return (_empty_like_kernel(x), x.new_empty(s, dtype=torch.float64),
+            x.new_empty(s, dtype=torch.float64))
+
+
+@torch.library.custom_op("fastnorm::channel_norm_bwd", mutates_args=())
+def channel_norm_bwd(dy: Tensor, x: Tensor, mean: Tensor, rstd: Tensor, weight: Optional[Tensor],
+                     op: str, num_groups: int) -> Tuple[Tensor, Tensor, Tensor]:
+    """Backward of the channel ops. op: "batch", "batch_eval" (statistics are constants),
+    "instance" or "group"."""
+    dx = _empty_like_kernel(x)
+    a = (_np(dy), _np(x), _np(mean), _np(rstd))
+    if op == "batch" or op == "batch_eval":
+        _, dw, db = FN.batch_norm_backward(*a, _np(weight), training=op == "batch", out=_np(dx))
+    elif op == "instance":
+        _, dw, db = FN.instance_norm_backward(*a, _np(weight), out=_np(dx))
+    else:
+        _, dw, db = FN.group_norm_backward(*a, num_groups, _np(weight), out=_np(dx))
+    return dx, _from(dw), _from(db)
+
+
+@channel_norm_bwd.register_fake
+def _(dy, x, mean, rstd, weight, op, num_groups):
+    C = x.shape[1]
+    dt = _stats_dtype(x)
+    return _empty_like_kernel(x), x.new_empty((C,), dtype=dt), x.new_empty((C,), dtype=dt)
+
+
+@torch.library.custom_op("fastnorm::channel_norm_eval", mutates_args=())
+def channel_norm_eval(x: Tensor, running_mean: Tensor, running_var: Tensor,
+                      weight: Optional[Tensor], bias: Optional[Tensor], eps: float) -> Tensor:
+    """Normalize with given per-channel statistics in one fused pass (batch/instance norm eval)."""
+    y = _empty_like_kernel(x)
+    FN.batch_norm(_np(x), _np(running_mean), _np(running_var), _np(weight), _np(bias),
+                  training=False, eps=eps, out=_np(y))
+    return y
+
+
+@channel_norm_eval.register_fake
+def _(x, running_mean, running_var, weight, bias, eps):
+    return _empty_like_kernel(x)
+
+
+def _channel_setup(ctx, x, weight, bias, mean, rstd, op, num_groups):
+    ctx.save_for_backward(x, weight, mean, rstd)
+    ctx.op, ctx.num_groups = op, num_groups
+    ctx.has_weight, ctx.has_bias = weight is not None, bias is not None
+
+
+def _channel_grads(ctx, dy):
+    x, weight, mean, rstd = ctx.saved_tensors
+    dx, dw, db = channel_norm_bwd(dy, x, mean, rstd, weight, ctx.op, ctx.num_groups)
+    dw = dw.to(weight.dtype) if ctx.has_weight else None
+    db = db.to(weight.dtype if ctx.has_weight else x.dtype) if ctx.has_bias else None
+    return dx, dw, db
+
+
+def _bn_setup(ctx, inputs, output):
+    x, weight, bias, _ = inputs
+    _, mean, rstd = output
+    ctx.mark_non_differentiable(mean, rstd)
+    _channel_setup(ctx, x, weight, bias, mean, rstd, "batch", 0)
+
+
+def _in_setup(ctx, inputs, output):
+    x, weight, bias, _ = inputs
+    _, mean, rstd = output
+    ctx.mark_non_differentiable(mean, rstd)
+    _channel_setup(ctx, x, weight, bias, mean, rstd, "instance", 0)
+
+
+def _gn_setup(ctx, inputs, output):
+    x, G, weight, bias, _ = inputs
+    _, mean, rstd = output
+    ctx.mark_non_differentiable(mean, rstd)
+    _channel_setup(ctx, x, weight, bias, mean, rstd, "group", G)
+
+
+def _fwd3_backward(ctx, dy, _dmean, _drstd):
+    dx, dw, db = _channel_grads(ctx, dy)
+    return dx, dw, db, None
+
+
+def _gn_backward(ctx, dy, _dmean, _drstd):
+    dx, dw, db = _channel_grads(ctx, dy)
+    return dx, None, dw, db, None
+
+
+def _eval_setup(ctx, inputs, output):
+    x, rm, rv, weight, bias, eps = inputs
+    mean = rm.detach().to(torch.float64)
+    rstd = torch.rsqrt(rv.detach().to(torch.float64) + eps)
+    _channel_setup(ctx, x, weight, bias, mean, rstd, "batch_eval", 0)
+
+
+def _eval_backward(ctx, dy):
+    dx, dw, db = _channel_grads(ctx, dy)
+    return dx, None, None, dw, db, None
+
+
+batch_norm_fwd.register_autograd(_fwd3_backward, setup_context=_bn_setup)
+instance_norm_fwd.register_autograd(_fwd3_backward, setup_context=_in_setup)
+group_norm_fwd.register_autograd(_gn_backward, setup_context=_gn_setup)
+channel_norm_eval.register_autograd(_eval_backward, setup_context=_eval_setup)
+
+
+# ---- row ops: layer norm and RMS norm over the trailing dims --------------------------------
+
+@torch.library.custom_op("fastnorm::layer_norm_fwd", mutates_args=())
+def layer_norm_fwd(x: Tensor, normalized_shape: List[int], weight: Optional[Tensor],
+                   bias: Optional[Tensor], eps: float) -> Tuple[Tensor, Tensor, Tensor]:
+    y = x.new_empty(x.shape)
+    _, m, r = FN.layer_norm_forward(_np(x), tuple(normalized_shape), _np(weight), _np(bias),
+                                    eps=eps, out=_np(y))
+    return y, _from(m), _from(r)
+
+
+@layer_norm_fwd.register_fake
+def _(x, normalized_shape, weight, bias, eps):
+    lead = x.shape[:x.dim() - len(normalized_shape)]
+    return (x.new_empty(x.shape), x.new_empty(lead, dtype=torch.float64),
+            x.new_empty(lead, dtype=torch.float64))
+
+
+@torch.library.custom_op("fastnorm::layer_norm_bwd", mutates_args=())
+def layer_norm_bwd(dy: Tensor, x: Tensor, mean: Tensor, rstd: Tensor, normalized_shape: List[int],
+                   weight: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
+    dx = x.new_empty(x.shape)
+    _, dw, db = FN.layer_norm_backward(_np(dy), _np(x), _np(mean), _np(rstd),
+                                       tuple(normalized_shape), _np(weight), out=_np(dx))
+    return dx, _from(dw), _from(db)
+
+
+@layer_norm_bwd.register_fake
+def _(dy, x, mean, rstd, normalized_shape, weight):
+    dt = _stats_dtype(x)
+    ns = list(normalized_shape)
+    return x.new_empty(x.shape), x.new_empty(ns, dtype=dt), x.new_empty(ns, dtype=dt)
+
+
+def _ln_setup(ctx, inputs, output):
+    x, ns, weight, bias, _ = inputs
+    _, mean, rstd = output
+    ctx.mark_non_differentiable(mean, rstd)
+    ctx.save_for_backward(x, weight, mean, rstd)
+    ctx.ns, ctx.has_weight, ctx.has_bias = list(ns), weight is not None, bias is not None
+
+
+def _ln_backward(ctx, dy, _dmean, _drstd):
+    x, weight, mean, rstd = ctx.saved_tensors
+    dx, dw, db = layer_norm_bwd(dy, x, mean, rstd, ctx.ns, weight)
+    dw = dw.to(weight.dtype) if ctx.has_weight else None
+    db = db.to(weight.dtype if ctx.has_weight else x.dtype) if ctx.has_bias else None
+    return dx, None, dw, db, None
+
+
+layer_norm_fwd.register_autograd(_ln_backward, setup_context=_ln_setup)
+
+
+@torch.library.custom_op("fastnorm::rms_norm_fwd", mutates_args=())
+def rms_norm_fwd(x: Tensor, normalized_shape: List[int], weight: Optional[Tensor],
+                 eps: Optional[float]) -> Tuple[Tensor, Tensor]:
+    y = x.new_empty(x.shape)
+    _, r = FN.rms_norm_forward(_np(x), tuple(normalized_shape), _np(weight), eps=eps, out=_np(y))
+    return y, _from(r)
+
+
+@rms_norm_fwd.register_fake
+def _(x, normalized_shape, weight, eps):
+    lead = x.shape[:x.dim() - len(normalized_shape)]
+    return x.new_empty(x.shape), x.new_empty(lead, dtype=torch.float64)
+
+
+@torch.library.custom_op("fastnorm::rms_norm_bwd", mutates_args=())
+def rms_norm_bwd(dy: Tensor, x: Tensor, rstd: Tensor, normalized_shape: List[int],
+                 weight: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+    dx = x.new_empty(x.shape)
+    _, dw = FN.rms_norm_backward(_np(dy), _np(x), _np(rstd), tuple(normalized_shape),
+                                 _np(weight), out=_np(dx))
+    return dx, _from(dw)
+
+
+@rms_norm_bwd.register_fake
+def _(dy, x, rstd, normalized_shape, weight):
+    return x.new_empty(x.shape), x.new_empty(list(normalized_shape), dtype=_stats_dtype(x))
+
+
+def _rms_setup(ctx, inputs, output):
+    x, ns, weight, _ = inputs
+    _, rstd = output
+    ctx.mark_non_differentiable(rstd)
+    ctx.save_for_backward(x, weight, rstd)
+    ctx.ns, ctx.has_weight = list(ns), weight is not None
+
+
+def _rms_backward(ctx, dy, _drstd):
+    x, weight, rstd = ctx.saved_tensors
+    dx, dw = rms_norm_bwd(dy, x, rstd, ctx.ns, weight)
+    return dx, None, (dw.to(weight.dtype) if ctx.has_weight else None), None
+
+
+rms_norm_fwd.register_autograd(_rms_backward, setup_context=_rms_setup)
+
+
+# ---- functional forms (torch.nn.functional's signatures) ------------------------------------
+
+def _kernel_format(x: Tensor) -> Tensor:
+    """x itself when the channel kernels read it in place (C order or channels-last), else a
+    C-order copy; keeps the fake and real output strides identical under torch.compile."""
+    if x.is_contiguous():
+        return x
+    if x.dim() >= 3 and x.permute(_perm_last(x.dim())).is_contiguous():
+        return x
+    return x.contiguous()
+
+
+def _update_running(running_mean: Tensor, running_var: Tensor, mean: Tensor, var: Tensor,
+                    momentum: float) -> None:
+    """PyTorch's rule: running = (1 - momentum) * running + momentum * batch (unbiased var)."""
+    with torch.no_grad():
+        running_mean.mul_(1.0 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
+        running_var.mul_(1.0 - momentum).add_(var.to(running_var.dtype), alpha=momentum)
+
+
+def batch_norm(input: Tensor, running_mean: Optional[Tensor], running_var: Optional[Tensor],
+               weight: Optional[Tensor] = None, bias: Optional[Tensor] = None,
+               training: bool = False, momentum: float = 0.1, eps: float = 1e-5) -> Tensor:
+    """``torch.nn.functional.batch_norm`` on fastnorm kernels: input (N, C, *), stats per channel.
+
+    Training updates ``running_mean``/``running_var`` in place (unbiased variance), as PyTorch
+    does. Falls back to PyTorch for tensors fastnorm does not run.
+    """
+    if input.dim() < 2 or not supported(input, running_mean, running_var, weight, bias):
+        return torch.nn.functional.batch_norm(input, running_mean, running_var, weight, bias,
+                                              training, momentum, eps)
+    x = _kernel_format(input)
+    if not training:
+        if running_mean is None or running_var is None:
+            raise ValueError("running_mean and running_var are needed when training=False")
+        return channel_norm_eval(x, running_mean, running_var, weight, bias, eps)
+    y, mean, rstd = batch_norm_fwd(x, weight, bias, eps)
+    if running_mean is not None and running_var is not None:
+        n = x.numel() // x.shape[1]
+        var = (rstd.pow(-2) - eps) * (n / max(n - 1, 1))
+        _update_running(running_mean, running_var, mean, var, momentum)
+    return y
+
+
+def instance_norm(input: Tensor, running_mean: Optional[Tensor] = None,
+                  running_var: Optional[Tensor] = None, weight: Optional[Tensor] = None,
+                  bias: Optional[Tensor] = None, use_input_stats: bool = True,
+                  momentum: float = 0.1, eps: float = 1e-5) -> Tensor:
+    """``torch.nn.functional.instance_norm`` on fastnorm kernels: input (N, C, *spatial)."""
+    spatial = input.numel() // max(input.shape[0] * input.shape[1], 1) if input.dim() >= 2 else 0
+    if (input.dim() < 3 or (use_input_stats and spatial <= 1)
+            or not supported(input, running_mean, running_var, weight, bias)):
+        # PyTorch raises its own error for one spatial element in training
+        return torch.nn.functional.instance_norm(input, running_mean, running_var, weight, bias,
+                                                 use_input_stats, momentum, eps)
+    x = _kernel_format(input)
+    if not use_input_stats:
+        if running_mean is None or running_var is None:
+            raise ValueError("running_mean and running_var are needed when use_input_stats=False")
+        return channel_norm_eval(x, running_mean, running_var, weight, bias, eps)
+    y, mean, rstd = instance_norm_fwd(x, weight, bias, eps)
+    if running_mean is not None and running_var is not None:
+        var = (rstd.pow(-2) - eps) * (spatial / (spatial - 1))
+        _update_running(running_mean, running_var, mean.mean(0), var.mean(0), momentum)
+    return y
+
+
+def group_norm(input: Tensor, num_groups: int, weight: Optional[Tensor] = None,
+               bias: Optional[Tensor] = None, eps: float = 1e-5) -> Tensor:
+    """``torch.nn.functional.group_norm`` on fastnorm kernels: input (N, C, *)."""
+    if (input.dim() < 2 or input.shape[1] % num_groups
+            or not supported(input, weight, bias)):
+        return torch.nn.functional.group_norm(input, num_groups, weight, bias, eps)
+    return group_norm_fwd(_kernel_format(input), num_groups, weight, bias, eps)[0]
+
+
+def _ns_list(normalized_shape: ShapeArg) -> List[int]:
+    if isinstance(normalized_shape, int):
+        return [normalized_shape]
+    return [int(d) for d in normalized_shape]
+
+
+def layer_norm(input: Tensor, normalized_shape: ShapeArg, weight: Optional[Tensor] = None,
+               bias: Optional[Tensor] = None, eps: float = 1e-5) -> Tensor:
+    """``torch.nn.functional.layer_norm`` on fastnorm kernels: input (*, *normalized_shape)."""
+    ns = _ns_list(normalized_shape)
+    if (not supported(input, weight, bias) or input.dim() < len(ns)
+            or list(input.shape[input.dim() - len(ns):]) != ns):
+        return torch.nn.functional.layer_norm(input, ns, weight, bias, eps)
+    return layer_norm_fwd(input, ns, weight, bias, eps)[0]
+
+
+def rms_norm(input: Tensor, normalized_shape: ShapeArg, weight: Optional[Tensor] = None,
+             eps: Optional[float] = None) -> Tensor:
+    """``torch.nn.functional.rms_norm`` on fastnorm kernels; ``eps=None`` is the machine
+    epsilon of the input's dtype."""
+    ns = _ns_list(normalized_shape)
+    if (not supported(input, weight) or input.dim() < len(ns)
+            or list(input.shape[input.dim() - len(ns):]) != ns):
+        return torch.nn.functional.rms_norm(input, ns, weight, eps)
+    return rms_norm_fwd(input, ns, weight, eps)[0]
