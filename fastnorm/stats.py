@@ -27,6 +27,7 @@ Any other pattern (for example ``K R K R``) is first copied to ``K R`` order; th
 only one ``moments`` makes apart from the per-chunk upcast.
 """
 import numbers
+from typing import Any, Optional, Tuple, Union
 
 import numpy as np
 
@@ -101,7 +102,7 @@ class Moments:
         return cls(buf[:n].reshape(shape), buf[n:2 * n].reshape(shape),
                    buf[2 * n:].reshape(shape), ddof)
 
-    def to_array(self):
+    def to_array(self) -> np.ndarray:
         """One flat float64 array ``[count, mean, m2]`` (length ``3 * size``)."""
         return np.concatenate([self.count.ravel(), self.mean.ravel(), self.m2.ravel()])
 
@@ -125,7 +126,7 @@ class Moments:
         return np.sqrt(self.var)
 
     # ---- merging -----------------------------------------------------------------------------
-    def merge(self, other):
+    def merge(self, other: "Moments") -> "Moments":
         """Exact combination of two disjoint sets' moments (Chan, Golub and LeVeque):
         ``d = mean_b - mean_a; mean = mean_a + d * n_b / n; M2 = M2_a + M2_b + d^2 n_a n_b / n``.
         An empty side leaves the other unchanged."""
@@ -217,7 +218,8 @@ def _input(x, name="x"):
     return x
 
 
-def moments(x, axis=None, *, ddof=0, keepdims=False):
+def moments(x: Any, axis: Union[None, int, Tuple[int, ...]] = None, *, ddof: int = 0,
+            keepdims: bool = False) -> "Moments":
     """Count, mean and M2 of ``x`` over ``axis``, by the parallel moment kernels.
 
     Parameters
@@ -386,7 +388,8 @@ def _batches_of(data, batch_size):
     return iter(data), total
 
 
-def channel_stats(batches, layout="NCHW", *, ddof=0, progress=False, batch_size=None):
+def channel_stats(batches: Any, layout: str = "NCHW", *, ddof: int = 0, progress: bool = False,
+                  batch_size: Optional[int] = None) -> "Moments":
     """Per-channel count, mean and M2 of a dataset, batch by batch.
 
     Parameters

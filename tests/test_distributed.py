@@ -133,3 +133,11 @@ def test_module_without_group_is_batch_norm():
     _close(m.running_var.numpy(), ref.running_var.numpy(), "running_var")
     with pytest.raises(ValueError, match="2D"):
         m(torch.ones(3, dtype=torch.float64))
+
+
+def test_sync_batch_norm_is_exported_from_fastnorm_torch():
+    pytest.importorskip("torch")
+    import fastnorm.distributed as fd
+    import fastnorm.torch as ft
+    assert ft.SyncBatchNorm is fd.SyncBatchNorm
+    assert ft.convert_sync_batchnorm is fd.convert_sync_batchnorm

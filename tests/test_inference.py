@@ -297,7 +297,27 @@ def _readme_blocks():
 
 
 @pytest.mark.parametrize("code", _readme_blocks())
-def test_readme_example_runs(code):
+def test_readme_example_runs(code, tmp_path):
     if "import torch" in code:
         pytest.importorskip("torch")
+    if code.startswith("# run with: torchrun"):
+        # a data-parallel example: run it as written, two processes on loopback
+        import socket
+        import subprocess
+        import sys
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        script = tmp_path / "example.py"
+        script.write_text(code)
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""),
+                   OMP_NUM_THREADS="1")
+        proc = subprocess.run(
+            [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+             "--master_addr=127.0.0.1", f"--master_port={port}", str(script)],
+            env=env, capture_output=True, text=True, timeout=180)
+        assert proc.returncode == 0, (proc.stdout + proc.stderr)[:3000]
+        return
     exec(compile(code, "README.md", "exec"), {})

@@ -11,9 +11,11 @@ from fastnorm.torch.modules import (
     BatchNorm1d, BatchNorm2d, BatchNorm3d, GroupNorm, InstanceNorm1d, InstanceNorm2d,
     InstanceNorm3d, LayerNorm, RMSNorm, convert,
 )
+from fastnorm.distributed import SyncBatchNorm, convert_sync_batchnorm
 
 __all__ = [
     "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "GroupNorm", "InstanceNorm1d",
     "InstanceNorm2d", "InstanceNorm3d", "LayerNorm", "RMSNorm", "convert",
     "batch_norm", "group_norm", "instance_norm", "layer_norm", "rms_norm", "supported",
+    "SyncBatchNorm", "convert_sync_batchnorm",
 ]
