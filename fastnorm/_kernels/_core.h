@@ -27,6 +27,7 @@
 #include <stddef.h>
 #include <math.h>
 #include <string.h>
+#include <stdint.h>
 
 typedef ptrdiff_t fn_idx;
 
@@ -88,14 +89,18 @@ static const char *fn_simd_level(void)
 
 #define FN_T float
 #define FN_SFX f32
+#define FN_IS_F32 1
 #include "_core_tmpl.h"
 #undef FN_T
 #undef FN_SFX
+#undef FN_IS_F32
 
 #define FN_T double
 #define FN_SFX f64
+#define FN_IS_F32 0
 #include "_core_tmpl.h"
 #undef FN_T
 #undef FN_SFX
+#undef FN_IS_F32
 
 #endif

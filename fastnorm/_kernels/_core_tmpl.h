@@ -52,19 +52,80 @@ static inline T FN(fn_pivot)(const T *x, fn_idx n)
 }
 
 /* ---- activation epilogue (inference forwards) ------------------------------------------- */
-/* act: 0 none, 1 relu, 2 silu, 3 gelu (erf form, as torch's default). Evaluated in float64 for
-   float64 data and in float32 otherwise. */
+/* act: 0 none, 1 relu, 2 silu, 3 gelu (erf form, as torch's default). Scalar form: float64
+   libm for float64 data. relu keeps NaN (v < 0 ? 0 : v). */
 static inline T FN(fn_act)(T v, int act)
 {
     switch (act) {
-    case 1: return v > (T)0 ? v : (T)0;
+    case 1: return v < (T)0 ? (T)0 : v;
     case 2: return v / ((T)1 + (T)exp(-(double)v));
     case 3: return (T)(0.5 * (double)v * (1.0 + erf((double)v * 0.70710678118654752440)));
     default: return v;
     }
 }
 
-/* ---- moments -------------------------------------------------------------------------- */
+#if FN_IS_F32
+/* Vector float32 activations, so the epilogue costs about what the memory pass already
+   costs. Always inlined: these take and return 64-byte vectors, whose calling convention
+   differs between the AVX-512, AVX2 and baseline clones of their callers. exp: Cody-Waite reduction x = n ln2 + r and a degree-6 polynomial (about 1 ulp);
+   erf: Abramowitz & Stegun 7.1.26 (absolute error <= 1.5e-7, below float32's resolution of
+   the GELU output). */
+typedef int32_t fn_ivec_f32 __attribute__((vector_size(64)));
+
+/* m ? a : b lane by lane (m from a vector comparison: all ones or all zeros). */
+static inline __attribute__((always_inline)) FN(vec) fn_vsel_f32(fn_ivec_f32 m, FN(vec) a, FN(vec) b)
+{
+    return (FN(vec))(((fn_ivec_f32)a & m) | ((fn_ivec_f32)b & ~m));
+}
+
+static inline __attribute__((always_inline)) FN(vec) fn_vexp_f32(FN(vec) x)
+{
+    FN(vec) t, nf, r, p;
+    fn_ivec_f32 ni;
+    FN(vec) zero = {0};
+    x = fn_vsel_f32(x < -87.3f, zero - 87.3f, x);  /* below: exp underflows to ~0 */
+    x = fn_vsel_f32(x > 88.3f, zero + 88.3f, x);
+    t = x * 1.44269504088896341f + 0.5f;
+    ni = __builtin_convertvector(t, fn_ivec_f32);
+    nf = __builtin_convertvector(ni, FN(vec));
+    nf -= __builtin_convertvector(nf > t, FN(vec)) * -1.0f;  /* floor: trunc - (trunc > t) */
+    ni = __builtin_convertvector(nf, fn_ivec_f32);
+    r = x - nf * 0.693359375f;
+    r = r - nf * -2.12194440e-4f;
+    p = zero + 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    ni = (ni + 127) << 23;  /* 2^n */
+    return p * (FN(vec))ni;
+}
+
+static inline __attribute__((always_inline)) FN(vec) fn_vact_f32(FN(vec) v, int act)
+{
+    FN(vec) z, az, t, e, y;
+    switch (act) {
+    case 1:
+        return fn_vsel_f32(v < 0.0f, (FN(vec)){0}, v);
+    case 2:
+        return v / (1.0f + fn_vexp_f32(-v));
+    case 3:
+        z = v * 0.70710678118654752440f;
+        az = fn_vsel_f32(z < 0.0f, -z, z);
+        t = 1.0f / (1.0f + 0.3275911f * az);
+        e = fn_vexp_f32(-(az * az));
+        y = ((((1.061405429f * t - 1.453152027f) * t + 1.421413741f) * t - 0.284496736f) * t
+             + 0.254829592f) * t;
+        y = 1.0f - y * e;            /* erf(|z|) */
+        y = fn_vsel_f32(z < 0.0f, -y, y);
+        return 0.5f * v * (1.0f + y);
+    default:
+        return v;
+    }
+}
+#endif
 
 /* Exact two-pass moments of x[0:n] with the first pass's mean m0 given: the corrected sum of
    squared deviations from m0 (its residual sum refines the mean). */
@@ -239,9 +300,15 @@ FN_HOT static void FN(fn_seg_apply)(const T *x, T *y, fn_idx n, T mh, T ml, T a,
     fn_idx i;
     if (act == 0) {
         for (i = 0; i < n; i++) y[i] = ((x[i] - mh) - ml) * a + b;
-    } else {
-        for (i = 0; i < n; i++) y[i] = FN(fn_act)(((x[i] - mh) - ml) * a + b, act);
+        return;
     }
+    i = 0;
+#if FN_IS_F32
+    for (; i + FN_VL <= n; i += FN_VL)
+        *(FN(uvec) *)(y + i) =
+            fn_vact_f32(((*(const FN(uvec) *)(x + i) - mh) - ml) * a + b, act);
+#endif
+    for (; i < n; i++) y[i] = FN(fn_act)(((x[i] - mh) - ml) * a + b, act);
 }
 
 /* Element-wise affine (layer norm): y = ((x - mh) - ml) * r * g[i] + b[i]. */
@@ -251,9 +318,16 @@ FN_HOT static void FN(fn_seg_apply_ew)(const T *x, T *y, fn_idx n, T mh, T ml, T
     fn_idx i;
     if (act == 0) {
         for (i = 0; i < n; i++) y[i] = (((x[i] - mh) - ml) * r) * g[i] + b[i];
-    } else {
-        for (i = 0; i < n; i++) y[i] = FN(fn_act)((((x[i] - mh) - ml) * r) * g[i] + b[i], act);
+        return;
     }
+    i = 0;
+#if FN_IS_F32
+    for (; i + FN_VL <= n; i += FN_VL)
+        *(FN(uvec) *)(y + i) = fn_vact_f32(
+            (((*(const FN(uvec) *)(x + i) - mh) - ml) * r) * *(const FN(uvec) *)(g + i)
+            + *(const FN(uvec) *)(b + i), act);
+#endif
+    for (; i < n; i++) y[i] = FN(fn_act)((((x[i] - mh) - ml) * r) * g[i] + b[i], act);
 }
 
 /* Channels-last apply: y[r, c] = ((x[r, c] - mh[c]) - ml[c]) * a[c] + b[c]. Written with
@@ -276,8 +350,14 @@ FN_HOT static void FN(fn_rows_apply)(const T *x, T *y, fn_idx rows, fn_idx C, co
             *(FN(uvec) *)(yr + c) = v;
         }
         for (; c < C; c++) yr[c] = ((xr[c] - mh[c]) - ml[c]) * a[c] + b[c];
-        if (act != 0)
-            for (c = 0; c < C; c++) yr[c] = FN(fn_act)(yr[c], act);
+        if (act != 0) {
+            c = 0;
+#if FN_IS_F32
+            for (; c < cv; c += FN_VL)
+                *(FN(uvec) *)(yr + c) = fn_vact_f32(*(const FN(uvec) *)(yr + c), act);
+#endif
+            for (; c < C; c++) yr[c] = FN(fn_act)(yr[c], act);
+        }
     }
 }
 
