@@ -9,6 +9,21 @@ sys.path.insert(0, os.path.dirname(__file__))
 import fastnorm  # noqa: E402
 
 
+def pytest_addoption(parser):
+    parser.addoption("--runslow", action="store_true", default=False,
+                     help="also run the tests marked slow (large tensors, minutes, ~10 GB)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Deselect the slow tests unless --runslow (or an explicit -m expression) asks for them."""
+    if config.getoption("--runslow") or config.getoption("markexpr"):
+        return
+    slow = [item for item in items if "slow" in item.keywords]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [item for item in items if "slow" not in item.keywords]
+
+
 def pytest_report_header(config):
     from fastnorm._kernels import _norm
     return (f"fastnorm {fastnorm.__version__}: openmp={_norm.openmp_enabled()}, "
