@@ -70,7 +70,7 @@ VARIANTS = {
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
 @pytest.mark.parametrize("case", oc.CASES, ids=oc.case_id)
-def test_views_and_array_kinds(case, variant, rng, nthreads):
+def test_views_and_array_kinds(case, variant, rng):
     """Every input given as the variant (x, weight, bias, dy, residual, residual_grad, the saved
     statistics): the results equal those of C-contiguous inputs, and nothing is modified."""
     op, layout = case
