@@ -230,7 +230,7 @@ def _snapshot(kw):
 
 
 @pytest.mark.parametrize("fname", FUNCS)
-@settings(max_examples=40, **SETTINGS)
+@settings(max_examples=30, **SETTINGS)
 @given(data=st.data())
 def test_invalid_arguments_fail_cleanly(fname, data):
     f = getattr(fn, fname)

@@ -55,7 +55,7 @@ def _rel_err(a, b):
 @pytest.mark.parametrize("dtype", HALF)
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 @pytest.mark.parametrize("case", oc.CASES, ids=oc.case_id)
-def test_half_forward_backward(case, shape, dtype, rng, nthreads):
+def test_half_forward_backward(case, shape, dtype, rng):
     op, layout = case
     d = oc.make_inputs(op, layout, shape, dtype, rng, offset=3.0, scale=2.0)
     y, saved = oc.forward(op, layout, d["x"], d["w"], d["b"], d["r"])

@@ -143,7 +143,7 @@ SIZE1_SHAPES = [(1, 4, 5, 6), (3, 1, 5, 6), (3, 4, 1, 1), (3, 4, 1), (3, 4), (2,
 
 @pytest.mark.parametrize("shape", SIZE1_SHAPES, ids=str)
 @pytest.mark.parametrize("case", oc.CASES, ids=oc.case_id)
-def test_size_one_axes(case, shape, rng, nthreads):
+def test_size_one_axes(case, shape, rng):
     """Samples, channels, spatial extents and normalized groups of size 1 against the float64
     reference (a group of one value normalizes to bias); a training batch norm with one value
     per channel is refused as PyTorch refuses it."""
@@ -167,7 +167,7 @@ def test_size_one_axes(case, shape, rng, nthreads):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
 @pytest.mark.parametrize("case", oc.CASES, ids=oc.case_id)
-def test_out_is_x_in_place(case, dtype, rng, nthreads):
+def test_out_is_x_in_place(case, dtype, rng):
     """out=x: the statistics are taken before x is overwritten, so the result equals the
     out-of-place one bit for bit; the backward's out=dy likewise."""
     op, layout = case
