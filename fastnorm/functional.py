@@ -351,6 +351,12 @@ def _rows_forward(x, normalized_shape, weight, bias, eps, out, act, rms=False, r
         K.planes_forward(xf, yf, M, 1, Dn, 1, 1, w, b, ew, eps, mean, rstd, act, nt,
                          D.use_fused(M, nt), rms)
         return finish(), mean.reshape(lead), rstd.reshape(lead), None
+    if ot != ct:
+        # half precision: the sum is rounded to x's dtype where it is returned, so normalize
+        # that rounded sum (what the backward is given), not the float32 one
+        s = np.add(x, residual, out=residual_out)
+        y, mean, rstd, _ = _rows_forward(s, normalized_shape, weight, bias, eps, out, act, rms)
+        return y, mean, rstd, s
     rf = plan.flat(residual, ct)
     sf, sfinish = D.output(plan, ct, ot, residual_out)
     K.planes_forward(xf, yf, M, 1, Dn, 1, 1, w, b, ew, eps, mean, rstd, act, nt,

@@ -11,17 +11,17 @@ import fastnorm  # noqa: E402
 
 def pytest_addoption(parser):
     parser.addoption("--runslow", action="store_true", default=False,
-                     help="also run the tests marked slow")
+                     help="also run the tests marked slow (large tensors, minutes, ~10 GB)")
 
 
 def pytest_collection_modifyitems(config, items):
-    # slow tests are deselected by default: --runslow (or -m slow) brings them back
-    if config.getoption("--runslow") or "slow" in (config.getoption("-m") or ""):
+    """Deselect the slow tests unless --runslow (or an explicit -m expression) asks for them."""
+    if config.getoption("--runslow") or config.getoption("markexpr"):
         return
-    slow = [it for it in items if it.get_closest_marker("slow")]
+    slow = [item for item in items if "slow" in item.keywords]
     if slow:
         config.hook.pytest_deselected(items=slow)
-        items[:] = [it for it in items if not it.get_closest_marker("slow")]
+        items[:] = [item for item in items if "slow" not in item.keywords]
 
 
 def pytest_report_header(config):

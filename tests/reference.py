@@ -88,3 +88,26 @@ def layer_backward(dy, x, ns, w=None, eps=1e-5):
     dx = rstd * (g - g.mean(axis=axes, keepdims=True)
                  - xhat * (g * xhat).mean(axis=axes, keepdims=True))
     return dx, (dy * xhat).sum(axis=lead), dy.sum(axis=lead)
+
+
+def rms_forward(x, ns, w=None, eps=1e-6):
+    x = np.asarray(x, dtype=np.float64)
+    axes = tuple(range(x.ndim - len(ns), x.ndim))
+    rstd = 1.0 / np.sqrt((x * x).mean(axis=axes, keepdims=True) + eps)
+    y = x * rstd
+    if w is not None:
+        y = y * np.asarray(w, dtype=np.float64)
+    return y, np.squeeze(rstd, axis=axes)
+
+
+def rms_backward(dy, x, ns, w=None, eps=1e-6):
+    """dx, dweight of y = x * rstd * w with rstd = 1 / sqrt(mean(x^2) + eps)."""
+    x = np.asarray(x, dtype=np.float64)
+    dy = np.asarray(dy, dtype=np.float64)
+    axes = tuple(range(x.ndim - len(ns), x.ndim))
+    lead = tuple(range(x.ndim - len(ns)))
+    w = np.ones(ns) if w is None else np.asarray(w, dtype=np.float64)
+    rstd = 1.0 / np.sqrt((x * x).mean(axis=axes, keepdims=True) + eps)
+    g = dy * w
+    dx = rstd * g - x * rstd ** 3 * (g * x).mean(axis=axes, keepdims=True)
+    return dx, (dy * x * rstd).sum(axis=lead)

@@ -3,7 +3,9 @@ import numpy as np
 import pytest
 
 import fastnorm as fn
+import opcases as oc
 import reference as ref
+from conftest import assert_close
 
 
 def _run(op, x, layout="NCHW"):
@@ -16,15 +18,34 @@ def _run(op, x, layout="NCHW"):
     return y, ref.channel_forward(op, x, layout=layout, G=G)[0]
 
 
-@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
-@pytest.mark.parametrize("op", ["batch", "instance", "group", "layer"])
-@pytest.mark.parametrize("offset", [0.0, 1e3, 1e4, 1e5])
-def test_offset_float32_forward(op, offset, layout, rng):
-    x = (offset + rng.standard_normal((4, 6, 20, 30))).astype(np.float32)
-    if op == "layer" and layout == "NHWC":
-        pytest.skip("layer norm has no layout")
-    y, ry = _run(op, x, layout)
+OFFSETS = [0.0, 1e3, 1e4, 1e5]
+# the second shape has planes (S = 37500) longer than one kernel chunk
+OFFSET_SHAPES = [(4, 8, 16, 20), (2, 4, 150, 250)]
+
+
+def _rel_err(a, b):
+    """max |a - b| / max |b|: the relative error of a gradient array."""
+    b = np.asarray(b, dtype=np.float64)
+    return float(np.max(np.abs(np.asarray(a, dtype=np.float64) - b)) / np.max(np.abs(b)))
+
+
+@pytest.mark.parametrize("shape", OFFSET_SHAPES, ids=str)
+@pytest.mark.parametrize("offset", OFFSETS)
+@pytest.mark.parametrize("case", oc.CASES, ids=oc.case_id)
+def test_offset_float32_forward_backward(case, offset, shape, rng):
+    """offset + N(0, 1) in float32, every op and layout: forward max abs error <= 1e-5 and
+    backward dx, dweight, dbias relative error <= 1e-4 against the float64 reference."""
+    op, layout = case
+    d = oc.make_inputs(op, layout, shape, np.float32, rng, offset=offset)
+    y, saved = oc.forward(op, layout, d["x"], d["w"], d["b"], d["r"])
+    assert y.dtype == np.float32
+    ry = oc.ref_forward(op, layout, d["x"], d["w"], d["b"], d["r"])
     assert np.max(np.abs(y - ry)) <= 1e-5
+    grads = oc.backward(op, layout, d["dy"], saved, d["w"], d["ds"])
+    rgrads = oc.ref_backward(op, layout, d["dy"], saved[0], d["w"], d["ds"])
+    for name, g, rg in zip(("dx", "dweight", "dbias"), grads, rgrads):
+        assert g.dtype == np.float32
+        assert _rel_err(g, rg) <= 1e-4, name
 
 
 @pytest.mark.parametrize("op", ["batch", "instance", "group", "layer"])
@@ -36,13 +57,11 @@ def test_tiny_spread_float32(op, rng):
     assert np.max(np.abs(y - ry)) <= 1e-5
 
 
-@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
-@pytest.mark.parametrize("op", ["batch", "instance", "group", "layer"])
+@pytest.mark.parametrize("op,layout", [(op, lay) for op in ("batch", "instance", "group")
+                                       for lay in ("NCHW", "NHWC")] + [("layer", "NCHW")])
 def test_skewed_blocks(op, layout, rng):
     """Sorted data and a block whose first values are unlike the rest: the pivot of the one-pass
     moments is poor there, and the block must fall back to the exact two-pass."""
-    if op == "layer" and layout == "NHWC":
-        pytest.skip("layer norm has no layout")
     x = np.sort(100 + 3 * rng.standard_normal((2, 4, 64, 80)), axis=None).reshape(2, 4, 64, 80)
     x[:, :, :1, :] -= 50.0
     x = x.astype(np.float32)
@@ -60,3 +79,151 @@ def test_backward_offset_float32(rng):
         rdx, rdw, rdb = ref.channel_backward("group", dy, x, G=4)
         for a, b in ((dx, rdx), (dw, rdw), (db, rdb)):
             assert np.max(np.abs(a - b)) <= 1e-4 * np.max(np.abs(b))
+
+
+# ---- constant groups, eps ---------------------------------------------------------------------
+
+def _constant_input(op, layout, shape, dtype):
+    """Every normalization group constant (per channel and group for the channel ops, per
+    sample for the row ops), at values whose float32 and float64 forms differ."""
+    N, C = shape[:2]
+    if op in oc.CHANNEL_OPS:
+        cg = C // oc.groups(C)
+        v = 12345.678 * (1 + np.arange(C) // cg) - 7e3
+        x = np.broadcast_to(v.reshape((1, C) + (1,) * (len(shape) - 2)), shape)
+    else:
+        v = 9876.54321 * np.arange(N) - 1e4
+        x = np.broadcast_to(v.reshape((N,) + (1,) * (len(shape) - 1)), shape)
+    return oc.arrange(x, layout).astype(dtype)
+
+
+CONST_CASES = [c for c in oc.CASES if not c[0].startswith("rms")]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(4, 6, 7, 9), (3, 4, 40000)], ids=str)
+@pytest.mark.parametrize("case", CONST_CASES, ids=oc.case_id)
+def test_constant_groups_give_exactly_bias(case, shape, dtype, rng, nthreads):
+    """Variance 0 with eps=1e-6: y is exactly bias (no NaN), mean exactly the value, rstd
+    1/sqrt(eps); the backward stays finite and matches the reference."""
+    op, layout = case
+    d = oc.make_inputs(op, layout, shape, dtype, rng)
+    x = _constant_input(op, layout, shape, dtype)
+    r = None
+    if op.endswith("_res"):
+        r = np.zeros_like(x)
+    y, saved = oc.forward(op, layout, x, d["w"], d["b"], r, eps=1e-6)
+    if op in oc.CHANNEL_OPS:
+        bias = d["b"].reshape((1, -1) + (1,) * (len(shape) - 2))
+        bias = oc.arrange(np.broadcast_to(bias, shape), layout)
+    else:
+        bias = np.broadcast_to(d["b"], x.shape)
+    np.testing.assert_array_equal(y, bias)
+    xs, mean, rstd = saved
+    np.testing.assert_array_equal(rstd, np.full(rstd.shape, 1 / np.sqrt(1e-6)))
+    dx, dw, db = oc.backward(op, layout, d["dy"], saved, d["w"], d["ds"])
+    # xhat is exactly 0, so dweight is exactly 0. The reference on zeros has the same
+    # gradients (the float64 reference's own mean of a constant is not always exact)
+    np.testing.assert_array_equal(dw, 0)
+    rdx, _, rdb = oc.ref_backward(op, layout, d["dy"], np.zeros(xs.shape, dtype), d["w"],
+                                  d["ds"], eps=1e-6)
+    assert_close(dx, rdx, dtype, what="dx")
+    assert_close(db, rdb, dtype, what="dbias")
+
+
+@pytest.mark.parametrize("layout", oc.ROW_LAYOUTS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_rms_zero_rows(layout, dtype, rng):
+    """RMS norm of an all-zero row: y exactly 0, rstd 1/sqrt(eps), finite gradients."""
+    x = rng.standard_normal((4, 3, 50)).astype(dtype)
+    x[1] = 0
+    w = rng.standard_normal(oc.norm_shape(x, layout)).astype(dtype)
+    y, rstd = fn.rms_norm_forward(x, oc.norm_shape(x, layout), w, eps=1e-6)
+    np.testing.assert_array_equal(y[1], 0)
+    np.testing.assert_array_equal(rstd[1], 1 / np.sqrt(1e-6))
+    dx, dw = fn.rms_norm_backward(x, x, rstd, oc.norm_shape(x, layout), w)
+    assert np.all(np.isfinite(dx)) and np.all(np.isfinite(dw))
+
+
+@pytest.mark.parametrize("eps", [0.0, -1e-5, float("nan"), float("inf")])
+@pytest.mark.parametrize("case", oc.CASES, ids=oc.case_id)
+def test_eps_zero_or_invalid_is_an_error(case, eps, rng):
+    """eps=0 (with or without variance 0) is refused before anything runs, never garbage."""
+    op, layout = case
+    d = oc.make_inputs(op, layout, (2, 4, 3, 5), np.float32, rng)
+    x = _constant_input(op, layout, (2, 4, 3, 5), np.float32)
+    with pytest.raises(ValueError, match="eps must be finite and > 0"):
+        oc.forward(op, layout, x, d["w"], d["b"], d["r"], eps=eps)
+
+
+# ---- inference forms at large offsets ---------------------------------------------------------
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("offset", OFFSETS)
+def test_offset_running_stats_forms(offset, layout, rng):
+    """batch_norm (eval) and instance_norm(use_input_stats=False) with running statistics at
+    the data's offset: the mean is split in two float32 parts, so nothing cancels."""
+    x = (offset + rng.standard_normal((4, 6, 10, 12))).astype(np.float32)
+    rm = offset + 0.1 * rng.standard_normal(6)
+    rv = 1 + 0.1 * rng.random(6)
+    w = rng.standard_normal(6).astype(np.float32)
+    b = rng.standard_normal(6).astype(np.float32)
+    shape = (1, 6, 1, 1)
+    expect = ((x.astype(np.float64) - rm.reshape(shape)) / np.sqrt(rv.reshape(shape) + 1e-5)
+              * w.reshape(shape) + b.reshape(shape))
+    xl = oc.arrange(x, layout)
+    y1 = fn.batch_norm(xl, rm, rv, w, b, layout=layout)
+    y2 = fn.instance_norm(xl, rm, rv, w, b, use_input_stats=False, layout=layout)
+    for y in (y1, y2):
+        assert np.max(np.abs(y - ref.from_nchw(expect, layout))) <= 1e-5
+
+
+# ---- determinism ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("shape", [(6, 4, 30, 31), (1, 2, 200, 190), (3, 4, 5)], ids=str)
+@pytest.mark.parametrize("case", oc.CASES, ids=oc.case_id)
+def test_bitwise_identical_for_1_to_4_threads(case, shape):
+    """Every output of forward and backward (y, statistics, dx, dweight, dbias, x + r) is
+    bitwise identical for 1, 2, 3 and 4 threads (fused and split schedules included)."""
+    op, layout = case
+    d = oc.make_inputs(op, layout, shape, np.float32, np.random.default_rng(7), offset=100.0)
+    runs = []
+    for t in (1, 2, 3, 4):
+        with fn.threads(t):
+            runs.append(oc.run_all(op, layout, d))
+    for t, other in zip((2, 3, 4), runs[1:]):
+        for a, b in zip(runs[0], other):
+            assert a.dtype == b.dtype
+            np.testing.assert_array_equal(a, b, err_msg=f"{t} threads vs 1")
+
+
+# ---- long reductions --------------------------------------------------------------------------
+
+BIG = 41_000_000  # elements in one reduction: more than 4e7
+
+
+@pytest.mark.parametrize("form", ["batch-NCHW", "batch-NHWC", "layer-row"])
+def test_reduction_over_4e7_elements(form):
+    """One statistic over 4.1e7 float32 values at offset 1e4: the same 1e-5 forward tolerance,
+    and mean/rstd within 1e-9 / 1e-6 relative of the float64 reference."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(BIG, dtype=np.float32)
+    x += np.float32(1e4)
+    if form == "batch-NCHW":  # one channel, 41 planes of 1e6: split schedule over chunks
+        xs = x.reshape(41, 1, 1000, 1000)
+        y, mean, rstd = fn.batch_norm_forward(xs)
+    elif form == "batch-NHWC":  # one column, 4.1e7 rows of the channels-last kernel
+        xs = x.reshape(BIG, 1)
+        y, mean, rstd = fn.batch_norm_forward(xs, layout="NHWC")
+    else:
+        xs = x.reshape(1, BIG)
+        y, mean, rstd = fn.layer_norm_forward(xs, BIG)
+    x64 = x.astype(np.float64)
+    m = x64.mean()
+    x64 -= m
+    r = 1 / np.sqrt(np.dot(x64, x64) / BIG + 1e-5)
+    assert abs(mean.item() - m) <= 1e-9 * abs(m)
+    assert abs(rstd.item() / r - 1) <= 1e-6
+    x64 *= r
+    x64 -= y.reshape(-1)
+    assert np.max(np.abs(x64)) <= 1e-5
