@@ -294,7 +294,7 @@ def group_norm(x, num_groups, weight=None, bias=None, *, eps=1e-5, layout="NCHW"
                activation=None, out=None):
     """Group normalization returning only y (``F.group_norm``); ``activation`` is fused."""
     act = D.activation_code(activation)
-    if type(num_groups) is int:
+    if type(num_groups) is int and 0 < num_groups < 1 << 31:
         y = K.fast_forward(2, x, num_groups, weight, bias, None, None, eps, layout, act,
                            D.get_num_threads(), D.PARALLEL_GRAIN_BYTES, out)
         if y is not None:
