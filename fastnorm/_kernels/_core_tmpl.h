@@ -206,6 +206,48 @@ static void FN(fn_seg_moments)(const T *x, fn_idx len, double *n, double *mean, 
     }
 }
 
+/* Per column c of x[rows, C]: s[c] = sum(d), q[c] = sum(d^2) with d = (x - sh[c]) - sl[c]
+   (sl may be NULL: d = x - sh). The block is in L1; each vector of columns keeps its sums in
+   registers, in two row phases (even / odd rows) so the add chains overlap, instead of
+   reloading and storing s and q for every row. */
+static inline __attribute__((always_inline)) void FN(fn_col_sums)(
+    const T *x, fn_idx rows, fn_idx C, const T *sh, const T *sl, T *s, T *q)
+{
+    fn_idx r, c, cv = C - C % FN_VL;
+    FN(vec) k, l, s0, s1, q0, q1, d0, d1;
+    T d;
+    for (c = 0; c < cv; c += FN_VL) {
+        k = *(const FN(uvec) *)(sh + c);
+        l = (FN(vec)){0};
+        if (sl) l = *(const FN(uvec) *)(sl + c);
+        s0 = s1 = q0 = q1 = (FN(vec)){0};
+        for (r = 0; r + 1 < rows; r += 2) {
+            d0 = (*(const FN(uvec) *)(x + r * C + c) - k) - l;
+            d1 = (*(const FN(uvec) *)(x + (r + 1) * C + c) - k) - l;
+            s0 += d0;
+            s1 += d1;
+            q0 += d0 * d0;
+            q1 += d1 * d1;
+        }
+        if (r < rows) {
+            d0 = (*(const FN(uvec) *)(x + r * C + c) - k) - l;
+            s0 += d0;
+            q0 += d0 * d0;
+        }
+        *(FN(uvec) *)(s + c) = s0 + s1;
+        *(FN(uvec) *)(q + c) = q0 + q1;
+    }
+    for (; c < C; c++) {
+        s[c] = 0;
+        q[c] = 0;
+        for (r = 0; r < rows; r++) {
+            d = (x[r * C + c] - sh[c]) - (sl ? sl[c] : (T)0);
+            s[c] += d;
+            q[c] += d * d;
+        }
+    }
+}
+
 /* Per-column mean and M2 of a block x[rows, C] (row stride C), 1 <= rows, in one pass with a
    per-column pivot: piv (the running mean of the chunk so far) or, for a chunk's first block,
    the mean of its first rows. As in fn_block_moments, a pivot that lands more than a standard
@@ -216,11 +258,9 @@ FN_HOT static void FN(fn_block_col_moments)(const T *x, fn_idx rows, fn_idx C, c
 {
     T *K = scr, *s = scr + C, *q = scr + 2 * C, *mh = scr + 3 * C, *ml = scr + 4 * C;
     const T *row;
-    T d;
     double m, inv = 1.0 / (double)rows, t, s1, s2;
-    fn_idx r, c, np = rows < 32 ? rows : 32, cv = C - C % FN_VL;
+    fn_idx r, c, np = rows < 32 ? rows : 32;
     int redo = 0;
-    FN(vec) dv;
 
     if (piv) {
         for (c = 0; c < C; c++) K[c] = (T)piv[c];
@@ -232,20 +272,7 @@ FN_HOT static void FN(fn_block_col_moments)(const T *x, fn_idx rows, fn_idx C, c
         }
         for (c = 0; c < C; c++) K[c] = s[c] / (T)np;
     }
-    for (c = 0; c < C; c++) { s[c] = 0; q[c] = 0; }
-    for (r = 0; r < rows; r++) {
-        row = x + r * C;
-        for (c = 0; c < cv; c += FN_VL) {
-            dv = *(const FN(uvec) *)(row + c) - *(const FN(uvec) *)(K + c);
-            *(FN(uvec) *)(s + c) += dv;
-            *(FN(uvec) *)(q + c) += dv * dv;
-        }
-        for (; c < C; c++) {
-            d = row[c] - K[c];
-            s[c] += d;
-            q[c] += d * d;
-        }
-    }
+    FN(fn_col_sums)(x, rows, C, K, NULL, s, q);
     for (c = 0; c < C; c++) {
         s1 = (double)s[c];
         s2 = (double)q[c];
@@ -259,17 +286,8 @@ FN_HOT static void FN(fn_block_col_moments)(const T *x, fn_idx rows, fn_idx C, c
         m = mean[c];
         mh[c] = (T)m;
         ml[c] = (T)(m - (double)mh[c]);
-        s[c] = 0;
-        q[c] = 0;
     }
-    for (r = 0; r < rows; r++) {
-        row = x + r * C;
-        for (c = 0; c < C; c++) {
-            d = (row[c] - mh[c]) - ml[c];
-            s[c] += d;
-            q[c] += d * d;
-        }
-    }
+    FN(fn_col_sums)(x, rows, C, mh, ml, s, q);
     for (c = 0; c < C; c++) {
         s1 = (double)s[c];
         mean[c] += s1 * inv;
@@ -486,32 +504,52 @@ FN_HOT static void FN(fn_seg_add)(const T *x, const T *r, T *s, fn_idx n)
 }
 
 /* Channels-last reduce of one block x[rows, C]: sdy[c] += sum(dy), sdyx[c] += sum(dy * (x - m)).
-   scr: 2*C of T. Explicit vectors across C, as in fn_rows_apply. */
+   As in fn_col_sums, each vector of columns keeps its sums in registers over the block's rows
+   (two row phases). scr is unused (kept for the signature). */
 FN_HOT static void FN(fn_rows_bwd_sums)(const T *dy, const T *x, fn_idx rows, fn_idx C,
                                         const T *mh, const T *ml, T *scr, double *sdy,
                                         double *sdyx)
 {
-    T *a1 = scr, *a2 = scr + C;
-    const T *xr, *dr;
-    fn_idx r, c, cv = C - C % FN_VL;
-    FN(vec) g;
-    for (c = 0; c < C; c++) { a1[c] = 0; a2[c] = 0; }
-    for (r = 0; r < rows; r++) {
-        xr = x + r * C;
-        dr = dy + r * C;
-        for (c = 0; c < cv; c += FN_VL) {
-            g = *(const FN(uvec) *)(dr + c);
-            *(FN(uvec) *)(a1 + c) += g;
-            *(FN(uvec) *)(a2 + c) += g * ((*(const FN(uvec) *)(xr + c)
-                                          - *(const FN(uvec) *)(mh + c))
-                                         - *(const FN(uvec) *)(ml + c));
+    fn_idx r, c, j, cv = C - C % FN_VL;
+    FN(vec) k, l, a0, a1, b0, b1, g0, g1;
+    T ta[64 / sizeof(T)], tb[64 / sizeof(T)], u1, u2;
+    (void)scr;
+    for (c = 0; c < cv; c += FN_VL) {
+        k = *(const FN(uvec) *)(mh + c);
+        l = *(const FN(uvec) *)(ml + c);
+        a0 = a1 = b0 = b1 = (FN(vec)){0};
+        for (r = 0; r + 1 < rows; r += 2) {
+            g0 = *(const FN(uvec) *)(dy + r * C + c);
+            g1 = *(const FN(uvec) *)(dy + (r + 1) * C + c);
+            a0 += g0;
+            a1 += g1;
+            b0 += g0 * ((*(const FN(uvec) *)(x + r * C + c) - k) - l);
+            b1 += g1 * ((*(const FN(uvec) *)(x + (r + 1) * C + c) - k) - l);
         }
-        for (; c < C; c++) {
-            a1[c] += dr[c];
-            a2[c] += dr[c] * ((xr[c] - mh[c]) - ml[c]);
+        if (r < rows) {
+            g0 = *(const FN(uvec) *)(dy + r * C + c);
+            a0 += g0;
+            b0 += g0 * ((*(const FN(uvec) *)(x + r * C + c) - k) - l);
+        }
+        a0 += a1;
+        b0 += b1;
+        memcpy(ta, &a0, sizeof ta);
+        memcpy(tb, &b0, sizeof tb);
+        for (j = 0; j < FN_VL; j++) {
+            sdy[c + j] += ta[j];
+            sdyx[c + j] += tb[j];
         }
     }
-    for (c = 0; c < C; c++) { sdy[c] += a1[c]; sdyx[c] += a2[c]; }
+    for (; c < C; c++) {
+        u1 = 0;
+        u2 = 0;
+        for (r = 0; r < rows; r++) {
+            u1 += dy[r * C + c];
+            u2 += dy[r * C + c] * ((x[r * C + c] - mh[c]) - ml[c]);
+        }
+        sdy[c] += u1;
+        sdyx[c] += u2;
+    }
 }
 
 /* Channels-last dx: dx[r, c] = (dy * P[c] - Q[c]) * R[c] + ((x - mh[c]) - ml[c]) * B[c]
