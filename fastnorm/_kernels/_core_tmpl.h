@@ -487,13 +487,16 @@ FN_HOT static void FN(fn_row_bwd_sums_ew)(const T *dy, const T *x, fn_idx len, T
 FN_HOT static void FN(fn_row_bwd_apply_ew)(const T *dy, const T *x, T *dx, fn_idx n,
                                            const T *w, T Q, T r, T mh, T ml, T B, const T *ds)
 {
-    fn_idx i;
-    if (ds) {
-        for (i = 0; i < n; i++)
-            dx[i] = ((dy[i] * w[i] - Q) * r + ((x[i] - mh) - ml) * B) + ds[i];
-    } else {
-        for (i = 0; i < n; i++) dx[i] = (dy[i] * w[i] - Q) * r + ((x[i] - mh) - ml) * B;
+    fn_idx i = 0;
+    FN(vec) v;
+    for (; i + FN_VL <= n; i += FN_VL) {
+        v = (*(const FN(uvec) *)(dy + i) * *(const FN(uvec) *)(w + i) - Q) * r
+            + ((*(const FN(uvec) *)(x + i) - mh) - ml) * B;
+        if (ds) v = v + *(const FN(uvec) *)(ds + i);
+        *(FN(uvec) *)(dx + i) = v;
     }
+    for (; i < n; i++)
+        dx[i] = ((dy[i] * w[i] - Q) * r + ((x[i] - mh) - ml) * B) + (ds ? ds[i] : (T)0);
 }
 
 /* s = x + r (the residual stream of a fused add + norm). */

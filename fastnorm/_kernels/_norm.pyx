@@ -108,7 +108,7 @@ DEF FN_CHUNK = 32768
 # Row blocks per channels-last chunk.
 DEF CHUNK_BLOCKS = 16
 # Layer-norm backward: rows per dweight partial hold about this many elements ...
-DEF ROWBLOCK_ELEMS = 65536
+DEF ROWBLOCK_ELEMS = 262144
 # ... and there are at most this many partials (bounds the float64 buffer to 256 * D * 16 bytes).
 DEF MAX_ROWBLOCKS = 256
 
