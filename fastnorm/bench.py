@@ -327,7 +327,8 @@ def latency(progress=True):
 
 
 def scaling(quick=False, progress=True):
-    """Ratio to copy across tensor sizes (L2, L3 and beyond), at all threads."""
+    """Ratio to copy across tensor sizes (L2, L3 and beyond), at all threads; both write into
+    preallocated buffers."""
     sizes = [256 << 10, 4 << 20, 64 << 20] + ([] if quick else [1 << 30])
     t = fn.get_num_threads()
     rng = np.random.default_rng(2)
@@ -339,10 +340,10 @@ def scaling(quick=False, progress=True):
         img = (N, C, 56, 56) if n >= C * 3136 else (1, C, max(1, n // (C * 8)), 8)
         rows = (max(1, n // 1024), 1024)
         for name, shape, f in (
-                ("group (32) NCHW fwd", img, lambda a: fn.group_norm_forward(a, 32)),
+                ("group (32) NCHW fwd", img, lambda a, o: fn.group_norm_forward(a, 32, out=o)),
                 ("batch NHWC fwd", img[:1] + img[2:] + img[1:2],
-                 lambda a: fn.batch_norm_forward(a, layout="NHWC")),
-                ("layer (D=1024) fwd", rows, lambda a: fn.layer_norm_forward(a, 1024))):
+                 lambda a, o: fn.batch_norm_forward(a, layout="NHWC", out=o)),
+                ("layer (D=1024) fwd", rows, lambda a, o: fn.layer_norm_forward(a, 1024, out=o))):
             if progress:
                 print(f"\rscaling: {name} {nbytes >> 10} KiB ...".ljust(60), end="",
                       file=sys.stderr, flush=True)
@@ -351,9 +352,10 @@ def scaling(quick=False, progress=True):
             dst = np.empty_like(flat)
             budget = 0.3 if quick else 1.0
             cp = timeit(lambda: K.parallel_copy(flat, dst, t), budget=budget)
+            o = np.empty_like(a)  # like the copy, write into an existing buffer
             res.append({"name": name, "bytes": int(a.nbytes), "threads": t,
-                        "ratio": timeit(lambda: f(a), budget=budget) / cp})
-            del a, flat, dst
+                        "ratio": timeit(lambda: f(a, o), budget=budget) / cp})
+            del a, flat, dst, o
     return res
 
 
