@@ -78,6 +78,8 @@ class BuildExt(build_ext):
             # a unit of one element) are exact only when each product is rounded, and results
             # stay identical between the AVX-512, AVX2 and baseline clones.
             cflags.append("-ffp-contract=off")
+            # a helper used before it is defined must fail the build, not the import
+            cflags.append("-Werror=implicit-function-declaration")
             if NATIVE:
                 cflags.append("-march=native")
             if omp:

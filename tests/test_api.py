@@ -276,3 +276,40 @@ def test_moment_kernels(dtype, rng):
     for other in res[1:]:
         for a, b in zip(res[0], other):
             np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_streaming_stores_give_the_same_bits(layout, rng, monkeypatch):
+    """Non-temporal stores (used for outputs past the last-level cache) change where bytes
+    go, never their values: every op, forced to stream, equals the cached-store result,
+    including outputs that do not start 16-byte aligned and rows of odd length."""
+    from fastnorm import _dispatch
+    shape = (3, 12, 7, 9) if layout == "NCHW" else (3, 7, 9, 12)
+    x = rng.standard_normal(shape).astype(np.float32)
+    x5 = rng.standard_normal((3, 5, 4, 6)).astype(np.float32)  # C = 5 or 6: odd rows
+    dy = rng.standard_normal(shape).astype(np.float32)
+
+    def run():
+        res = []
+        for a, lay in ((x, layout), (x5, layout)):
+            d = dy if a is x else np.ones_like(a)
+            C = a.shape[1] if lay == "NCHW" else a.shape[-1]
+            G = 3 if C % 3 == 0 else 1
+            for fwd, bwd, extra in ((fn.batch_norm_forward, fn.batch_norm_backward, ()),
+                                    (fn.instance_norm_forward, fn.instance_norm_backward, ()),
+                                    (fn.group_norm_forward, fn.group_norm_backward, (G,))):
+                out = np.empty(a.size + 1, a.dtype)[1:].reshape(a.shape)  # misaligned
+                y, m, r = fwd(a, *extra, layout=lay, out=out)
+                res += [y.copy(), bwd(d, a, m, r, *extra, layout=lay)[0]]
+            res.append(fn.batch_norm(a, np.zeros(C), np.ones(C), layout=lay, activation="silu"))
+            y, m, r = fn.layer_norm_forward(a, a.shape[-1], np.ones(a.shape[-1], a.dtype))
+            res += [y, fn.layer_norm_backward(d, a, m, r, a.shape[-1])[0]]
+            res.append(fn.rms_norm(a, a.shape[1:]))
+        return res
+
+    monkeypatch.setattr(_dispatch, "STREAM_BYTES", 0)
+    cached = run()
+    monkeypatch.setattr(_dispatch, "STREAM_BYTES", 1)
+    streamed = run()
+    for a, b in zip(cached, streamed):
+        np.testing.assert_array_equal(a, b)

@@ -29,6 +29,13 @@
 #include <string.h>
 #include <stdint.h>
 
+#if defined(__x86_64__) && defined(__SSE2__)
+#include <emmintrin.h>
+#define FN_NT 1
+#else
+#define FN_NT 0
+#endif
+
 typedef ptrdiff_t fn_idx;
 
 /* Elements per moment block: 8 KiB of float32, well inside L1, long enough that the per-block

@@ -127,6 +127,21 @@ static inline __attribute__((always_inline)) FN(vec) fn_vact_f32(FN(vec) v, int 
 }
 #endif
 
+/* One value through the same arithmetic as the vector path, so an element's activation does not
+   depend on whether alignment put it in a vector or in a head or tail (float32); float64 uses
+   libm throughout. */
+static inline T FN(fn_act1)(T v, int act)
+{
+#if FN_IS_F32
+    FN(vec) t = {0};
+    if (act == 0) return v;
+    t[0] = v;
+    return fn_vact_f32(t, act)[0];
+#else
+    return FN(fn_act)(v, act);
+#endif
+}
+
 /* Exact two-pass moments of x[0:n] with the first pass's mean m0 given: the corrected sum of
    squared deviations from m0 (its residual sum refines the mean). */
 FN_HOT static void FN(fn_block_moments_2p)(const T *x, fn_idx n, double m0, double *mean,
@@ -310,73 +325,145 @@ static void FN(fn_seg_col_moments)(const T *x, fn_idx rows, fn_idx C, fn_idx rb,
     }
 }
 
-/* ---- forward apply ---------------------------------------------------------------------- */
-
-/* y = ((x - mh) - ml) * a + b over a contiguous segment (one channel of one sample). */
-FN_HOT static void FN(fn_seg_apply)(const T *x, T *y, fn_idx n, T mh, T ml, T a, T b, int act)
+/* ---- stores ---------------------------------------------------------------------------- */
+/* A vector store at p, or with nt a non-temporal one (p 16-byte aligned): for outputs larger
+   than the last-level cache, a normal store first reads the line it overwrites (RFO), a third
+   stream of traffic that memcpy avoids. SSE2 streaming stores exist on every x86-64, so all
+   three clones share this code. */
+static inline __attribute__((always_inline)) void FN(fn_vst)(T *p, FN(vec) v, int nt)
 {
-    fn_idx i;
-    if (act == 0) {
-        for (i = 0; i < n; i++) y[i] = ((x[i] - mh) - ml) * a + b;
+#if FN_NT
+    if (nt) {
+        char *q = (char *)p;
+        const char *s = (const char *)&v;
+        int j;
+        for (j = 0; j < 64; j += 16) {
+#if FN_IS_F32
+            __m128 t;
+            memcpy(&t, s + j, 16);
+            _mm_stream_ps((float *)(q + j), t);
+#else
+            __m128d t;
+            memcpy(&t, s + j, 16);
+            _mm_stream_pd((double *)(q + j), t);
+#endif
+        }
         return;
     }
-    i = 0;
-#if FN_IS_F32
-    for (; i + FN_VL <= n; i += FN_VL)
-        *(FN(uvec) *)(y + i) =
-            fn_vact_f32(((*(const FN(uvec) *)(x + i) - mh) - ml) * a + b, act);
 #endif
-    for (; i < n; i++) y[i] = FN(fn_act)(((x[i] - mh) - ml) * a + b, act);
+    *(FN(uvec) *)p = v;
+}
+
+/* Elements to store one by one before p + i is 16-byte aligned; -1 if it never will be (then
+   the caller stores normally). */
+static inline fn_idx FN(fn_nt_head)(const T *p, fn_idx n)
+{
+    size_t mis = (size_t)((uintptr_t)p & 15);
+    fn_idx h;
+    if (mis == 0) return 0;
+    if (mis % sizeof(T)) return -1;
+    h = (fn_idx)((16 - mis) / sizeof(T));
+    return h < n ? h : n;
+}
+
+static inline void FN(fn_nt_done)(int nt)
+{
+#if FN_NT
+    if (nt) _mm_sfence();  /* streaming stores are weakly ordered: publish them */
+#else
+    (void)nt;
+#endif
+}
+
+/* ---- forward apply ---------------------------------------------------------------------- */
+
+/* y = ((x - mh) - ml) * a + b over a contiguous segment (one channel of one sample), then the
+   activation; nt: non-temporal stores. */
+FN_HOT static void FN(fn_seg_apply)(const T *x, T *y, fn_idx n, T mh, T ml, T a, T b, int act,
+                                    int nt)
+{
+    fn_idx i = 0, h = nt ? FN(fn_nt_head)(y, n) : 0;
+    FN(vec) v;
+    if (h < 0) { nt = 0; h = 0; }
+#if !FN_IS_F32
+    if (act != 0) {  /* float64 activations: libm, element by element */
+        for (i = 0; i < n; i++) y[i] = FN(fn_act1)(((x[i] - mh) - ml) * a + b, act);
+        return;
+    }
+#endif
+    for (; i < h; i++) y[i] = FN(fn_act1)(((x[i] - mh) - ml) * a + b, act);
+    for (; i + FN_VL <= n; i += FN_VL) {
+        v = ((*(const FN(uvec) *)(x + i) - mh) - ml) * a + b;
+#if FN_IS_F32
+        if (act != 0) v = fn_vact_f32(v, act);
+#endif
+        FN(fn_vst)(y + i, v, nt);
+    }
+    for (; i < n; i++) y[i] = FN(fn_act1)(((x[i] - mh) - ml) * a + b, act);
+    FN(fn_nt_done)(nt);
 }
 
 /* Element-wise affine (layer norm): y = ((x - mh) - ml) * r * g[i] + b[i]. */
 FN_HOT static void FN(fn_seg_apply_ew)(const T *x, T *y, fn_idx n, T mh, T ml, T r,
-                                       const T *g, const T *b, int act)
+                                       const T *g, const T *b, int act, int nt)
 {
-    fn_idx i;
-    if (act == 0) {
-        for (i = 0; i < n; i++) y[i] = (((x[i] - mh) - ml) * r) * g[i] + b[i];
+    fn_idx i = 0, h = nt ? FN(fn_nt_head)(y, n) : 0;
+    FN(vec) v;
+    if (h < 0) { nt = 0; h = 0; }
+#if !FN_IS_F32
+    if (act != 0) {
+        for (i = 0; i < n; i++) y[i] = FN(fn_act1)((((x[i] - mh) - ml) * r) * g[i] + b[i], act);
         return;
     }
-    i = 0;
-#if FN_IS_F32
-    for (; i + FN_VL <= n; i += FN_VL)
-        *(FN(uvec) *)(y + i) = fn_vact_f32(
-            (((*(const FN(uvec) *)(x + i) - mh) - ml) * r) * *(const FN(uvec) *)(g + i)
-            + *(const FN(uvec) *)(b + i), act);
 #endif
-    for (; i < n; i++) y[i] = FN(fn_act)((((x[i] - mh) - ml) * r) * g[i] + b[i], act);
+    for (; i < h; i++) y[i] = FN(fn_act1)((((x[i] - mh) - ml) * r) * g[i] + b[i], act);
+    for (; i + FN_VL <= n; i += FN_VL) {
+        v = (((*(const FN(uvec) *)(x + i) - mh) - ml) * r) * *(const FN(uvec) *)(g + i)
+            + *(const FN(uvec) *)(b + i);
+#if FN_IS_F32
+        if (act != 0) v = fn_vact_f32(v, act);
+#endif
+        FN(fn_vst)(y + i, v, nt);
+    }
+    for (; i < n; i++) y[i] = FN(fn_act1)((((x[i] - mh) - ml) * r) * g[i] + b[i], act);
+    FN(fn_nt_done)(nt);
 }
 
 /* Channels-last apply: y[r, c] = ((x[r, c] - mh[c]) - ml[c]) * a[c] + b[c]. Written with
    explicit vectors across C: a row is short (often 32 to 512 values), and the compiler's own
-   vectorization would redo its aliasing checks and remainder loop on every row. */
+   vectorization would redo its aliasing checks and remainder loop on every row. Non-temporal
+   stores only on rows that start 16-byte aligned (C a multiple of 4 floats keeps them so). */
 FN_HOT static void FN(fn_rows_apply)(const T *x, T *y, fn_idx rows, fn_idx C, const T *mh,
-                                     const T *ml, const T *a, const T *b, int act)
+                                     const T *ml, const T *a, const T *b, int act, int nt)
 {
     fn_idx r, c, cv = C - C % FN_VL;
     const T *xr;
     T *yr;
     FN(vec) v;
+    int ntr;
     for (r = 0; r < rows; r++) {
         xr = x + r * C;
         yr = y + r * C;
+        ntr = nt && FN(fn_nt_head)(yr, C) == 0;
         for (c = 0; c < cv; c += FN_VL) {
             v = ((*(const FN(uvec) *)(xr + c) - *(const FN(uvec) *)(mh + c))
                  - *(const FN(uvec) *)(ml + c)) * *(const FN(uvec) *)(a + c)
                 + *(const FN(uvec) *)(b + c);
-            *(FN(uvec) *)(yr + c) = v;
+#if FN_IS_F32
+            if (act != 0) v = fn_vact_f32(v, act);
+#endif
+            FN(fn_vst)(yr + c, v, ntr);
         }
         for (; c < C; c++) yr[c] = ((xr[c] - mh[c]) - ml[c]) * a[c] + b[c];
-        if (act != 0) {
-            c = 0;
 #if FN_IS_F32
-            for (; c < cv; c += FN_VL)
-                *(FN(uvec) *)(yr + c) = fn_vact_f32(*(const FN(uvec) *)(yr + c), act);
+        if (act != 0)
+            for (c = cv; c < C; c++) yr[c] = FN(fn_act1)(yr[c], act);
+#else
+        if (act != 0)
+            for (c = 0; c < C; c++) yr[c] = FN(fn_act1)(yr[c], act);
 #endif
-            for (; c < C; c++) yr[c] = FN(fn_act)(yr[c], act);
-        }
     }
+    FN(fn_nt_done)(nt);
 }
 
 /* ---- backward --------------------------------------------------------------------------- */
@@ -422,10 +509,16 @@ FN_HOT static void FN(fn_seg_bwd_sums)(const T *dy, const T *x, fn_idx len, T mh
    (a unit of one element, a constant dy) happens before the scaling by r, so it cancels
    exactly instead of leaving r * ulp(dy) behind. */
 FN_HOT static void FN(fn_seg_bwd_apply)(const T *dy, const T *x, T *dx, fn_idx n, T P, T Q,
-                                        T R, T mh, T ml, T B)
+                                        T R, T mh, T ml, T B, int nt)
 {
-    fn_idx i;
-    for (i = 0; i < n; i++) dx[i] = (dy[i] * P - Q) * R + ((x[i] - mh) - ml) * B;
+    fn_idx i = 0, h = nt ? FN(fn_nt_head)(dx, n) : 0;
+    if (h < 0) { nt = 0; h = 0; }
+    for (; i < h; i++) dx[i] = (dy[i] * P - Q) * R + ((x[i] - mh) - ml) * B;
+    for (; i + FN_VL <= n; i += FN_VL)
+        FN(fn_vst)(dx + i, (*(const FN(uvec) *)(dy + i) * P - Q) * R
+                               + ((*(const FN(uvec) *)(x + i) - mh) - ml) * B, nt);
+    for (; i < n; i++) dx[i] = (dy[i] * P - Q) * R + ((x[i] - mh) - ml) * B;
+    FN(fn_nt_done)(nt);
 }
 
 /* Layer-norm row reduce. With xc = (x - mh) - ml and g = dy * w: *sg += sum(g) and
@@ -485,18 +578,23 @@ FN_HOT static void FN(fn_row_bwd_sums_ew)(const T *dy, const T *x, fn_idx len, T
    (RMS norm: Q = mh = ml = 0). ds, when given, is added: the gradient that reaches x + residual
    from the residual stream itself. */
 FN_HOT static void FN(fn_row_bwd_apply_ew)(const T *dy, const T *x, T *dx, fn_idx n,
-                                           const T *w, T Q, T r, T mh, T ml, T B, const T *ds)
+                                           const T *w, T Q, T r, T mh, T ml, T B, const T *ds,
+                                           int nt)
 {
-    fn_idx i = 0;
+    fn_idx i = 0, h = nt ? FN(fn_nt_head)(dx, n) : 0;
     FN(vec) v;
+    if (h < 0) { nt = 0; h = 0; }
+    for (; i < h; i++)
+        dx[i] = ((dy[i] * w[i] - Q) * r + ((x[i] - mh) - ml) * B) + (ds ? ds[i] : (T)0);
     for (; i + FN_VL <= n; i += FN_VL) {
         v = (*(const FN(uvec) *)(dy + i) * *(const FN(uvec) *)(w + i) - Q) * r
             + ((*(const FN(uvec) *)(x + i) - mh) - ml) * B;
         if (ds) v = v + *(const FN(uvec) *)(ds + i);
-        *(FN(uvec) *)(dx + i) = v;
+        FN(fn_vst)(dx + i, v, nt);
     }
     for (; i < n; i++)
         dx[i] = ((dy[i] * w[i] - Q) * r + ((x[i] - mh) - ml) * B) + (ds ? ds[i] : (T)0);
+    FN(fn_nt_done)(nt);
 }
 
 /* s = x + r (the residual stream of a fused add + norm). */
@@ -559,26 +657,27 @@ FN_HOT static void FN(fn_rows_bwd_sums)(const T *dy, const T *x, fn_idx rows, fn
    (see fn_seg_bwd_apply). */
 FN_HOT static void FN(fn_rows_bwd_apply)(const T *dy, const T *x, T *dx, fn_idx rows, fn_idx C,
                                          const T *P, const T *Q, const T *R, const T *mh,
-                                         const T *ml, const T *B)
+                                         const T *ml, const T *B, int nt)
 {
     fn_idx r, c, cv = C - C % FN_VL;
     const T *xr, *dr;
     T *o;
-    FN(vec) v;
+    int ntr;
     for (r = 0; r < rows; r++) {
         xr = x + r * C;
         dr = dy + r * C;
         o = dx + r * C;
-        for (c = 0; c < cv; c += FN_VL) {
-            v = (*(const FN(uvec) *)(dr + c) * *(const FN(uvec) *)(P + c)
-                 - *(const FN(uvec) *)(Q + c)) * *(const FN(uvec) *)(R + c)
-                + ((*(const FN(uvec) *)(xr + c) - *(const FN(uvec) *)(mh + c))
-                   - *(const FN(uvec) *)(ml + c)) * *(const FN(uvec) *)(B + c);
-            *(FN(uvec) *)(o + c) = v;
-        }
+        ntr = nt && FN(fn_nt_head)(o, C) == 0;
+        for (c = 0; c < cv; c += FN_VL)
+            FN(fn_vst)(o + c,
+                       (*(const FN(uvec) *)(dr + c) * *(const FN(uvec) *)(P + c)
+                        - *(const FN(uvec) *)(Q + c)) * *(const FN(uvec) *)(R + c)
+                       + ((*(const FN(uvec) *)(xr + c) - *(const FN(uvec) *)(mh + c))
+                          - *(const FN(uvec) *)(ml + c)) * *(const FN(uvec) *)(B + c), ntr);
         for (; c < C; c++)
             o[c] = (dr[c] * P[c] - Q[c]) * R[c] + ((xr[c] - mh[c]) - ml[c]) * B[c];
     }
+    FN(fn_nt_done)(nt);
 }
 
 #undef T

@@ -57,25 +57,25 @@ cdef extern from "_core.h" nogil:
     void fn_seg_col_moments_f64(const double *x, fn_idx rows, fn_idx C, fn_idx rb, double *scr,
                                 double *bm, double *bm2, double *n, double *mean, double *m2)
     void fn_seg_apply_f32(const float *x, float *y, fn_idx n, float mh, float ml, float a,
-                          float b, int act)
+                          float b, int act, int stream)
     void fn_seg_apply_f64(const double *x, double *y, fn_idx n, double mh, double ml, double a,
-                          double b, int act)
+                          double b, int act, int stream)
     void fn_seg_apply_ew_f32(const float *x, float *y, fn_idx n, float mh, float ml, float r,
-                             const float *g, const float *b, int act)
+                             const float *g, const float *b, int act, int stream)
     void fn_seg_apply_ew_f64(const double *x, double *y, fn_idx n, double mh, double ml,
-                             double r, const double *g, const double *b, int act)
+                             double r, const double *g, const double *b, int act, int stream)
     void fn_rows_apply_f32(const float *x, float *y, fn_idx rows, fn_idx C, const float *mh,
-                           const float *ml, const float *a, const float *b, int act)
+                           const float *ml, const float *a, const float *b, int act, int stream)
     void fn_rows_apply_f64(const double *x, double *y, fn_idx rows, fn_idx C, const double *mh,
-                           const double *ml, const double *a, const double *b, int act)
+                           const double *ml, const double *a, const double *b, int act, int stream)
     void fn_seg_bwd_sums_f32(const float *dy, const float *x, fn_idx n, float mh, float ml,
                              double *sdy, double *sdyx)
     void fn_seg_bwd_sums_f64(const double *dy, const double *x, fn_idx n, double mh, double ml,
                              double *sdy, double *sdyx)
     void fn_seg_bwd_apply_f32(const float *dy, const float *x, float *dx, fn_idx n, float P,
-                              float Q, float R, float mh, float ml, float B)
+                              float Q, float R, float mh, float ml, float B, int stream)
     void fn_seg_bwd_apply_f64(const double *dy, const double *x, double *dx, fn_idx n, double P,
-                              double Q, double R, double mh, double ml, double B)
+                              double Q, double R, double mh, double ml, double B, int stream)
     void fn_row_bwd_sums_ew_f32(const float *dy, const float *x, fn_idx n, float mh, float ml,
                                 float r, const float *w, double *sg, double *sgx, float *dwa,
                                 float *dba)
@@ -84,10 +84,10 @@ cdef extern from "_core.h" nogil:
                                 double *dba)
     void fn_row_bwd_apply_ew_f32(const float *dy, const float *x, float *dx, fn_idx n,
                                  const float *w, float Q, float r, float mh, float ml, float B,
-                                 const float *ds)
+                                 const float *ds, int stream)
     void fn_row_bwd_apply_ew_f64(const double *dy, const double *x, double *dx, fn_idx n,
                                  const double *w, double Q, double r, double mh, double ml,
-                                 double B, const double *ds)
+                                 double B, const double *ds, int stream)
     void fn_seg_add_f32(const float *x, const float *r, float *s, fn_idx n)
     void fn_seg_add_f64(const double *x, const double *r, double *s, fn_idx n)
     void fn_rows_bwd_sums_f32(const float *dy, const float *x, fn_idx rows, fn_idx C,
@@ -98,10 +98,10 @@ cdef extern from "_core.h" nogil:
                               double *sdyx)
     void fn_rows_bwd_apply_f32(const float *dy, const float *x, float *dx, fn_idx rows, fn_idx C,
                                const float *P, const float *Q, const float *R, const float *mh,
-                               const float *ml, const float *B)
+                               const float *ml, const float *B, int stream)
     void fn_rows_bwd_apply_f64(const double *dy, const double *x, double *dx, fn_idx rows,
                                fn_idx C, const double *P, const double *Q, const double *R,
-                               const double *mh, const double *ml, const double *B)
+                               const double *mh, const double *ml, const double *B, int stream)
 
 # Elements per plane chunk (a multiple of FN_BLK): 128 KiB of float32.
 DEF FN_CHUNK = 32768
@@ -167,29 +167,29 @@ cdef inline void seg_col_moments(const floating *x, Py_ssize_t rows, Py_ssize_t 
 
 
 cdef inline void seg_apply(const floating *x, floating *y, Py_ssize_t n, floating mh, floating ml,
-                           floating a, floating b, int act) noexcept nogil:
+                           floating a, floating b, int act, int stream) noexcept nogil:
     if floating is float:
-        fn_seg_apply_f32(x, y, n, mh, ml, a, b, act)
+        fn_seg_apply_f32(x, y, n, mh, ml, a, b, act, stream)
     else:
-        fn_seg_apply_f64(x, y, n, mh, ml, a, b, act)
+        fn_seg_apply_f64(x, y, n, mh, ml, a, b, act, stream)
 
 
 cdef inline void seg_apply_ew(const floating *x, floating *y, Py_ssize_t n, floating mh,
                               floating ml, floating r, const floating *g, const floating *b,
-                              int act) noexcept nogil:
+                              int act, int stream) noexcept nogil:
     if floating is float:
-        fn_seg_apply_ew_f32(x, y, n, mh, ml, r, g, b, act)
+        fn_seg_apply_ew_f32(x, y, n, mh, ml, r, g, b, act, stream)
     else:
-        fn_seg_apply_ew_f64(x, y, n, mh, ml, r, g, b, act)
+        fn_seg_apply_ew_f64(x, y, n, mh, ml, r, g, b, act, stream)
 
 
 cdef inline void rows_apply(const floating *x, floating *y, Py_ssize_t rows, Py_ssize_t C,
                             const floating *mh, const floating *ml, const floating *a,
-                            const floating *b, int act) noexcept nogil:
+                            const floating *b, int act, int stream) noexcept nogil:
     if floating is float:
-        fn_rows_apply_f32(x, y, rows, C, mh, ml, a, b, act)
+        fn_rows_apply_f32(x, y, rows, C, mh, ml, a, b, act, stream)
     else:
-        fn_rows_apply_f64(x, y, rows, C, mh, ml, a, b, act)
+        fn_rows_apply_f64(x, y, rows, C, mh, ml, a, b, act, stream)
 
 
 cdef inline void seg_bwd_sums(const floating *dy, const floating *x, Py_ssize_t n, floating mh,
@@ -202,11 +202,11 @@ cdef inline void seg_bwd_sums(const floating *dy, const floating *x, Py_ssize_t 
 
 cdef inline void seg_bwd_apply(const floating *dy, const floating *x, floating *dx, Py_ssize_t n,
                                floating P, floating Q, floating R, floating mh, floating ml,
-                               floating B) noexcept nogil:
+                               floating B, int stream) noexcept nogil:
     if floating is float:
-        fn_seg_bwd_apply_f32(dy, x, dx, n, P, Q, R, mh, ml, B)
+        fn_seg_bwd_apply_f32(dy, x, dx, n, P, Q, R, mh, ml, B, stream)
     else:
-        fn_seg_bwd_apply_f64(dy, x, dx, n, P, Q, R, mh, ml, B)
+        fn_seg_bwd_apply_f64(dy, x, dx, n, P, Q, R, mh, ml, B, stream)
 
 
 cdef inline void rows_bwd_sums(const floating *dy, const floating *x, Py_ssize_t rows,
@@ -221,11 +221,11 @@ cdef inline void rows_bwd_sums(const floating *dy, const floating *x, Py_ssize_t
 cdef inline void rows_bwd_apply(const floating *dy, const floating *x, floating *dx,
                                 Py_ssize_t rows, Py_ssize_t C, const floating *P,
                                 const floating *Q, const floating *R, const floating *mh,
-                                const floating *ml, const floating *B) noexcept nogil:
+                                const floating *ml, const floating *B, int stream) noexcept nogil:
     if floating is float:
-        fn_rows_bwd_apply_f32(dy, x, dx, rows, C, P, Q, R, mh, ml, B)
+        fn_rows_bwd_apply_f32(dy, x, dx, rows, C, P, Q, R, mh, ml, B, stream)
     else:
-        fn_rows_bwd_apply_f64(dy, x, dx, rows, C, P, Q, R, mh, ml, B)
+        fn_rows_bwd_apply_f64(dy, x, dx, rows, C, P, Q, R, mh, ml, B, stream)
 
 
 cdef inline void split_mean(double m, floating *mh, floating *ml) noexcept nogil:
@@ -262,13 +262,13 @@ cdef inline void plane_chunk_moments(const floating *x, Py_ssize_t S, Py_ssize_t
 cdef inline void plane_chunk_apply(const floating *x, floating *y, Py_ssize_t S, Py_ssize_t p,
                                    Py_ssize_t k, Py_ssize_t c, bint ew, floating mh, floating ml,
                                    floating r, const floating *w, const floating *b,
-                                   int act) noexcept nogil:
+                                   int act, int stream) noexcept nogil:
     cdef Py_ssize_t off = k * FN_CHUNK
     cdef Py_ssize_t ln = min(FN_CHUNK, S - off)
     if ew:
-        seg_apply_ew(x + p * S + off, y + p * S + off, ln, mh, ml, r, w + off, b + off, act)
+        seg_apply_ew(x + p * S + off, y + p * S + off, ln, mh, ml, r, w + off, b + off, act, stream)
     else:
-        seg_apply(x + p * S + off, y + p * S + off, ln, mh, ml, r * w[c], b[c], act)
+        seg_apply(x + p * S + off, y + p * S + off, ln, mh, ml, r * w[c], b[c], act, stream)
 
 
 cdef inline void unit_finalize(double un, double um, double um2, double eps, bint rms,
@@ -286,7 +286,7 @@ cdef void planes_unit_fused(const floating *x, floating *y, Py_ssize_t u, Py_ssi
                             Py_ssize_t S, Py_ssize_t nb, Py_ssize_t cb, const floating *w,
                             const floating *b, bint ew, bint rms, double eps, double *mean_out,
                             double *rstd_out, int act, const floating *res,
-                            floating *xs) noexcept nogil:
+                            floating *xs, int stream) noexcept nogil:
     cdef Py_ssize_t ncb = C // cb, K = nchunks(S, FN_CHUNK)
     cdef Py_ssize_t n0 = (u // ncb) * nb, c0 = (u % ncb) * cb
     cdef Py_ssize_t n, c, k, p
@@ -311,26 +311,26 @@ cdef void planes_unit_fused(const floating *x, floating *y, Py_ssize_t u, Py_ssi
             p = n * C + c
             for k in range(K):
                 plane_chunk_apply(src, y, S, p, k, c, ew, mh, ml, <floating>rstd_out[u], w, b,
-                                  act)
+                                  act, stream)
 
 
 cdef void planes_fused_run(const floating *x, floating *y, Py_ssize_t N, Py_ssize_t C,
                            Py_ssize_t S, Py_ssize_t nb, Py_ssize_t cb, const floating *w,
                            const floating *b, bint ew, bint rms, double eps, double *mean_out,
                            double *rstd_out, int act, const floating *res, floating *xs,
-                           int n_threads) noexcept nogil:
+                           int n_threads, int stream) noexcept nogil:
     cdef Py_ssize_t U = (N // nb) * (C // cb), u
     for u in prange(U, schedule="static", num_threads=n_threads):
         planes_unit_fused(x, y, u, C, S, nb, cb, w, b, ew, rms, eps, mean_out, rstd_out, act,
-                          res, xs)
+                          res, xs, stream)
 
 
 def planes_forward(const floating[::1] x, floating[::1] y, Py_ssize_t N, Py_ssize_t C,
                    Py_ssize_t S, Py_ssize_t nb, Py_ssize_t cb, const floating[::1] w,
                    const floating[::1] b, bint ew, double eps, double[::1] mean_out,
                    double[::1] rstd_out, int act, int n_threads, bint fuse, bint rms=False,
-                   const floating[::1] res=None, floating[::1] xs=None):
-    """Training forward over x (N, C, S) in planes.
+                   const floating[::1] res=None, floating[::1] xs=None, int stream=0):
+    """Training forward over x (N, C, S) in planes (nt: non-temporal stores of y).
 
     x, y : (N*C*S,)            IN x, OUT y (y may be x)
     w, b : (C,) or (S,) if ew  IN affine, per channel or element-wise
@@ -356,7 +356,7 @@ def planes_forward(const floating[::1] x, floating[::1] y, Py_ssize_t N, Py_ssiz
     if fuse:
         with nogil:
             planes_fused_run(&x[0], &y[0], N, C, S, nb, cb, &w[0], &b[0], ew, rms, eps,
-                             &mean_out[0], &rstd_out[0], act, rp, xp, n_threads)
+                             &mean_out[0], &rstd_out[0], act, rp, xp, n_threads, stream)
         return
     part = np.empty((items, 3), dtype=np.float64)
     dt = np.float32 if floating is float else np.float64
@@ -374,7 +374,7 @@ def planes_forward(const floating[::1] x, floating[::1] y, Py_ssize_t N, Py_ssiz
             c = p % C
             u = ((p // C) // nb) * ncb + c // cb
             plane_chunk_apply(src, &y[0], S, p, i % K, c, ew, cmh[u], cml[u], cr[u], &w[0],
-                              &b[0], act)
+                              &b[0], act, stream)
 
 
 cdef void planes_unit_moments(const double *part, Py_ssize_t u, Py_ssize_t C, Py_ssize_t K,
@@ -413,7 +413,7 @@ cdef void planes_unit_merge(const double *part, Py_ssize_t u, Py_ssize_t C, Py_s
 def planes_apply(const floating[::1] x, floating[::1] y, Py_ssize_t N, Py_ssize_t C,
                  Py_ssize_t S, const floating[::1] mh, const floating[::1] ml,
                  const floating[::1] a, const floating[::1] b, bint per_sample, int act,
-                 int n_threads):
+                 int n_threads, int stream=0):
     """y = ((x - mh) - ml) * a + b per plane (n, c); coefficients (C,) or (N*C,) if per_sample."""
     cdef Py_ssize_t K = nchunks(S, FN_CHUNK), items = N * C * K
     cdef Py_ssize_t i, p, q, off, ln
@@ -425,7 +425,7 @@ def planes_apply(const floating[::1] x, floating[::1] y, Py_ssize_t N, Py_ssize_
             off = (i % K) * FN_CHUNK
             ln = min(<Py_ssize_t>FN_CHUNK, S - off)
             q = p if per_sample else p % C
-            seg_apply(&x[p * S + off], &y[p * S + off], ln, mh[q], ml[q], a[q], b[q], act)
+            seg_apply(&x[p * S + off], &y[p * S + off], ln, mh[q], ml[q], a[q], b[q], act, stream)
 
 
 cdef inline void plane_chunk_bwd_sums(const floating *dy, const floating *x, Py_ssize_t S,
@@ -466,23 +466,23 @@ cdef inline void plane_chunk_bwd_apply(const floating *dy, const floating *x, fl
                                        Py_ssize_t c, Py_ssize_t cb, const floating *w,
                                        const double *rstd, const floating *mh,
                                        const floating *ml, const floating *cQ,
-                                       const floating *cB) noexcept nogil:
+                                       const floating *cB, int stream) noexcept nogil:
     cdef Py_ssize_t off = k * FN_CHUNK
     cdef Py_ssize_t ln = min(FN_CHUNK, S - off)
     cdef floating r = <floating>rstd[u]
     if cb == 1:
         seg_bwd_apply(dy + p * S + off, x + p * S + off, dx + p * S + off, ln, 1, cQ[u],
-                      r * w[c], mh[u], ml[u], cB[u])
+                      r * w[c], mh[u], ml[u], cB[u], stream)
     else:
         seg_bwd_apply(dy + p * S + off, x + p * S + off, dx + p * S + off, ln, w[c], cQ[u],
-                      r, mh[u], ml[u], cB[u])
+                      r, mh[u], ml[u], cB[u], stream)
 
 
 cdef void planes_unit_bwd_fused(const floating *dy, const floating *x, floating *dx,
                                 Py_ssize_t u, Py_ssize_t C, Py_ssize_t S, Py_ssize_t nb,
                                 Py_ssize_t cb, const floating *w, const floating *mh,
                                 const floating *ml, const double *rstd, double *psum,
-                                floating *cQ, floating *cB) noexcept nogil:
+                                floating *cQ, floating *cB, int stream) noexcept nogil:
     cdef Py_ssize_t ncb = C // cb, K = nchunks(S, FN_CHUNK)
     cdef Py_ssize_t n0 = (u // ncb) * nb, c0 = (u % ncb) * cb
     cdef Py_ssize_t n, c, k, p
@@ -501,13 +501,13 @@ cdef void planes_unit_bwd_fused(const floating *dy, const floating *x, floating 
         for c in range(c0, c0 + cb):
             for k in range(K):
                 plane_chunk_bwd_apply(dy, x, dx, S, n * C + c, k, u, c, cb, w, rstd, mh, ml,
-                                      cQ, cB)
+                                      cQ, cB, stream)
 
 
 def planes_backward(const floating[::1] dy, const floating[::1] x, floating[::1] dx,
                     Py_ssize_t N, Py_ssize_t C, Py_ssize_t S, Py_ssize_t nb, Py_ssize_t cb,
                     const floating[::1] w, const double[::1] mean, const double[::1] rstd,
-                    double[::1] dweight, double[::1] dbias, int n_threads, bint fuse):
+                    double[::1] dweight, double[::1] dbias, int n_threads, bint fuse, int stream=0):
     """Backward over planes (batch / instance / group norm, channels-first).
 
     dy, x, dx : (N*C*S,)      IN dy, x; OUT dx (dx may alias dy or x)
@@ -537,7 +537,7 @@ def planes_backward(const floating[::1] dy, const floating[::1] x, floating[::1]
         with nogil:
             for u in prange(U, schedule="static", num_threads=n_threads):
                 planes_unit_bwd_fused(&dy[0], &x[0], &dx[0], u, C, S, nb, cb, &w[0], &cmh[0],
-                                      &cml[0], &rstd[0], &psum[0], &cQ[0], &cB[0])
+                                      &cml[0], &rstd[0], &psum[0], &cQ[0], &cB[0], stream)
     else:
         part = np.empty((items, 2), dtype=np.float64)
         with nogil:
@@ -561,7 +561,7 @@ def planes_backward(const floating[::1] dy, const floating[::1] x, floating[::1]
                 c = p % C
                 u = ((p // C) // nb) * ncb + c // cb
                 plane_chunk_bwd_apply(&dy[0], &x[0], &dx[0], S, p, i % K, u, c, cb, &w[0],
-                                      &rstd[0], &cmh[0], &cml[0], &cQ[0], &cB[0])
+                                      &rstd[0], &cmh[0], &cml[0], &cQ[0], &cB[0], stream)
     # dweight[c] = sum_n r * sum(dy * (x - m)), dbias[c] = sum_n sum(dy), n in order
     for c in range(C):
         sdy = 0
@@ -599,7 +599,7 @@ def rowblock_rows(Py_ssize_t M, Py_ssize_t D):
 
 cdef inline void row_bwd(const floating *dy, const floating *x, floating *dx, Py_ssize_t i,
                          Py_ssize_t D, const floating *w, double m, double r, floating *dwa,
-                         floating *dba, bint rms, const floating *ds) noexcept nogil:
+                         floating *dba, bint rms, const floating *ds, int stream) noexcept nogil:
     """One row: sums, then dx while the row is in L1. RMS norm: nothing is subtracted, so the
     mean(g) term is absent (m = 0, Q = 0)."""
     cdef double sg = 0, sgx = 0, Q
@@ -614,16 +614,16 @@ cdef inline void row_bwd(const floating *dy, const floating *x, floating *dx, Py
     Q = 0 if rms else sg / D
     if floating is float:
         fn_row_bwd_apply_ew_f32(dy + i * D, x + i * D, dx + i * D, D, w, <float>Q, <float>r,
-                                mh, ml, <float>(-r * r * r * sgx / D), dsi)
+                                mh, ml, <float>(-r * r * r * sgx / D), dsi, stream)
     else:
         fn_row_bwd_apply_ew_f64(dy + i * D, x + i * D, dx + i * D, D, w, Q, r, mh, ml,
-                                -r * r * r * sgx / D, dsi)
+                                -r * r * r * sgx / D, dsi, stream)
 
 
 cdef void rows_block_bwd(const floating *dy, const floating *x, floating *dx, Py_ssize_t q,
                          Py_ssize_t M, Py_ssize_t D, Py_ssize_t RB, const floating *w,
                          const double *mean, const double *rstd, double *dwb, double *dbb,
-                         floating *scr, bint rms, const floating *ds) noexcept nogil:
+                         floating *scr, bint rms, const floating *ds, int stream) noexcept nogil:
     cdef Py_ssize_t i, j, i0, i1 = min(M, (q + 1) * RB), s0
     cdef floating *dwa = scr
     cdef floating *dba = scr + D
@@ -636,7 +636,7 @@ cdef void rows_block_bwd(const floating *dy, const floating *x, floating *dx, Py
             dwa[j] = 0
             dba[j] = 0
         for i in range(s0, min(i1, s0 + FLUSH_ROWS)):
-            row_bwd(dy, x, dx, i, D, w, mean[i], rstd[i], dwa, dba, rms, ds)
+            row_bwd(dy, x, dx, i, D, w, mean[i], rstd[i], dwa, dba, rms, ds, stream)
         for j in range(D):
             dwb[j] += dwa[j]
             dbb[j] += dba[j]
@@ -646,7 +646,7 @@ cdef void rows_block_bwd(const floating *dy, const floating *x, floating *dx, Py
 def rows_backward(const floating[::1] dy, const floating[::1] x, floating[::1] dx,
                   Py_ssize_t M, Py_ssize_t D, const floating[::1] w, const double[::1] mean,
                   const double[::1] rstd, double[::1] dweight, double[::1] dbias, int n_threads,
-                  bint rms=False, const floating[::1] ds=None):
+                  bint rms=False, const floating[::1] ds=None, int stream=0):
     """Layer norm (or RMS norm) backward over rows (M, D).
 
     dy, x, dx : (M*D,)      IN dy, x; OUT dx
@@ -681,7 +681,7 @@ def rows_backward(const floating[::1] dy, const floating[::1] x, floating[::1] d
                 sc = &tsc[threadid(), 0]
                 for q in prange(Q, schedule="static"):
                     rows_block_bwd(&dy[0], &x[0], &dx[0], q, M, D, RB, &w[0], &mean[0],
-                                   &rstd[0], &dwb[q, 0], &dbb[q, 0], sc, rms, dsp)
+                                   &rstd[0], &dwb[q, 0], &dbb[q, 0], sc, rms, dsp, stream)
             for j in prange(D, schedule="static", num_threads=n_threads):
                 s1 = 0
                 s2 = 0
@@ -711,8 +711,9 @@ def rows_backward(const floating[::1] dy, const floating[::1] x, floating[::1] d
             rq[i, 0] = 0 if rms else s1 / D
             rq[i, 1] = -rstd[i] * rstd[i] * rstd[i] * s2 / D
         for j in prange(M * ncol, schedule="static", num_threads=n_threads):
-            row_chunk_bwd_apply(&dy[0], &x[0], &dx[0], j // ncol, D, j % ncol, &w[0], mean[j // ncol],
-                                rstd[j // ncol], rq[j // ncol, 0], rq[j // ncol, 1], dsp)
+            row_chunk_bwd_apply(&dy[0], &x[0], &dx[0], j // ncol, D, j % ncol, &w[0],
+                                mean[j // ncol], rstd[j // ncol], rq[j // ncol, 0],
+                                rq[j // ncol, 1], dsp, stream)
 
 
 cdef void cols_chunk_bwd_rows(const floating *dy, const floating *x, Py_ssize_t M, Py_ssize_t D,
@@ -756,7 +757,7 @@ cdef void cols_chunk_bwd_rows(const floating *dy, const floating *x, Py_ssize_t 
 cdef inline void row_chunk_bwd_apply(const floating *dy, const floating *x, floating *dx,
                                      Py_ssize_t i, Py_ssize_t D, Py_ssize_t k, const floating *w,
                                      double m, double r, double Q, double B,
-                                     const floating *ds) noexcept nogil:
+                                     const floating *ds, int stream) noexcept nogil:
     cdef Py_ssize_t j0 = k * DW_COLS, ln = min(<Py_ssize_t>DW_COLS, D - j0)
     cdef Py_ssize_t off = i * D + j0
     cdef floating mh, ml
@@ -764,9 +765,10 @@ cdef inline void row_chunk_bwd_apply(const floating *dy, const floating *x, floa
     split_mean(m, &mh, &ml)
     if floating is float:
         fn_row_bwd_apply_ew_f32(dy + off, x + off, dx + off, ln, w + j0, <float>Q, <float>r, mh,
-                                ml, <float>B, dsi)
+                                ml, <float>B, dsi, stream)
     else:
-        fn_row_bwd_apply_ew_f64(dy + off, x + off, dx + off, ln, w + j0, Q, r, mh, ml, B, dsi)
+        fn_row_bwd_apply_ew_f64(dy + off, x + off, dx + off, ln, w + j0, Q, r, mh, ml, B, dsi,
+                                stream)
 
 
 # ---- cols (channels-last) ----------------------------------------------------------------------
@@ -849,7 +851,7 @@ cdef void cols_unit_coef(Py_ssize_t g, Py_ssize_t R, Py_ssize_t C, Py_ssize_t cg
 def cols_forward(const floating[::1] x, floating[::1] y, Py_ssize_t G0, Py_ssize_t R,
                  Py_ssize_t C, Py_ssize_t cg, const floating[::1] w, const floating[::1] b,
                  double eps, double[::1] mean_out, double[::1] rstd_out, int act,
-                 int n_threads, bint fuse):
+                 int n_threads, bint fuse, int stream=0):
     """Training forward over channels-last x (G0, R, C), statistics per (g0, group of cg columns).
 
     mean_out, rstd_out : (G0 * C/cg,)   OUT
@@ -876,7 +878,7 @@ def cols_forward(const floating[::1] x, floating[::1] y, Py_ssize_t G0, Py_ssize
             sd = &tsd[t, 0]
             for g in prange(G0, schedule="static"):
                 cols_unit_fused(&x[0], &y[0], g, R, C, cg, rb, K, sc, sd, &w[0], &b[0], eps,
-                                &mean_out[0], &rstd_out[0], act)
+                                &mean_out[0], &rstd_out[0], act, stream)
         return
     part = np.empty((items, 2 * C), dtype=np.float64)
     coef = np.empty((G0, 4 * C), dtype=dt)
@@ -893,7 +895,7 @@ def cols_forward(const floating[::1] x, floating[::1] y, Py_ssize_t G0, Py_ssize
             r0 = (i % K) * chr_
             ln = min(chr_, R - r0)
             rows_apply(&x[(g * R + r0) * C], &y[(g * R + r0) * C], ln, C, &coef[g, 0],
-                       &coef[g, C], &coef[g, 2 * C], &coef[g, 3 * C], act)
+                       &coef[g, C], &coef[g, 2 * C], &coef[g, 3 * C], act, stream)
 
 
 cdef void cols_unit_merge(const double *part, Py_ssize_t g, Py_ssize_t R, Py_ssize_t C,
@@ -908,7 +910,8 @@ cdef void cols_unit_merge(const double *part, Py_ssize_t g, Py_ssize_t R, Py_ssi
 cdef void cols_unit_fused(const floating *x, floating *y, Py_ssize_t g, Py_ssize_t R,
                           Py_ssize_t C, Py_ssize_t cg, Py_ssize_t rb, Py_ssize_t K,
                           floating *sc, double *sd, const floating *w, const floating *b,
-                          double eps, double *mean_out, double *rstd_out, int act) noexcept nogil:
+                          double eps, double *mean_out, double *rstd_out, int act,
+                          int stream) noexcept nogil:
     cdef Py_ssize_t chr_ = rb * CHUNK_BLOCKS, k, c
     cdef double cnt = 0
     cdef double *m = sd
@@ -925,13 +928,13 @@ cdef void cols_unit_fused(const floating *x, floating *y, Py_ssize_t g, Py_ssize
     cols_unit_coef(g, R, C, cg, m, m2, w, b, eps, mean_out, rstd_out, coef, coef + C,
                    coef + 2 * C, coef + 3 * C)
     rows_apply(x + g * R * C, y + g * R * C, R, C, coef, coef + C, coef + 2 * C, coef + 3 * C,
-               act)
+               act, stream)
 
 
 def cols_apply(const floating[::1] x, floating[::1] y, Py_ssize_t G0, Py_ssize_t R,
                Py_ssize_t C, const floating[::1] mh, const floating[::1] ml,
                const floating[::1] a, const floating[::1] b, bint per_unit, int act,
-               int n_threads):
+               int n_threads, int stream=0):
     """y[g, r, c] = ((x - mh) - ml) * a + b; coefficients (C,) or (G0*C,) if per_unit."""
     cdef Py_ssize_t rb = cols_block_rows(C)
     cdef Py_ssize_t chr_ = rb * CHUNK_BLOCKS, K = nchunks(R, chr_), items = G0 * K
@@ -945,7 +948,7 @@ def cols_apply(const floating[::1] x, floating[::1] y, Py_ssize_t G0, Py_ssize_t
             r0 = (i % K) * chr_
             ln = min(chr_, R - r0)
             rows_apply(&x[(g * R + r0) * C], &y[(g * R + r0) * C], ln, C, &mh[q], &ml[q],
-                       &a[q], &b[q], act)
+                       &a[q], &b[q], act, stream)
 
 
 cdef void cols_chunk_bwd_sums(const floating *dy, const floating *x, Py_ssize_t R, Py_ssize_t C,
@@ -986,7 +989,8 @@ cdef void cols_unit_bwd_coef(Py_ssize_t g, Py_ssize_t R, Py_ssize_t C, Py_ssize_
 def cols_backward(const floating[::1] dy, const floating[::1] x, floating[::1] dx,
                   Py_ssize_t G0, Py_ssize_t R, Py_ssize_t C, Py_ssize_t cg,
                   const floating[::1] w, const double[::1] mean, const double[::1] rstd,
-                  double[::1] dweight, double[::1] dbias, int n_threads, bint fuse):
+                  double[::1] dweight, double[::1] dbias, int n_threads, bint fuse,
+                  int stream=0):
     """Backward over channels-last (G0, R, C), statistics per (g0, group of cg columns).
 
     mean, rstd : (G0 * C/cg,)   IN saved statistics
@@ -1026,7 +1030,7 @@ def cols_backward(const floating[::1] dy, const floating[::1] x, floating[::1] d
             sd = &tsd[t, 0]
             for g in prange(G0, schedule="static"):
                 cols_unit_bwd_fused(&dy[0], &x[0], &dx[0], g, R, C, cg, rb, K, sc, sd, &w[0],
-                                    &rstd[0], &psum[g, 0], &coef[g, 0])
+                                    &rstd[0], &psum[g, 0], &coef[g, 0], stream)
     else:
         part = np.empty((items, 2 * C), dtype=np.float64)
         with nogil:
@@ -1045,7 +1049,7 @@ def cols_backward(const floating[::1] dy, const floating[::1] x, floating[::1] d
                 ln = min(chr_, R - r0)
                 rows_bwd_apply(&dy[(g * R + r0) * C], &x[(g * R + r0) * C],
                                &dx[(g * R + r0) * C], ln, C, &coef[g, 2 * C], &coef[g, 3 * C],
-                               &coef[g, 4 * C], &coef[g, 0], &coef[g, C], &coef[g, 5 * C])
+                               &coef[g, 4 * C], &coef[g, 0], &coef[g, C], &coef[g, 5 * C], stream)
     for c in range(C):
         s1 = 0
         s2 = 0
@@ -1072,7 +1076,7 @@ cdef void cols_unit_bwd_fused(const floating *dy, const floating *x, floating *d
                               Py_ssize_t g, Py_ssize_t R, Py_ssize_t C, Py_ssize_t cg,
                               Py_ssize_t rb, Py_ssize_t K, floating *sc, double *sd,
                               const floating *w, const double *rstd, double *psum,
-                              floating *coef) noexcept nogil:
+                              floating *coef, int stream) noexcept nogil:
     cdef Py_ssize_t k, c
     for c in range(2 * C):
         psum[c] = 0
@@ -1082,7 +1086,7 @@ cdef void cols_unit_bwd_fused(const floating *dy, const floating *x, floating *d
             psum[c] += sd[c]
     cols_unit_bwd_coef(g, R, C, cg, psum, w, rstd, coef)
     rows_bwd_apply(dy + g * R * C, x + g * R * C, dx + g * R * C, R, C, coef + 2 * C,
-                   coef + 3 * C, coef + 4 * C, coef, coef + C, coef + 5 * C)
+                   coef + 3 * C, coef + 4 * C, coef, coef + C, coef + 5 * C, stream)
 
 
 # ---- the benchmark floor -----------------------------------------------------------------------
@@ -1091,15 +1095,18 @@ from libc.string cimport memcpy
 
 
 def parallel_copy(const floating[::1] src, floating[::1] dst, int n_threads):
-    """dst[:] = src[:] in FN_CHUNK pieces over n_threads: the bytes every op must move at least."""
-    cdef Py_ssize_t n = src.shape[0], K = nchunks(n, FN_CHUNK), i, off, ln
+    """dst[:] = src[:] as one memcpy per thread over equal contiguous ranges: the bytes every
+    op must move at least, at the C library's best (its memcpy picks non-temporal stores for
+    large ranges, as it does for numpy.copyto)."""
+    cdef Py_ssize_t n = src.shape[0], nt = max(1, n_threads), i, lo, hi
     if n == 0:
         return
     with nogil:
-        for i in prange(K, schedule="static", num_threads=n_threads):
-            off = i * FN_CHUNK
-            ln = min(<Py_ssize_t>FN_CHUNK, n - off)
-            memcpy(&dst[off], &src[off], ln * sizeof(floating))
+        for i in prange(nt, schedule="static", num_threads=n_threads):
+            lo = n * i // nt
+            hi = n * (i + 1) // nt
+            if hi > lo:
+                memcpy(&dst[lo], &src[lo], (hi - lo) * sizeof(floating))
 
 
 # ---- statistics only (mergeable moments) -------------------------------------------------------
@@ -1239,7 +1246,7 @@ cdef inline double _at(object a, Py_ssize_t i):
 cdef int _fast_run(const floating *x, floating *y, int op, Py_ssize_t N, Py_ssize_t C,
                    Py_ssize_t S, Py_ssize_t cb, bint cols, bint ew, const floating *w,
                    const floating *b, double eps, int act, int nt, object rmean,
-                   object rvar, object weight) except -1:
+                   object rvar, object weight, int stream) except -1:
     cdef Py_ssize_t U, i, c, K_, items, p, off, ln
     cdef double *st = NULL
     cdef floating *sc = NULL
@@ -1256,7 +1263,7 @@ cdef int _fast_run(const floating *x, floating *y, int op, Py_ssize_t N, Py_ssiz
                                            / sqrt(_at(rvar, c) + eps))
             with nogil:
                 if cols:
-                    rows_apply(x, y, N * S, C, sc, sc + C, sc + 2 * C, b, act)
+                    rows_apply(x, y, N * S, C, sc, sc + C, sc + 2 * C, b, act, stream)
                 else:
                     K_ = nchunks(S, FN_CHUNK)
                     items = N * C * K_
@@ -1266,7 +1273,7 @@ cdef int _fast_run(const floating *x, floating *y, int op, Py_ssize_t N, Py_ssiz
                         off = (i % K_) * FN_CHUNK
                         ln = min(<Py_ssize_t>FN_CHUNK, S - off)
                         seg_apply(x + p * S + off, y + p * S + off, ln, sc[c], sc[C + c],
-                                  sc[2 * C + c], b[c], act)
+                                  sc[2 * C + c], b[c], act, stream)
             return 0
         if cols:  # instance / group norm channels-last, one thread (fast_forward's condition)
             U = N * (C // cb)
@@ -1277,7 +1284,7 @@ cdef int _fast_run(const floating *x, floating *y, int op, Py_ssize_t N, Py_ssiz
             with nogil:
                 for i in range(N):
                     cols_unit_fused(x, y, i, S, C, cb, rb, nchunks(S, rb * CHUNK_BLOCKS), sc,
-                                    st + 2 * U, w, b, eps, st, st + U, act)
+                                    st + 2 * U, w, b, eps, st, st + U, act, stream)
             return 0
         U = N * (C // cb)
         st = <double *>malloc(2 * U * sizeof(double))
@@ -1285,7 +1292,7 @@ cdef int _fast_run(const floating *x, floating *y, int op, Py_ssize_t N, Py_ssiz
             raise MemoryError()
         with nogil:
             planes_fused_run(x, y, N, C, S, 1, cb, w, b, ew, op == 4, eps, st, st + U, act,
-                             NULL, NULL, nt)
+                             NULL, NULL, nt, stream)
         return 0
     finally:
         free(st)
@@ -1305,7 +1312,8 @@ cdef inline bint _disjoint(object a, cnp.ndarray o):
 
 def fast_forward(int op, object x, Py_ssize_t groups, object weight, object bias,
                  object rmean, object rvar, object eps, object layout, int act,
-                 int max_threads, Py_ssize_t grain, object out=None):
+                 int max_threads, Py_ssize_t grain, object out=None,
+                 Py_ssize_t stream_bytes=0):
     """y for the plain case, or None.
 
     op: 0 batch norm with running statistics, 1 instance norm, 2 group norm (groups), 3 layer
@@ -1315,6 +1323,7 @@ def fast_forward(int op, object x, Py_ssize_t groups, object weight, object bias
     cdef int typenum, nd, nt
     cdef Py_ssize_t N, C, S, cb = 1, U, i, nbytes
     cdef bint cols = False, ew = False
+    cdef int stream
     cdef double e
     if type(x) is not np.ndarray or type(eps) is not float:
         return None
@@ -1385,6 +1394,7 @@ def fast_forward(int op, object x, Py_ssize_t groups, object weight, object bias
                 return None
     if op >= 3 and not use_fused(N, nt):
         return None
+    stream = stream_bytes > 0 and nbytes >= stream_bytes
     if out is None:
         ya = <cnp.ndarray>np.empty_like(xa)
     else:
@@ -1405,10 +1415,10 @@ def fast_forward(int op, object x, Py_ssize_t groups, object weight, object bias
         _fast_run(<const float *>cnp.PyArray_DATA(xa), <float *>cnp.PyArray_DATA(ya), op, N, C,
                   S, cb, cols, ew, <const float *>cnp.PyArray_DATA(<cnp.ndarray>weight),
                   <const float *>cnp.PyArray_DATA(<cnp.ndarray>bias), e, act, nt, rmean, rvar,
-                  weight)
+                  weight, stream)
     else:
         _fast_run(<const double *>cnp.PyArray_DATA(xa), <double *>cnp.PyArray_DATA(ya), op, N,
                   C, S, cb, cols, ew, <const double *>cnp.PyArray_DATA(<cnp.ndarray>weight),
                   <const double *>cnp.PyArray_DATA(<cnp.ndarray>bias), e, act, nt, rmean, rvar,
-                  weight)
+                  weight, stream)
     return ya
