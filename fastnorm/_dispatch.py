@@ -98,14 +98,14 @@ def param_array(a, name, shape, ct, fill):
     if a is None:
         return np.full(shape, fill, dtype=ct)
     if (type(a) is np.ndarray and a.dtype == ct and a.shape == shape
-            and a.flags.c_contiguous):
+            and a.flags.c_contiguous and a.flags.aligned):
         return a
     a = as_array(a, name)
     if a.dtype.kind not in "fiu" and a.dtype not in _HALF:
         raise TypeError(f"{name} must be a real floating array, got dtype {a.dtype}")
     if a.shape != tuple(shape):
         raise ValueError(f"{name} must have shape {tuple(shape)}, got {a.shape}")
-    return np.ascontiguousarray(a, dtype=ct)
+    return aligned(np.ascontiguousarray(a, dtype=ct))
 
 
 def stats_array(a, name, shape):
@@ -115,7 +115,7 @@ def stats_array(a, name, shape):
         raise TypeError(f"{name} must be a real floating array, got dtype {a.dtype}")
     if a.shape != tuple(shape):
         raise ValueError(f"{name} must have shape {tuple(shape)}, got {a.shape}")
-    return np.ascontiguousarray(a, dtype=np.float64).ravel()
+    return aligned(np.ascontiguousarray(a, dtype=np.float64)).ravel()
 
 
 def check_same(a, x, name, xname="x"):
@@ -148,6 +148,13 @@ def check_out(out, shape, dtype, inputs, name="out"):
         if not same and np.shares_memory(out, a):
             raise ValueError(f"{name} overlaps {an} without being the same array")
     return out
+
+
+def aligned(a):
+    """a, or an aligned copy: NumPy allows arrays whose data is not aligned to their itemsize
+    (views into bytes, buffers received from another process), and the kernels read whole
+    elements and vectors."""
+    return a if a.flags.aligned else a.copy()
 
 
 # ---- memory formats --------------------------------------------------------------------------
@@ -201,8 +208,7 @@ class Plan:
             phys = a.transpose(self.perm)
         else:
             phys = a
-        phys = np.ascontiguousarray(phys, dtype=dtype)
-        return phys.reshape(-1)
+        return aligned(np.ascontiguousarray(phys, dtype=dtype)).reshape(-1)
 
     def empty(self, dtype):
         """Flat output buffer and the user-facing view of it."""
@@ -219,7 +225,7 @@ class Plan:
         if out is None or out.dtype != dtype:
             return None
         phys = out.transpose(self.perm) if self.perm is not None else out
-        if not phys.flags.c_contiguous:
+        if not (phys.flags.c_contiguous and phys.flags.aligned):
             return None
         return phys.reshape(-1)
 
@@ -289,14 +295,15 @@ class RowsPlan:
         self.shape = x.shape
 
     def flat(self, a, dtype):
-        return np.ascontiguousarray(a, dtype=dtype).reshape(-1)
+        return aligned(np.ascontiguousarray(a, dtype=dtype)).reshape(-1)
 
     def empty(self, dtype):
         buf = np.empty(self.shape, dtype=dtype)
         return buf.reshape(-1), buf
 
     def direct_out(self, out, dtype):
-        if out is None or out.dtype != dtype or not out.flags.c_contiguous:
+        if (out is None or out.dtype != dtype or not out.flags.c_contiguous
+                or not out.flags.aligned):
             return None
         return out.reshape(-1)
 

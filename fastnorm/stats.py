@@ -327,6 +327,7 @@ def _kernel_moments(flat, labels, sizes):
         part = flat[s0 * inner:s1 * inner]
         if part.dtype != np.float64:
             part = part.astype(np.float64)
+        part = D.aligned(part)
         sz = [s1 - s0] + list(sizes[1:])
         pm, pm2, pn = _call_kernel(part, labels, sz, nt)
         if labels[0] == "K":

@@ -313,3 +313,37 @@ def test_streaming_stores_give_the_same_bits(layout, rng, monkeypatch):
     streamed = run()
     for a, b in zip(cached, streamed):
         np.testing.assert_array_equal(a, b)
+
+
+def _unaligned(a):
+    """A copy of a whose data does not start on an itemsize boundary (as a view into bytes
+    or a buffer received from another process can be)."""
+    buf = np.zeros(a.nbytes + 1, dtype=np.uint8)
+    u = np.frombuffer(buf.data, dtype=a.dtype, count=a.size, offset=1).reshape(a.shape)
+    np.copyto(u, a)
+    assert not u.flags.aligned
+    return u
+
+
+def test_unaligned_arrays(rng):
+    """Unaligned inputs, weights and outputs give the aligned result (the kernels read whole
+    elements and vectors, so the dispatch hands them aligned copies)."""
+    x = rng.standard_normal((3, 8, 5, 7))
+    w = rng.standard_normal(8)
+    dy = rng.standard_normal(x.shape)
+    xu, wu, dyu = _unaligned(x), _unaligned(w), _unaligned(dy)
+    for f in (lambda a, ww, **k: fn.group_norm(a, 4, ww, **k),
+              lambda a, ww, **k: fn.batch_norm(a, np.zeros(8), np.ones(8), ww, **k),
+              lambda a, ww, **k: fn.layer_norm(a, 7, **k),
+              lambda a, ww, **k: fn.instance_norm_forward(a, layout="NHWC", **k)[0]):
+        want = f(x, w)
+        np.testing.assert_array_equal(f(xu, wu), want)
+        out = _unaligned(np.zeros_like(x))
+        np.testing.assert_array_equal(f(xu, wu, out=out), want)
+        np.testing.assert_array_equal(out, want)
+    _, m, r = fn.batch_norm_forward(x, w)
+    for a, b in zip(fn.batch_norm_backward(dyu, xu, _unaligned(m), _unaligned(r), wu),
+                    fn.batch_norm_backward(dy, x, m, r, w)):
+        np.testing.assert_array_equal(a, b)
+    mo = fn.moments(xu, axis=(0, 2, 3))
+    np.testing.assert_allclose(mo.mean, x.mean(axis=(0, 2, 3)), rtol=1e-13)

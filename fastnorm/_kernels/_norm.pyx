@@ -1234,7 +1234,8 @@ cdef object _const(Py_ssize_t n, int typenum, double fill):
 cdef inline bint _vec(object a, Py_ssize_t n, int typenum):
     return (type(a) is np.ndarray and cnp.PyArray_TYPE(<cnp.ndarray>a) == typenum
             and cnp.PyArray_NDIM(<cnp.ndarray>a) == 1 and cnp.PyArray_DIM(<cnp.ndarray>a, 0) == n
-            and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>a))
+            and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>a)
+            and cnp.PyArray_ISALIGNED(<cnp.ndarray>a))
 
 
 cdef inline double _at(object a, Py_ssize_t i):
@@ -1331,7 +1332,7 @@ def fast_forward(int op, object x, Py_ssize_t groups, object weight, object bias
     typenum = cnp.PyArray_TYPE(xa)
     if typenum != cnp.NPY_FLOAT32 and typenum != cnp.NPY_FLOAT64:
         return None
-    if not cnp.PyArray_IS_C_CONTIGUOUS(xa):
+    if not (cnp.PyArray_IS_C_CONTIGUOUS(xa) and cnp.PyArray_ISALIGNED(xa)):
         return None
     e = <double>eps
     if not (e > 0 and isfinite(e)):
@@ -1403,7 +1404,8 @@ def fast_forward(int op, object x, Py_ssize_t groups, object weight, object bias
             return None
         ya = <cnp.ndarray>out
         if (cnp.PyArray_TYPE(ya) != typenum or not cnp.PyArray_IS_C_CONTIGUOUS(ya)
-                or not cnp.PyArray_ISWRITEABLE(ya) or cnp.PyArray_NDIM(ya) != nd
+                or not cnp.PyArray_ISWRITEABLE(ya) or not cnp.PyArray_ISALIGNED(ya)
+                or cnp.PyArray_NDIM(ya) != nd
                 or not cnp.PyArray_SAMESHAPE(ya, xa)):
             return None
         if cnp.PyArray_DATA(ya) != cnp.PyArray_DATA(xa) and not _disjoint(xa, ya):
