@@ -76,6 +76,21 @@ def _check_X(X, layout, name="X"):
     return X
 
 
+def _minmax(X, axes, layout):
+    """Per-feature (or per-channel) min and max. Rows of features in C order (layout None or
+    NHWC) go through one parallel pass of the min/max kernel; anything else through NumPy."""
+    if (X.dtype in (np.float32, np.float64) and X.flags.c_contiguous and X.flags.aligned
+            and layout in (None, "NHWC") and X.size):
+        F = X.shape[-1] if layout == "NHWC" else int(np.prod(X.shape[1:], dtype=np.int64))
+        R = X.size // F
+        mn, mx = np.empty(F), np.empty(F)
+        if not K.cols_minmax(X.reshape(-1), R, F, mn, mx, n_threads_for(X.size)):
+            raise ValueError("X contains NaN or infinity")
+        shape = _stat_shape(X.shape, layout)
+        return mn.reshape(shape), mx.reshape(shape)
+    return np.min(X, axis=axes), np.max(X, axis=axes)
+
+
 def _check_finite(*arrays):
     for a in arrays:
         if not np.all(np.isfinite(a)):
@@ -322,7 +337,7 @@ class MinMaxScaler(_Scaler):
             import dask
             dmin, dmax = dask.compute(X.min(axis=axes), X.max(axis=axes))
         else:
-            dmin, dmax = np.min(X, axis=axes), np.max(X, axis=axes)
+            dmin, dmax = _minmax(X, axes, self.layout)
         dmin = np.asarray(dmin, dtype=np.float64)
         dmax = np.asarray(dmax, dtype=np.float64)
         _check_finite(dmin, dmax)

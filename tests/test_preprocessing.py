@@ -262,3 +262,25 @@ def test_sklearn_clone_and_pipeline(rng):
     pipe = make_pipeline(MinMaxScaler(), StandardScaler()).fit(x)
     ref = make_pipeline(skp.MinMaxScaler(), skp.StandardScaler()).fit(x)
     assert rel(pipe.transform(x), ref.transform(x)) <= 1e-12
+
+
+@pytest.mark.parametrize("layout", [None, "NHWC", "NCHW"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_minmax_one_pass_kernel(layout, dtype):
+    """partial_fit's min/max (one kernel pass for rows of features) equals NumPy's, over
+    several batches and thread counts, and any NaN or Inf is refused."""
+    from fastnorm.preprocessing import MinMaxScaler
+    rng = np.random.default_rng(7)
+    batches = [(rng.standard_normal((n, 6, 5, 4)) * 3 + 1).astype(dtype) for n in (9, 1, 40)]
+    sc = MinMaxScaler(layout=layout)
+    for b in batches:
+        sc.partial_fit(b)
+    allx = np.concatenate(batches)
+    axes = (0,) if layout is None else ((0, 1, 2) if layout == "NHWC" else (0, 2, 3))
+    np.testing.assert_array_equal(sc.data_min_, allx.min(axis=axes).astype(np.float64))
+    np.testing.assert_array_equal(sc.data_max_, allx.max(axis=axes).astype(np.float64))
+    for bad in (np.nan, np.inf, -np.inf):
+        b = batches[0].copy()
+        b[3, 2, 1, 0] = bad
+        with pytest.raises(ValueError, match="NaN or infinity"):
+            MinMaxScaler(layout=layout).partial_fit(b)

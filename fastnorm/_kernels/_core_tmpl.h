@@ -375,6 +375,27 @@ static inline void FN(fn_nt_done)(int nt)
 #endif
 }
 
+/* ---- min / max (MinMaxScaler) ------------------------------------------------------------ */
+/* Per column c of x[rows, C]: mn[c] = min(mn[c], x), mx[c] = max(mx[c], x), and z[c] += x * 0,
+   which stays 0 for finite data and turns NaN on any NaN or Inf (the caller's finiteness
+   check, in the same pass). `v < m ? v : m` is exactly the x86 min instruction, so the loop
+   vectorizes without -ffast-math. */
+FN_HOT static void FN(fn_rows_minmax)(const T *x, fn_idx rows, fn_idx C, T *mn, T *mx, T *z)
+{
+    fn_idx r, c;
+    const T *row;
+    T v;
+    for (r = 0; r < rows; r++) {
+        row = x + r * C;
+        for (c = 0; c < C; c++) {
+            v = row[c];
+            mn[c] = v < mn[c] ? v : mn[c];
+            mx[c] = v > mx[c] ? v : mx[c];
+            z[c] += v * (T)0;
+        }
+    }
+}
+
 /* ---- forward apply ---------------------------------------------------------------------- */
 
 /* y = ((x - mh) - ml) * a + b over a contiguous segment (one channel of one sample), then the

@@ -88,6 +88,10 @@ cdef extern from "_core.h" nogil:
     void fn_row_bwd_apply_ew_f64(const double *dy, const double *x, double *dx, fn_idx n,
                                  const double *w, double Q, double r, double mh, double ml,
                                  double B, const double *ds, int stream)
+    void fn_rows_minmax_f32(const float *x, fn_idx rows, fn_idx C, float *mn, float *mx,
+                            float *z)
+    void fn_rows_minmax_f64(const double *x, fn_idx rows, fn_idx C, double *mn, double *mx,
+                            double *z)
     void fn_seg_add_f32(const float *x, const float *r, float *s, fn_idx n)
     void fn_seg_add_f64(const double *x, const double *r, double *s, fn_idx n)
     void fn_rows_bwd_sums_f32(const float *dy, const float *x, fn_idx rows, fn_idx C,
@@ -1424,3 +1428,49 @@ def fast_forward(int op, object x, Py_ssize_t groups, object weight, object bias
                   <const double *>cnp.PyArray_DATA(<cnp.ndarray>bias), e, act, nt, rmean, rvar,
                   weight, stream)
     return ya
+
+
+# ---- column min / max ------------------------------------------------------------------------
+
+def cols_minmax(const floating[::1] x, Py_ssize_t R, Py_ssize_t C, double[::1] min_out,
+                double[::1] max_out, int n_threads):
+    """Per-column min and max of x (R, C) in one pass; returns False if x holds a NaN or Inf.
+
+    Row chunks (fixed by the shape) are reduced in parallel, then merged in order; min and max
+    are exact, so the result is the same for any thread count.
+    """
+    cdef Py_ssize_t rb = cols_block_rows(C)
+    cdef Py_ssize_t chr_ = rb * CHUNK_BLOCKS, K = nchunks(R, chr_), k, c, r0
+    dt = np.float32 if floating is float else np.float64
+    cdef floating[:, ::1] part = np.empty((max(K, 1), 3 * max(C, 1)), dtype=dt)
+    cdef bint finite = True
+    cdef double z = 0
+    if R == 0 or C == 0:
+        return True
+    with nogil:
+        for k in prange(K, schedule="static", num_threads=n_threads):
+            r0 = k * chr_
+            cols_minmax_chunk(&x[r0 * C], min(chr_, R - r0), C, &part[k, 0])
+    for c in range(C):
+        min_out[c] = part[0, c]
+        max_out[c] = part[0, C + c]
+        for k in range(K):
+            if part[k, c] < min_out[c]:
+                min_out[c] = part[k, c]
+            if part[k, C + c] > max_out[c]:
+                max_out[c] = part[k, C + c]
+            z += part[k, 2 * C + c]
+    return z == 0
+
+
+cdef void cols_minmax_chunk(const floating *x, Py_ssize_t rows, Py_ssize_t C,
+                            floating *out) noexcept nogil:
+    cdef Py_ssize_t c
+    for c in range(C):
+        out[c] = x[c]
+        out[C + c] = x[c]
+        out[2 * C + c] = 0
+    if floating is float:
+        fn_rows_minmax_f32(x, rows, C, out, out + C, out + 2 * C)
+    else:
+        fn_rows_minmax_f64(x, rows, C, out, out + C, out + 2 * C)
