@@ -68,7 +68,7 @@ def _channel_forward(op, x, num_groups, weight, bias, eps, layout, out, act=0):
     return finish(), mean.reshape(sshape), rstd.reshape(sshape)
 
 
-def _channel_backward(op, dy, x, mean, rstd, num_groups, weight, layout, out):
+def _channel_backward(op, dy, x, mean, rstd, num_groups, weight, layout, out, frozen=False):
     x, ct, ot = D.input_array(x)
     dy = D.check_same(dy, x, "dy")
     layout = D.check_layout(layout)
@@ -93,10 +93,10 @@ def _channel_backward(op, dy, x, mean, rstd, num_groups, weight, layout, out):
     if plan.kind == "planes":
         U = (N // nb) * (C // cb)
         K.planes_backward(dyf, xf, dxf, N, C, S, nb, cb, w, m, r, dweight, dbias, nt,
-                          D.use_fused(U, nt), stream=D.stream(dxf))
+                          D.use_fused(U, nt), stream=D.stream(dxf), frozen=frozen)
     else:
         K.cols_backward(dyf, xf, dxf, G0, R, C, cg, w, m, r, dweight, dbias, nt,
-                        D.use_fused(G0, nt), stream=D.stream(dxf))
+                        D.use_fused(G0, nt), stream=D.stream(dxf), frozen=frozen)
     return finish(), dweight.astype(ct), dbias.astype(ct)
 
 
@@ -184,13 +184,8 @@ def batch_norm_backward(dy, x, mean, rstd, weight=None, *, training=True, layout
     ``mean``/``rstd`` (C,) are the saved statistics. With ``training=False`` they are treated as
     constants (running statistics in eval mode): ``dx = dy * weight * rstd``.
     """
-    dx, dw, db = _channel_backward("batch", dy, x, mean, rstd, None, weight, layout, out)
-    if not training and x is not None and np.size(dx):
-        w = D.param_array(weight, "weight", dw.shape, np.float64, 1)
-        zero = np.zeros(dw.shape[0])
-        r = np.ascontiguousarray(rstd, dtype=np.float64)
-        _apply_channels(dy, zero, 1.0 / (r * r), w, None, 0.0, D.check_layout(layout), dx, 0)
-    return dx, dw, db
+    return _channel_backward("batch", dy, x, mean, rstd, None, weight, layout, out,
+                             frozen=not training)
 
 
 def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, *,

@@ -182,12 +182,21 @@ def test_batch_norm_inference(layout, rng):
     np.testing.assert_allclose(relu, np.maximum(ref.from_nchw(expect, layout), 0), atol=2e-6)
 
 
-def test_batch_norm_eval_backward(rng):
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_batch_norm_eval_backward(layout, rng):
     x = rng.standard_normal((4, 3, 5))
     dy = rng.standard_normal(x.shape)
     rm = np.array([0.1, -0.2, 0.3])
     rstd = np.array([1.5, 0.7, 2.0])
     w = np.array([1.0, 2.0, -1.0])
+    if layout == "NHWC":  # the same logical tensor, channels last
+        t = lambda a: np.ascontiguousarray(a.transpose(0, 2, 1))  # noqa: E731
+        dxl, dwl, dbl = fn.batch_norm_backward(t(dy), t(x), rm, rstd, w, training=False,
+                                               layout="NHWC")
+        dxc, dwc, dbc = fn.batch_norm_backward(dy, x, rm, rstd, w, training=False)
+        np.testing.assert_allclose(dxl, t(dxc), rtol=1e-13)
+        np.testing.assert_allclose(dwl, dwc, rtol=1e-12)
+        np.testing.assert_allclose(dbl, dbc, rtol=1e-12)
     dx, dw, db = fn.batch_norm_backward(dy, x, rm, rstd, w, training=False)
     np.testing.assert_allclose(dx, dy * (w * rstd).reshape(1, 3, 1), rtol=1e-12)
     xhat = (x - rm.reshape(1, 3, 1)) * rstd.reshape(1, 3, 1)

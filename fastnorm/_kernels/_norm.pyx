@@ -444,7 +444,8 @@ cdef inline void plane_chunk_bwd_sums(const floating *dy, const floating *x, Py_
 
 cdef void planes_unit_bwd_coef(const double *psum, Py_ssize_t u, Py_ssize_t C, Py_ssize_t S,
                                Py_ssize_t nb, Py_ssize_t cb, const floating *w,
-                               const double *rstd, floating *cQ, floating *cB) noexcept nogil:
+                               const double *rstd, floating *cQ, floating *cB,
+                               bint frozen) noexcept nogil:
     """From per-plane (sum dy, sum dy*(x-m)), the unit's dx coefficients Q and B.
 
     dx = r * (g - mean(g) - xhat * mean(g * xhat)), g = dy * w, is applied as
@@ -463,6 +464,9 @@ cdef void planes_unit_bwd_coef(const double *psum, Py_ssize_t u, Py_ssize_t C, P
             sgx = sgx + <double>w[c] * psum[2 * p + 1]
     cB[u] = <floating>(-r * r * r * sgx / cnt)
     cQ[u] = <floating>((sdy if cb == 1 else sg) / cnt)
+    if frozen:  # statistics are constants (eval mode): dx = dy * w * r
+        cB[u] = 0
+        cQ[u] = 0
 
 
 cdef inline void plane_chunk_bwd_apply(const floating *dy, const floating *x, floating *dx,
@@ -486,7 +490,8 @@ cdef void planes_unit_bwd_fused(const floating *dy, const floating *x, floating 
                                 Py_ssize_t u, Py_ssize_t C, Py_ssize_t S, Py_ssize_t nb,
                                 Py_ssize_t cb, const floating *w, const floating *mh,
                                 const floating *ml, const double *rstd, double *psum,
-                                floating *cQ, floating *cB, int stream) noexcept nogil:
+                                floating *cQ, floating *cB, int stream,
+                                bint frozen) noexcept nogil:
     cdef Py_ssize_t ncb = C // cb, K = nchunks(S, FN_CHUNK)
     cdef Py_ssize_t n0 = (u // ncb) * nb, c0 = (u % ncb) * cb
     cdef Py_ssize_t n, c, k, p
@@ -500,7 +505,7 @@ cdef void planes_unit_bwd_fused(const floating *dy, const floating *x, floating 
                 plane_chunk_bwd_sums(dy, x, S, p, k, mh[u], ml[u], part)
                 psum[2 * p] += part[0]
                 psum[2 * p + 1] += part[1]
-    planes_unit_bwd_coef(psum, u, C, S, nb, cb, w, rstd, cQ, cB)
+    planes_unit_bwd_coef(psum, u, C, S, nb, cb, w, rstd, cQ, cB, frozen)
     for n in range(n0, n0 + nb):
         for c in range(c0, c0 + cb):
             for k in range(K):
@@ -511,7 +516,8 @@ cdef void planes_unit_bwd_fused(const floating *dy, const floating *x, floating 
 def planes_backward(const floating[::1] dy, const floating[::1] x, floating[::1] dx,
                     Py_ssize_t N, Py_ssize_t C, Py_ssize_t S, Py_ssize_t nb, Py_ssize_t cb,
                     const floating[::1] w, const double[::1] mean, const double[::1] rstd,
-                    double[::1] dweight, double[::1] dbias, int n_threads, bint fuse, int stream=0):
+                    double[::1] dweight, double[::1] dbias, int n_threads, bint fuse, int stream=0,
+                    bint frozen=False):
     """Backward over planes (batch / instance / group norm, channels-first).
 
     dy, x, dx : (N*C*S,)      IN dy, x; OUT dx (dx may alias dy or x)
@@ -541,7 +547,8 @@ def planes_backward(const floating[::1] dy, const floating[::1] x, floating[::1]
         with nogil:
             for u in prange(U, schedule="static", num_threads=n_threads):
                 planes_unit_bwd_fused(&dy[0], &x[0], &dx[0], u, C, S, nb, cb, &w[0], &cmh[0],
-                                      &cml[0], &rstd[0], &psum[0], &cQ[0], &cB[0], stream)
+                                      &cml[0], &rstd[0], &psum[0], &cQ[0], &cB[0], stream,
+                                      frozen)
     else:
         part = np.empty((items, 2), dtype=np.float64)
         with nogil:
@@ -559,7 +566,7 @@ def planes_backward(const floating[::1] dy, const floating[::1] x, floating[::1]
                 psum[2 * p + 1] = sdyx
             for u in prange(U, schedule="static", num_threads=n_threads):
                 planes_unit_bwd_coef(&psum[0], u, C, S, nb, cb, &w[0], &rstd[0], &cQ[0],
-                                     &cB[0])
+                                     &cB[0], frozen)
             for i in prange(items, schedule="static", num_threads=n_threads):
                 p = i // K
                 c = p % C
@@ -973,7 +980,7 @@ cdef void cols_chunk_bwd_sums(const floating *dy, const floating *x, Py_ssize_t 
 
 cdef void cols_unit_bwd_coef(Py_ssize_t g, Py_ssize_t R, Py_ssize_t C, Py_ssize_t cg,
                              const double *psum, const floating *w, const double *rstd,
-                             floating *coef) noexcept nogil:
+                             floating *coef, bint frozen) noexcept nogil:
     """coef rows (each C): mh, ml, P, Q, R, B. Fills Q and B from the unit's column sums
     (the form is planes_unit_bwd_coef's)."""
     cdef Py_ssize_t G = C // cg, j, c
@@ -988,13 +995,16 @@ cdef void cols_unit_bwd_coef(Py_ssize_t g, Py_ssize_t R, Py_ssize_t C, Py_ssize_
         for c in range(j * cg, (j + 1) * cg):
             coef[3 * C + c] = <floating>((psum[c] if cg == 1 else sg) / cnt)
             coef[5 * C + c] = <floating>(-r * r * r * sgx / cnt)
+            if frozen:  # statistics are constants (eval mode): dx = dy * w * r
+                coef[3 * C + c] = 0
+                coef[5 * C + c] = 0
 
 
 def cols_backward(const floating[::1] dy, const floating[::1] x, floating[::1] dx,
                   Py_ssize_t G0, Py_ssize_t R, Py_ssize_t C, Py_ssize_t cg,
                   const floating[::1] w, const double[::1] mean, const double[::1] rstd,
                   double[::1] dweight, double[::1] dbias, int n_threads, bint fuse,
-                  int stream=0):
+                  int stream=0, bint frozen=False):
     """Backward over channels-last (G0, R, C), statistics per (g0, group of cg columns).
 
     mean, rstd : (G0 * C/cg,)   IN saved statistics
@@ -1034,7 +1044,7 @@ def cols_backward(const floating[::1] dy, const floating[::1] x, floating[::1] d
             sd = &tsd[t, 0]
             for g in prange(G0, schedule="static"):
                 cols_unit_bwd_fused(&dy[0], &x[0], &dx[0], g, R, C, cg, rb, K, sc, sd, &w[0],
-                                    &rstd[0], &psum[g, 0], &coef[g, 0], stream)
+                                    &rstd[0], &psum[g, 0], &coef[g, 0], stream, frozen)
     else:
         part = np.empty((items, 2 * C), dtype=np.float64)
         with nogil:
@@ -1046,7 +1056,8 @@ def cols_backward(const floating[::1] dy, const floating[::1] x, floating[::1] d
                                         &coef[g, C], sc, &part[i, 0], &part[i, C])
             for g in prange(G0, schedule="static", num_threads=n_threads):
                 cols_unit_bwd_merge(&part[0, 0], g, K, C, &psum[g, 0])
-                cols_unit_bwd_coef(g, R, C, cg, &psum[g, 0], &w[0], &rstd[0], &coef[g, 0])
+                cols_unit_bwd_coef(g, R, C, cg, &psum[g, 0], &w[0], &rstd[0], &coef[g, 0],
+                                   frozen)
             for i in prange(items, schedule="static", num_threads=n_threads):
                 g = i // K
                 r0 = (i % K) * chr_
@@ -1080,7 +1091,7 @@ cdef void cols_unit_bwd_fused(const floating *dy, const floating *x, floating *d
                               Py_ssize_t g, Py_ssize_t R, Py_ssize_t C, Py_ssize_t cg,
                               Py_ssize_t rb, Py_ssize_t K, floating *sc, double *sd,
                               const floating *w, const double *rstd, double *psum,
-                              floating *coef, int stream) noexcept nogil:
+                              floating *coef, int stream, bint frozen) noexcept nogil:
     cdef Py_ssize_t k, c
     for c in range(2 * C):
         psum[c] = 0
@@ -1088,7 +1099,7 @@ cdef void cols_unit_bwd_fused(const floating *dy, const floating *x, floating *d
         cols_chunk_bwd_sums(dy, x, R, C, rb, g, k, coef, coef + C, sc, sd, sd + C)
         for c in range(2 * C):
             psum[c] += sd[c]
-    cols_unit_bwd_coef(g, R, C, cg, psum, w, rstd, coef)
+    cols_unit_bwd_coef(g, R, C, cg, psum, w, rstd, coef, frozen)
     rows_bwd_apply(dy + g * R * C, x + g * R * C, dx + g * R * C, R, C, coef + 2 * C,
                    coef + 3 * C, coef + 4 * C, coef, coef + C, coef + 5 * C, stream)
 
