@@ -366,13 +366,14 @@ static inline fn_idx FN(fn_nt_head)(const T *p, fn_idx n)
     return h < n ? h : n;
 }
 
+/* Streaming stores are weakly ordered and sit in write-combining buffers until a serializing
+   event. No fence per segment (that costs more than the segment when a row is a few KB): the
+   barrier that ends every parallel region is a LOCK-prefixed atomic, and a LOCK instruction
+   drains the write-combining buffers (Intel SDM vol. 3, 11.3.1), as does taking the GIL back
+   in the single-threaded fast path. */
 static inline void FN(fn_nt_done)(int nt)
 {
-#if FN_NT
-    if (nt) _mm_sfence();  /* streaming stores are weakly ordered: publish them */
-#else
     (void)nt;
-#endif
 }
 
 /* ---- min / max (MinMaxScaler) ------------------------------------------------------------ */
