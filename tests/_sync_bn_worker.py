@@ -86,3 +86,9 @@ def main(rank, world, port, d):
 
 if __name__ == "__main__":
     main(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])
+    # PyTorch 2.13's gloo can abort in its C++ teardown at interpreter exit ("terminate called
+    # without an active exception", seen in 3 of 8 runs of plain DDP without fastnorm), after
+    # all the work is done and saved: leave without running those destructors.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
