@@ -366,15 +366,10 @@ static inline fn_idx FN(fn_nt_head)(const T *p, fn_idx n)
     return h < n ? h : n;
 }
 
-/* Streaming stores are weakly ordered and sit in write-combining buffers until a serializing
-   event. No fence per segment (that costs more than the segment when a row is a few KB): the
-   barrier that ends every parallel region is a LOCK-prefixed atomic, and a LOCK instruction
-   drains the write-combining buffers (Intel SDM vol. 3, 11.3.1), as does taking the GIL back
-   in the single-threaded fast path. */
-static inline void FN(fn_nt_done)(int nt)
-{
-    (void)nt;
-}
+/* No fence after streaming stores: they sit in write-combining buffers until a serializing
+   event, and the barrier that ends every parallel region is a LOCK-prefixed atomic, which
+   drains them (Intel SDM vol. 3, 11.3.1), as does taking the GIL back in the single-threaded
+   fast path. A fence per segment would cost more than a row of a few KB. */
 
 /* ---- min / max (MinMaxScaler) ------------------------------------------------------------ */
 /* Per column c of x[rows, C]: mn[c] = min(mn[c], x), mx[c] = max(mx[c], x), and z[c] += x * 0,
@@ -422,7 +417,6 @@ FN_HOT static void FN(fn_seg_apply)(const T *x, T *y, fn_idx n, T mh, T ml, T a,
         FN(fn_vst)(y + i, v, nt);
     }
     for (; i < n; i++) y[i] = FN(fn_act1)(((x[i] - mh) - ml) * a + b, act);
-    FN(fn_nt_done)(nt);
 }
 
 /* Element-wise affine (layer norm): y = ((x - mh) - ml) * r * g[i] + b[i]. */
@@ -448,7 +442,6 @@ FN_HOT static void FN(fn_seg_apply_ew)(const T *x, T *y, fn_idx n, T mh, T ml, T
         FN(fn_vst)(y + i, v, nt);
     }
     for (; i < n; i++) y[i] = FN(fn_act1)((((x[i] - mh) - ml) * r) * g[i] + b[i], act);
-    FN(fn_nt_done)(nt);
 }
 
 /* Channels-last apply: y[r, c] = ((x[r, c] - mh[c]) - ml[c]) * a[c] + b[c]. Written with
@@ -485,7 +478,6 @@ FN_HOT static void FN(fn_rows_apply)(const T *x, T *y, fn_idx rows, fn_idx C, co
             for (c = 0; c < C; c++) yr[c] = FN(fn_act1)(yr[c], act);
 #endif
     }
-    FN(fn_nt_done)(nt);
 }
 
 /* ---- backward --------------------------------------------------------------------------- */
@@ -540,7 +532,6 @@ FN_HOT static void FN(fn_seg_bwd_apply)(const T *dy, const T *x, T *dx, fn_idx n
         FN(fn_vst)(dx + i, (*(const FN(uvec) *)(dy + i) * P - Q) * R
                                + ((*(const FN(uvec) *)(x + i) - mh) - ml) * B, nt);
     for (; i < n; i++) dx[i] = (dy[i] * P - Q) * R + ((x[i] - mh) - ml) * B;
-    FN(fn_nt_done)(nt);
 }
 
 /* Layer-norm row reduce. With xc = (x - mh) - ml and g = dy * w: *sg += sum(g) and
@@ -616,7 +607,6 @@ FN_HOT static void FN(fn_row_bwd_apply_ew)(const T *dy, const T *x, T *dx, fn_id
     }
     for (; i < n; i++)
         dx[i] = ((dy[i] * w[i] - Q) * r + ((x[i] - mh) - ml) * B) + (ds ? ds[i] : (T)0);
-    FN(fn_nt_done)(nt);
 }
 
 /* s = x + r (the residual stream of a fused add + norm). */
@@ -628,15 +618,13 @@ FN_HOT static void FN(fn_seg_add)(const T *x, const T *r, T *s, fn_idx n)
 
 /* Channels-last reduce of one block x[rows, C]: sdy[c] += sum(dy), sdyx[c] += sum(dy * (x - m)).
    As in fn_col_sums, each vector of columns keeps its sums in registers over the block's rows
-   (two row phases). scr is unused (kept for the signature). */
+   (two row phases). */
 FN_HOT static void FN(fn_rows_bwd_sums)(const T *dy, const T *x, fn_idx rows, fn_idx C,
-                                        const T *mh, const T *ml, T *scr, double *sdy,
-                                        double *sdyx)
+                                        const T *mh, const T *ml, double *sdy, double *sdyx)
 {
     fn_idx r, c, j, cv = C - C % FN_VL;
     FN(vec) k, l, a0, a1, b0, b1, g0, g1;
     T ta[64 / sizeof(T)], tb[64 / sizeof(T)], u1, u2;
-    (void)scr;
     for (c = 0; c < cv; c += FN_VL) {
         k = *(const FN(uvec) *)(mh + c);
         l = *(const FN(uvec) *)(ml + c);
@@ -699,7 +687,6 @@ FN_HOT static void FN(fn_rows_bwd_apply)(const T *dy, const T *x, T *dx, fn_idx 
         for (; c < C; c++)
             o[c] = (dr[c] * P[c] - Q[c]) * R[c] + ((xr[c] - mh[c]) - ml[c]) * B[c];
     }
-    FN(fn_nt_done)(nt);
 }
 
 #undef T

@@ -34,7 +34,7 @@ cimport numpy as cnp
 from cython.parallel cimport prange, parallel, threadid
 from libc.math cimport sqrt
 
-from fastnorm._kernels._openmp cimport fn_openmp_enabled, fn_omp_max_threads
+from fastnorm._kernels._openmp cimport fn_openmp_enabled
 
 cnp.import_array()
 
@@ -95,10 +95,10 @@ cdef extern from "_core.h" nogil:
     void fn_seg_add_f32(const float *x, const float *r, float *s, fn_idx n)
     void fn_seg_add_f64(const double *x, const double *r, double *s, fn_idx n)
     void fn_rows_bwd_sums_f32(const float *dy, const float *x, fn_idx rows, fn_idx C,
-                              const float *mh, const float *ml, float *scr, double *sdy,
+                              const float *mh, const float *ml, double *sdy,
                               double *sdyx)
     void fn_rows_bwd_sums_f64(const double *dy, const double *x, fn_idx rows, fn_idx C,
-                              const double *mh, const double *ml, double *scr, double *sdy,
+                              const double *mh, const double *ml, double *sdy,
                               double *sdyx)
     void fn_rows_bwd_apply_f32(const float *dy, const float *x, float *dx, fn_idx rows, fn_idx C,
                                const float *P, const float *Q, const float *R, const float *mh,
@@ -116,16 +116,10 @@ DEF ROWBLOCK_ELEMS = 262144
 # ... and there are at most this many partials (bounds the float64 buffer to 256 * D * 16 bytes).
 DEF MAX_ROWBLOCKS = 256
 
-BLOCK = FN_BLK
-CHUNK = FN_CHUNK
 
 
 def openmp_enabled():
     return bool(fn_openmp_enabled())
-
-
-def omp_max_threads():
-    return fn_omp_max_threads()
 
 
 def simd_level():
@@ -145,10 +139,10 @@ cpdef bint use_fused(Py_ssize_t units, int n_threads):
     return rounds * n_threads <= 1.15 * units
 
 
-def cols_block_rows(Py_ssize_t C):
+cdef inline Py_ssize_t cols_block_rows(Py_ssize_t C) noexcept nogil:
     """Rows per channels-last moment block: about FN_BLK elements, 8 to 256 rows."""
     cdef Py_ssize_t rb = FN_BLK // C if C > 0 else 1
-    return min(max(rb, 8), 256)
+    return min(max(rb, <Py_ssize_t>8), <Py_ssize_t>256)
 
 
 # ---- fused-type shims over the C helpers -----------------------------------------------------
@@ -215,11 +209,11 @@ cdef inline void seg_bwd_apply(const floating *dy, const floating *x, floating *
 
 cdef inline void rows_bwd_sums(const floating *dy, const floating *x, Py_ssize_t rows,
                                Py_ssize_t C, const floating *mh, const floating *ml,
-                               floating *scr, double *sdy, double *sdyx) noexcept nogil:
+                               double *sdy, double *sdyx) noexcept nogil:
     if floating is float:
-        fn_rows_bwd_sums_f32(dy, x, rows, C, mh, ml, scr, sdy, sdyx)
+        fn_rows_bwd_sums_f32(dy, x, rows, C, mh, ml, sdy, sdyx)
     else:
-        fn_rows_bwd_sums_f64(dy, x, rows, C, mh, ml, scr, sdy, sdyx)
+        fn_rows_bwd_sums_f64(dy, x, rows, C, mh, ml, sdy, sdyx)
 
 
 cdef inline void rows_bwd_apply(const floating *dy, const floating *x, floating *dx,
@@ -602,9 +596,9 @@ DEF FLUSH_ROWS = 64
 DEF DW_COLS = 4096
 
 
-def rowblock_rows(Py_ssize_t M, Py_ssize_t D):
+cdef inline Py_ssize_t rowblock_rows(Py_ssize_t M, Py_ssize_t D) noexcept nogil:
     """Rows per dweight partial: fixed by the shape alone."""
-    cdef Py_ssize_t rb = max(1, (ROWBLOCK_ELEMS + D - 1) // D) if D > 0 else 1
+    cdef Py_ssize_t rb = max(<Py_ssize_t>1, (ROWBLOCK_ELEMS + D - 1) // D) if D > 0 else 1
     return max(rb, (M + MAX_ROWBLOCKS - 1) // MAX_ROWBLOCKS)
 
 
@@ -964,8 +958,7 @@ def cols_apply(const floating[::1] x, floating[::1] y, Py_ssize_t G0, Py_ssize_t
 
 cdef void cols_chunk_bwd_sums(const floating *dy, const floating *x, Py_ssize_t R, Py_ssize_t C,
                               Py_ssize_t rb, Py_ssize_t g, Py_ssize_t k, const floating *mh,
-                              const floating *ml, floating *scr, double *sdy,
-                              double *sdyx) noexcept nogil:
+                              const floating *ml, double *sdy, double *sdyx) noexcept nogil:
     cdef Py_ssize_t chr_ = rb * CHUNK_BLOCKS, r0 = k * chr_
     cdef Py_ssize_t end = min(r0 + chr_, R), r, c, off
     for c in range(C):
@@ -974,7 +967,7 @@ cdef void cols_chunk_bwd_sums(const floating *dy, const floating *x, Py_ssize_t 
     r = r0
     while r < end:
         off = (g * R + r) * C
-        rows_bwd_sums(dy + off, x + off, min(rb, end - r), C, mh, ml, scr, sdy, sdyx)
+        rows_bwd_sums(dy + off, x + off, min(rb, end - r), C, mh, ml, sdy, sdyx)
         r += rb
 
 
@@ -1016,12 +1009,10 @@ def cols_backward(const floating[::1] dy, const floating[::1] x, floating[::1] d
     cdef Py_ssize_t i, g, k, c, t, r0, ln, u
     cdef double s1, s2
     dt = np.float32 if floating is float else np.float64
-    cdef floating[:, ::1] tsc = np.empty((nt, 2 * max(C, 1)), dtype=dt)
     cdef double[:, ::1] tsd = np.empty((nt, 2 * max(C, 1)), dtype=np.float64)
     cdef floating[:, ::1] coef = np.empty((max(G0, 1), 6 * max(C, 1)), dtype=dt)
     cdef double[:, ::1] psum = np.zeros((max(G0, 1), 2 * max(C, 1)), dtype=np.float64)
     cdef double[:, ::1] part
-    cdef floating *sc
     cdef double *sd
     if items == 0 or C == 0:
         dweight[:] = 0
@@ -1039,21 +1030,17 @@ def cols_backward(const floating[::1] dy, const floating[::1] x, floating[::1] d
                 coef[g, 4 * C + c] = <floating>rstd[u]
     if fuse:
         with nogil, parallel(num_threads=n_threads):
-            t = threadid()
-            sc = &tsc[t, 0]
-            sd = &tsd[t, 0]
+            sd = &tsd[threadid(), 0]
             for g in prange(G0, schedule="static"):
-                cols_unit_bwd_fused(&dy[0], &x[0], &dx[0], g, R, C, cg, rb, K, sc, sd, &w[0],
+                cols_unit_bwd_fused(&dy[0], &x[0], &dx[0], g, R, C, cg, rb, K, sd, &w[0],
                                     &rstd[0], &psum[g, 0], &coef[g, 0], stream, frozen)
     else:
         part = np.empty((items, 2 * C), dtype=np.float64)
         with nogil:
-            with parallel(num_threads=n_threads):
-                sc = &tsc[threadid(), 0]
-                for i in prange(items, schedule="static"):
-                    g = i // K
-                    cols_chunk_bwd_sums(&dy[0], &x[0], R, C, rb, g, i % K, &coef[g, 0],
-                                        &coef[g, C], sc, &part[i, 0], &part[i, C])
+            for i in prange(items, schedule="static", num_threads=n_threads):
+                g = i // K
+                cols_chunk_bwd_sums(&dy[0], &x[0], R, C, rb, g, i % K, &coef[g, 0],
+                                    &coef[g, C], &part[i, 0], &part[i, C])
             for g in prange(G0, schedule="static", num_threads=n_threads):
                 cols_unit_bwd_merge(&part[0, 0], g, K, C, &psum[g, 0])
                 cols_unit_bwd_coef(g, R, C, cg, &psum[g, 0], &w[0], &rstd[0], &coef[g, 0],
@@ -1089,14 +1076,14 @@ cdef void cols_unit_bwd_merge(const double *part, Py_ssize_t g, Py_ssize_t K, Py
 
 cdef void cols_unit_bwd_fused(const floating *dy, const floating *x, floating *dx,
                               Py_ssize_t g, Py_ssize_t R, Py_ssize_t C, Py_ssize_t cg,
-                              Py_ssize_t rb, Py_ssize_t K, floating *sc, double *sd,
-                              const floating *w, const double *rstd, double *psum,
-                              floating *coef, int stream, bint frozen) noexcept nogil:
+                              Py_ssize_t rb, Py_ssize_t K, double *sd, const floating *w,
+                              const double *rstd, double *psum, floating *coef, int stream,
+                              bint frozen) noexcept nogil:
     cdef Py_ssize_t k, c
     for c in range(2 * C):
         psum[c] = 0
     for k in range(K):
-        cols_chunk_bwd_sums(dy, x, R, C, rb, g, k, coef, coef + C, sc, sd, sd + C)
+        cols_chunk_bwd_sums(dy, x, R, C, rb, g, k, coef, coef + C, sd, sd + C)
         for c in range(2 * C):
             psum[c] += sd[c]
     cols_unit_bwd_coef(g, R, C, cg, psum, w, rstd, coef, frozen)
