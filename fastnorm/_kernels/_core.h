@@ -30,7 +30,7 @@
 #include <stdint.h>
 
 #if defined(__x86_64__) && defined(__SSE2__)
-#include <emmintrin.h>
+#include <immintrin.h>
 #define FN_NT 1
 #else
 #define FN_NT 0

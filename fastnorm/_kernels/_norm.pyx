@@ -49,6 +49,8 @@ cdef extern from "_core.h" nogil:
     void fn_chan_merge_vec(double *n, double *mean, double *m2, fn_idx C, double nb,
                            const double *mb, const double *m2b)
     const char *fn_simd_level()
+    int fn_act_portable
+    void fn_act_buf_f32(const float *s, float *d, fn_idx n, int act, int nt)
 
     void fn_seg_moments_f32(const float *x, fn_idx n, double *cnt, double *mean, double *m2)
     void fn_seg_moments_f64(const double *x, fn_idx n, double *cnt, double *mean, double *m2)
@@ -124,6 +126,25 @@ def openmp_enabled():
 
 def simd_level():
     return fn_simd_level().decode()
+
+
+def activation_f32(const float[::1] src, float[::1] dst, int act, bint portable=False):
+    """dst = act(src) through the kernels' float32 activation (1 relu, 2 silu, 3 gelu);
+    portable=True forces the portable vector code instead of the CPU-specific one. For tests
+    and benchmarks of the epilogue itself."""
+    global fn_act_portable
+    if dst.shape[0] != src.shape[0]:
+        raise ValueError("dst must have the length of src")
+    if act < 1 or act > 3:
+        raise ValueError("act must be 1 (relu), 2 (silu) or 3 (gelu)")
+    prev = fn_act_portable
+    fn_act_portable = 1 if portable else 0
+    try:
+        with nogil:
+            fn_act_buf_f32(&src[0] if src.shape[0] else NULL, &dst[0] if dst.shape[0] else NULL,
+                           src.shape[0], act, 0)
+    finally:
+        fn_act_portable = prev
 
 
 cpdef bint use_fused(Py_ssize_t units, int n_threads):
