@@ -102,3 +102,23 @@ def test_residual_validation():
         fn.layer_norm(x, 8, residual=np.zeros((2, 7)))
     with pytest.raises(TypeError, match="residual must have the dtype of x"):
         fn.rms_norm(x, 8, residual=np.zeros((2, 8), np.float32))
+
+
+@pytest.mark.parametrize("D", [5000, 40000])  # several L1 blocks; more than one chunk
+@pytest.mark.parametrize("aliases", [{"residual_out": "r"}, {"residual_out": "x"}, {"out": "x"},
+                                     {"out": "x", "residual_out": "r"},
+                                     {"out": "r", "residual_out": "x"}])
+def test_residual_in_place(aliases, D, rng, nthreads):
+    """x + r is formed again in the apply pass, block by block, before anything of that block
+    is written: outputs may overwrite either input."""
+    x0 = rng.standard_normal((6, D)).astype(np.float32)
+    r0 = rng.standard_normal((6, D)).astype(np.float32)
+    w = rng.standard_normal(D).astype(np.float32)
+    for norm in (fn.layer_norm, fn.rms_norm):
+        want_y, want_s = norm(x0, D, w, residual=r0)
+        np.testing.assert_array_equal(want_s, x0 + r0)
+        x, r = x0.copy(), r0.copy()
+        arrays = {"x": x, "r": r}
+        y, s = norm(x, D, w, residual=r, **{k: arrays[v] for k, v in aliases.items()})
+        np.testing.assert_array_equal(y, want_y)
+        np.testing.assert_array_equal(s, want_s)

@@ -821,6 +821,54 @@ FN_HOT static void FN(fn_seg_add)(const T *x, const T *r, T *s, fn_idx n)
     for (i = 0; i < n; i++) s[i] = x[i] + r[i];
 }
 
+/* ---- fused residual add (s = x + r, then normalize s) ------------------------------------
+   The statistics pass forms s block by block in an L1 buffer and only reads x and r; the
+   apply pass forms s again, stores it (streamed when nt) and normalizes it from the buffer.
+   So s is written once, without a read for ownership, and never read back from memory: the
+   op moves x, r, s and y once each when a unit fits in cache. The blocks are fn_seg_moments'
+   blocks, so the statistics have the bits they would have over a stored s. */
+static void FN(fn_seg_add_moments)(const T *x, const T *r, fn_idx len, double *n, double *mean,
+                                   double *m2)
+{
+    T buf[FN_BLK] __attribute__((aligned(64)));
+    fn_idx i, b;
+    double bm, bm2;
+    for (i = 0; i < len; i += FN_BLK) {
+        b = len - i < FN_BLK ? len - i : FN_BLK;
+        FN(fn_seg_add)(x + i, r + i, buf, b);
+        FN(fn_block_moments)(buf, b, &bm, &bm2);
+        fn_chan_merge(n, mean, m2, (double)b, bm, bm2);
+    }
+}
+
+/* d[0:n] = s[0:n], streamed when nt and d allows it. */
+FN_HOT static void FN(fn_seg_store)(const T *s, T *d, fn_idx n, int nt)
+{
+    fn_idx i = 0, h = nt ? FN(fn_nt_head)(d, n) : 0;
+    if (h < 0) { nt = 0; h = 0; }
+    for (; i < h; i++) d[i] = s[i];
+    for (; i + FN_VL <= n; i += FN_VL) FN(fn_vst)(d + i, *(const FN(uvec) *)(s + i), nt);
+    for (; i < n; i++) d[i] = s[i];
+}
+
+/* s = x + r stored, and y = the apply of s: per channel (g == NULL: scale a, shift b) or
+   element-wise (y = ((s - mh) - ml) * a * g[i] + bb[i]). */
+static void FN(fn_seg_apply_res)(const T *x, const T *r, T *s, T *y, fn_idx len, T mh, T ml,
+                                 T a, T b, const T *g, const T *bb, int act, int nt)
+{
+    T buf[FN_BLK] __attribute__((aligned(64)));
+    fn_idx i, m;
+    for (i = 0; i < len; i += m) {
+        m = len - i < FN_BLK ? len - i : FN_BLK;
+        FN(fn_seg_add)(x + i, r + i, buf, m);
+        FN(fn_seg_store)(buf, s + i, m, nt);
+        if (g)
+            FN(fn_seg_apply_ew)(buf, y + i, m, mh, ml, a, g + i, bb + i, act, nt);
+        else
+            FN(fn_seg_apply)(buf, y + i, m, mh, ml, a, b, act, nt);
+    }
+}
+
 /* Channels-last reduce of one block x[rows, C]: sdy[c] += sum(dy), sdyx[c] += sum(dy * (x - m)).
    As in fn_col_sums, each vector of columns keeps its sums in registers over the block's rows
    (two row phases). */

@@ -96,6 +96,16 @@ cdef extern from "_core.h" nogil:
                             double *z)
     void fn_seg_add_f32(const float *x, const float *r, float *s, fn_idx n)
     void fn_seg_add_f64(const double *x, const double *r, double *s, fn_idx n)
+    void fn_seg_add_moments_f32(const float *x, const float *r, fn_idx n, double *cnt,
+                                double *mean, double *m2)
+    void fn_seg_add_moments_f64(const double *x, const double *r, fn_idx n, double *cnt,
+                                double *mean, double *m2)
+    void fn_seg_apply_res_f32(const float *x, const float *r, float *s, float *y, fn_idx n,
+                              float mh, float ml, float a, float b, const float *g,
+                              const float *bb, int act, int stream)
+    void fn_seg_apply_res_f64(const double *x, const double *r, double *s, double *y, fn_idx n,
+                              double mh, double ml, double a, double b, const double *g,
+                              const double *bb, int act, int stream)
     void fn_rows_bwd_sums_f32(const float *dy, const float *x, fn_idx rows, fn_idx C,
                               const float *mh, const float *ml, double *sdy,
                               double *sdyx)
@@ -260,9 +270,9 @@ cdef inline Py_ssize_t nchunks(Py_ssize_t length, Py_ssize_t chunk) noexcept nog
 # ---- planes (channels-first) -----------------------------------------------------------------
 
 cdef inline void plane_chunk_moments(const floating *x, Py_ssize_t S, Py_ssize_t p, Py_ssize_t k,
-                                     const floating *res, floating *xs, double *out) noexcept nogil:
-    """Moments (count, mean, M2) of chunk k of plane p, from zero. With a residual, the chunk of
-    xs = x + res is written first and its moments are taken (from L1)."""
+                                     const floating *res, double *out) noexcept nogil:
+    """Moments (count, mean, M2) of chunk k of plane p, from zero. With a residual, of
+    x + res, formed block by block in L1 (nothing is stored here)."""
     cdef Py_ssize_t off = p * S + k * FN_CHUNK
     cdef Py_ssize_t ln = min(FN_CHUNK, S - k * FN_CHUNK)
     out[0] = 0
@@ -270,10 +280,9 @@ cdef inline void plane_chunk_moments(const floating *x, Py_ssize_t S, Py_ssize_t
     out[2] = 0
     if res != NULL:
         if floating is float:
-            fn_seg_add_f32(x + off, res + off, xs + off, ln)
+            fn_seg_add_moments_f32(x + off, res + off, ln, &out[0], &out[1], &out[2])
         else:
-            fn_seg_add_f64(x + off, res + off, xs + off, ln)
-        seg_moments(xs + off, ln, &out[0], &out[1], &out[2])
+            fn_seg_add_moments_f64(x + off, res + off, ln, &out[0], &out[1], &out[2])
     else:
         seg_moments(x + off, ln, &out[0], &out[1], &out[2])
 
@@ -281,13 +290,26 @@ cdef inline void plane_chunk_moments(const floating *x, Py_ssize_t S, Py_ssize_t
 cdef inline void plane_chunk_apply(const floating *x, floating *y, Py_ssize_t S, Py_ssize_t p,
                                    Py_ssize_t k, Py_ssize_t c, bint ew, floating mh, floating ml,
                                    floating r, const floating *w, const floating *b,
-                                   int act, int stream) noexcept nogil:
+                                   int act, int stream, const floating *res,
+                                   floating *xs) noexcept nogil:
+    """Apply to chunk k of plane p. With a residual, xs = x + res is stored and normalized."""
     cdef Py_ssize_t off = k * FN_CHUNK
     cdef Py_ssize_t ln = min(FN_CHUNK, S - off)
+    cdef Py_ssize_t q = p * S + off
+    if res != NULL:
+        if floating is float:
+            fn_seg_apply_res_f32(x + q, res + q, xs + q, y + q, ln, mh, ml,
+                                 r if ew else r * w[c], 0 if ew else b[c],
+                                 w + off if ew else NULL, b + off, act, stream)
+        else:
+            fn_seg_apply_res_f64(x + q, res + q, xs + q, y + q, ln, mh, ml,
+                                 r if ew else r * w[c], 0 if ew else b[c],
+                                 w + off if ew else NULL, b + off, act, stream)
+        return
     if ew:
-        seg_apply_ew(x + p * S + off, y + p * S + off, ln, mh, ml, r, w + off, b + off, act, stream)
+        seg_apply_ew(x + q, y + q, ln, mh, ml, r, w + off, b + off, act, stream)
     else:
-        seg_apply(x + p * S + off, y + p * S + off, ln, mh, ml, r * w[c], b[c], act, stream)
+        seg_apply(x + q, y + q, ln, mh, ml, r * w[c], b[c], act, stream)
 
 
 cdef inline void unit_finalize(double un, double um, double um2, double eps, bint rms,
@@ -312,7 +334,6 @@ cdef void planes_unit_fused(const floating *x, floating *y, Py_ssize_t u, Py_ssi
     cdef double un = 0, um = 0, um2 = 0, pn, pm, pm2
     cdef double part[3]
     cdef floating mh, ml
-    cdef const floating *src = xs if res != NULL else x
     for n in range(n0, n0 + nb):
         for c in range(c0, c0 + cb):
             p = n * C + c
@@ -320,7 +341,7 @@ cdef void planes_unit_fused(const floating *x, floating *y, Py_ssize_t u, Py_ssi
             pm = 0
             pm2 = 0
             for k in range(K):
-                plane_chunk_moments(x, S, p, k, res, xs, part)
+                plane_chunk_moments(x, S, p, k, res, part)
                 fn_chan_merge(&pn, &pm, &pm2, part[0], part[1], part[2])
             fn_chan_merge(&un, &um, &um2, pn, pm, pm2)
     unit_finalize(un, um, um2, eps, rms, &mean_out[u], &rstd_out[u])
@@ -329,8 +350,8 @@ cdef void planes_unit_fused(const floating *x, floating *y, Py_ssize_t u, Py_ssi
         for c in range(c0, c0 + cb):
             p = n * C + c
             for k in range(K):
-                plane_chunk_apply(src, y, S, p, k, c, ew, mh, ml, <floating>rstd_out[u], w, b,
-                                  act, stream)
+                plane_chunk_apply(x, y, S, p, k, c, ew, mh, ml, <floating>rstd_out[u], w, b,
+                                  act, stream, res, xs)
 
 
 cdef void planes_fused_run(const floating *x, floating *y, Py_ssize_t N, Py_ssize_t C,
@@ -365,13 +386,11 @@ def planes_forward(const floating[::1] x, floating[::1] y, Py_ssize_t N, Py_ssiz
     cdef floating[::1] cmh, cml, cr
     cdef const floating *rp = NULL
     cdef floating *xp = NULL
-    cdef const floating *src = &x[0] if items > 0 else NULL
     if U == 0 or S == 0:
         return
     if res is not None:
         rp = &res[0]
         xp = &xs[0]
-        src = xp
     if fuse:
         with nogil:
             planes_fused_run(&x[0], &y[0], N, C, S, nb, cb, &w[0], &b[0], ew, rms, eps,
@@ -384,7 +403,7 @@ def planes_forward(const floating[::1] x, floating[::1] y, Py_ssize_t N, Py_ssiz
     cr = np.empty(U, dtype=dt)
     with nogil:
         for i in prange(items, schedule="static", num_threads=n_threads):
-            plane_chunk_moments(&x[0], S, i // K, i % K, rp, xp, &part[i, 0])
+            plane_chunk_moments(&x[0], S, i // K, i % K, rp, &part[i, 0])
         for u in prange(U, schedule="static", num_threads=n_threads):
             planes_unit_merge(&part[0, 0], u, C, K, nb, cb, eps, rms, &mean_out[0],
                               &rstd_out[0], &cmh[0], &cml[0], &cr[0])
@@ -392,8 +411,8 @@ def planes_forward(const floating[::1] x, floating[::1] y, Py_ssize_t N, Py_ssiz
             p = i // K
             c = p % C
             u = ((p // C) // nb) * ncb + c // cb
-            plane_chunk_apply(src, &y[0], S, p, i % K, c, ew, cmh[u], cml[u], cr[u], &w[0],
-                              &b[0], act, stream)
+            plane_chunk_apply(&x[0], &y[0], S, p, i % K, c, ew, cmh[u], cml[u], cr[u], &w[0],
+                              &b[0], act, stream, rp, xp)
 
 
 cdef void planes_unit_moments(const double *part, Py_ssize_t u, Py_ssize_t C, Py_ssize_t K,
@@ -1164,8 +1183,7 @@ def planes_moments(const floating[::1] x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t
     part = np.empty((items, 3), dtype=np.float64)
     with nogil:
         for i in prange(items, schedule="static", num_threads=n_threads):
-            plane_chunk_moments(&x[0], S, i // K, i % K, <const floating *>NULL,
-                                <floating *>NULL, &part[i, 0])
+            plane_chunk_moments(&x[0], S, i // K, i % K, <const floating *>NULL, &part[i, 0])
         for u in prange(U, schedule="static", num_threads=n_threads):
             planes_unit_store(&part[0, 0], u, C, K, nb, cb, &mean_out[0], &m2_out[0])
 
