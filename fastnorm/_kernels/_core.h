@@ -19,7 +19,9 @@
  *   loader picks one from the CPU (target_clones), so a portable build still runs AVX-512/AVX2.
  *   Reductions accumulate in independent lanes written as GCC vectors, so they
  *   vectorize without -ffast-math (no reassociation is asked of the compiler) and give the
- *   same bits on every clone.
+ *   same bits on every clone. The one exception is the float32 silu/gelu epilogue, which has an
+ *   AVX-512 version with FMA (see fn_act_buf_f32): its values agree with the portable version
+ *   to a few ulps, and still do not depend on the thread count or on where a chunk starts.
  */
 #ifndef FASTNORM_CORE_H
 #define FASTNORM_CORE_H
