@@ -61,10 +61,10 @@ def _channel_forward(op, x, num_groups, weight, bias, eps, layout, out, act=0):
     if plan.kind == "planes":
         U = (N // nb) * (C // cb)
         K.planes_forward(xf, yf, N, C, S, nb, cb, w, b, False, eps, mean, rstd, act, nt,
-                         D.use_fused(U, nt), stream=D.stream(yf))
+                         D.use_fused(U, nt), stream=D.stream(yf, out))
     else:
         K.cols_forward(xf, yf, G0, R, C, cg, w, b, eps, mean, rstd, act, nt,
-                       D.use_fused(G0, nt), stream=D.stream(yf))
+                       D.use_fused(G0, nt), stream=D.stream(yf, out))
     return finish(), mean.reshape(sshape), rstd.reshape(sshape)
 
 
@@ -93,10 +93,10 @@ def _channel_backward(op, dy, x, mean, rstd, num_groups, weight, layout, out, fr
     if plan.kind == "planes":
         U = (N // nb) * (C // cb)
         K.planes_backward(dyf, xf, dxf, N, C, S, nb, cb, w, m, r, dweight, dbias, nt,
-                          D.use_fused(U, nt), stream=D.stream(dxf), frozen=frozen)
+                          D.use_fused(U, nt), stream=D.stream(dxf, out), frozen=frozen)
     else:
         K.cols_backward(dyf, xf, dxf, G0, R, C, cg, w, m, r, dweight, dbias, nt,
-                        D.use_fused(G0, nt), stream=D.stream(dxf), frozen=frozen)
+                        D.use_fused(G0, nt), stream=D.stream(dxf, out), frozen=frozen)
     return finish(), dweight.astype(ct), dbias.astype(ct)
 
 
@@ -120,10 +120,10 @@ def _apply_channels(x, mean, var, weight, bias, eps, layout, out, act, per_sampl
     nt = D.threads(x.nbytes)
     if plan.kind == "planes":
         K.planes_apply(xf, yf, plan.N, C, plan.S, mh, ml, a, b, False, act, nt,
-                       stream=D.stream(yf))
+                       stream=D.stream(yf, out))
     else:
         K.cols_apply(xf, yf, 1, plan.N * plan.S, C, mh, ml, a, b, False, act, nt,
-                     stream=D.stream(yf))
+                     stream=D.stream(yf, out))
     return finish()
 
 
@@ -202,7 +202,7 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, *
     if not training and running_mean is not None and running_var is not None:
         y = K.fast_forward(0, x, 0, weight, bias, running_mean, running_var, eps, layout, act,
                            D.get_num_threads(), D.PARALLEL_GRAIN_BYTES, out,
-                           D.STREAM_BYTES)
+                           D.STREAM_BYTES, D.FRESH_BYTES)
         if y is not None:
             return y
     eps = D.check_eps(eps)
@@ -249,7 +249,7 @@ def instance_norm(x, running_mean=None, running_var=None, weight=None, bias=None
     if use_input_stats and running_mean is None and running_var is None:
         y = K.fast_forward(1, x, 0, weight, bias, None, None, eps, layout, act,
                            D.get_num_threads(), D.PARALLEL_GRAIN_BYTES, out,
-                           D.STREAM_BYTES)
+                           D.STREAM_BYTES, D.FRESH_BYTES)
         if y is not None:
             return y
     eps = D.check_eps(eps)
@@ -296,7 +296,7 @@ def group_norm(x, num_groups, weight=None, bias=None, *, eps=1e-5, layout="NCHW"
     if type(num_groups) is int and 0 < num_groups < 1 << 31:
         y = K.fast_forward(2, x, num_groups, weight, bias, None, None, eps, layout, act,
                            D.get_num_threads(), D.PARALLEL_GRAIN_BYTES, out,
-                           D.STREAM_BYTES)
+                           D.STREAM_BYTES, D.FRESH_BYTES)
         if y is not None:
             return y
     return _channel_forward("group", x, num_groups, weight, bias, eps, layout, out, act)[0]
@@ -349,7 +349,7 @@ def _rows_forward(x, normalized_shape, weight, bias, eps, out, act, rms=False, r
     nt = D.threads(x.nbytes)
     if residual is None:
         K.planes_forward(xf, yf, M, 1, Dn, 1, 1, w, b, ew, eps, mean, rstd, act, nt,
-                         D.use_fused(M, nt), rms, stream=D.stream(yf))
+                         D.use_fused(M, nt), rms, stream=D.stream(yf, out))
         return finish(), mean.reshape(lead), rstd.reshape(lead), None
     if ot != ct:
         # half precision: the sum is rounded to x's dtype where it is returned, so normalize
@@ -360,7 +360,7 @@ def _rows_forward(x, normalized_shape, weight, bias, eps, out, act, rms=False, r
     rf = plan.flat(residual, ct)
     sf, sfinish = D.output(plan, ct, ot, residual_out)
     K.planes_forward(xf, yf, M, 1, Dn, 1, 1, w, b, ew, eps, mean, rstd, act, nt,
-                     D.use_fused(M, nt), rms, rf, sf, stream=D.stream(yf))
+                     D.use_fused(M, nt), rms, rf, sf, stream=D.stream(yf, out))
     return finish(), mean.reshape(lead), rstd.reshape(lead), sfinish()
 
 
@@ -392,7 +392,7 @@ def _rows_backward(dy, x, mean, rstd, normalized_shape, weight, out, rms, residu
     dsf = plan.flat(ds, ct) if ds is not None else None
     dxf, finish = D.output(plan, ct, ot, out)
     K.rows_backward(dyf, xf, dxf, M, Dn, w, m, r, dweight, dbias, D.threads(x.nbytes), rms, dsf,
-                    stream=D.stream(dxf))
+                    stream=D.stream(dxf, out))
     return finish(), dweight.astype(ct).reshape(ns), dbias.astype(ct).reshape(ns)
 
 
@@ -442,7 +442,7 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, *, eps=1e-5, residua
     if residual is None and _last_axis(normalized_shape, x):
         y = K.fast_forward(3, x, 0, weight, bias, None, None, eps, "", act,
                            D.get_num_threads(), D.PARALLEL_GRAIN_BYTES, out,
-                           D.STREAM_BYTES)
+                           D.STREAM_BYTES, D.FRESH_BYTES)
         if y is not None:
             return y
     y, _, _, s = _rows_forward(x, normalized_shape, weight, bias, eps, out, act,
@@ -493,7 +493,7 @@ def rms_norm(x, normalized_shape, weight=None, *, eps=None, residual=None, activ
             e = float(np.finfo(x.dtype).eps) if x.dtype.kind == "f" else None
         y = K.fast_forward(4, x, 0, weight, None, None, None, e, "", act,
                            D.get_num_threads(), D.PARALLEL_GRAIN_BYTES, out,
-                           D.STREAM_BYTES)
+                           D.STREAM_BYTES, D.FRESH_BYTES)
         if y is not None:
             return y
     y, _, _, s = _rows_forward(x, normalized_shape, weight, None, eps, out, act, rms=True,

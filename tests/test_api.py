@@ -356,3 +356,18 @@ def test_unaligned_arrays(rng):
         np.testing.assert_array_equal(a, b)
     mo = fn.moments(xu, axis=(0, 2, 3))
     np.testing.assert_allclose(mo.mean, x.mean(axis=(0, 2, 3)), rtol=1e-13)
+
+
+def test_stream_rule_spares_fresh_allocations():
+    """Streaming stores are used for large outputs the caller passed, not for outputs fastnorm
+    just allocated past FRESH_BYTES (their pages fault in through the cache anyway)."""
+    from fastnorm import _dispatch as D
+    if D.STREAM_BYTES <= 0:
+        pytest.skip("streaming turned off by FASTNORM_STREAM_BYTES=0")
+    big = np.empty(max(D.FRESH_BYTES, D.STREAM_BYTES) // 4, np.float32)
+    mid = big[: max(D.STREAM_BYTES // 4, 1)]
+    small = big[: max(D.STREAM_BYTES // 4 - 1, 0)]
+    assert D.stream(big, big) == 1 and D.stream(big, None) == 0
+    assert D.stream(mid, mid) == 1
+    assert D.stream(mid, None) == (1 if mid.nbytes < D.FRESH_BYTES else 0)
+    assert D.stream(small, small) == 0

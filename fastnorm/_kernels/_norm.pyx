@@ -1355,8 +1355,9 @@ cdef inline bint _disjoint(object a, cnp.ndarray o):
 def fast_forward(int op, object x, Py_ssize_t groups, object weight, object bias,
                  object rmean, object rvar, object eps, object layout, int act,
                  int max_threads, Py_ssize_t grain, object out=None,
-                 Py_ssize_t stream_bytes=0):
-    """y for the plain case, or None.
+                 Py_ssize_t stream_bytes=0, Py_ssize_t fresh_bytes=0):
+    """y for the plain case, or None. Streams y from stream_bytes, except into an output it
+    allocates itself of fresh_bytes or more (see _dispatch.FRESH_BYTES).
 
     op: 0 batch norm with running statistics, 1 instance norm, 2 group norm (groups), 3 layer
     norm over the last axis, 4 RMS norm over the last axis.
@@ -1436,7 +1437,8 @@ def fast_forward(int op, object x, Py_ssize_t groups, object weight, object bias
                 return None
     if op >= 3 and not use_fused(N, nt):
         return None
-    stream = stream_bytes > 0 and nbytes >= stream_bytes
+    stream = (stream_bytes > 0 and nbytes >= stream_bytes
+              and (out is not None or fresh_bytes <= 0 or nbytes < fresh_bytes))
     if out is None:
         ya = <cnp.ndarray>np.empty_like(xa)
     else:
