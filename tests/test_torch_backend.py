@@ -170,6 +170,47 @@ def test_opcheck_all_ops():
         torch.library.opcheck(op, args)
 
 
+def _grads(fn, x, w, b):
+    x, w, b = (t.detach().clone().requires_grad_(True) for t in (x, w, b))
+    y = fn(x, w, b)
+    (y * torch.linspace(-1, 1, y.numel()).reshape(y.shape)).sum().backward()
+    return y.detach(), x.grad, w.grad, b.grad
+
+
+@pytest.mark.parametrize("op", ["batch", "instance", "group", "layer", "rms", "batch_eval"])
+def test_eager_path_equals_registered_ops(op):
+    """Outside torch.compile the functional forms run the implementations directly (no custom-op
+    dispatch); the registered ops, which torch.compile traces, give the same bits, gradients
+    included, and so does the no-grad form."""
+    from fastnorm.torch import _ops as O
+    torch.manual_seed(0)
+    x = torch.randn(4, 6, 5, 3, dtype=torch.float64) + 2
+    w, b = torch.randn(6, dtype=torch.float64), torch.randn(6, dtype=torch.float64)
+    wl, bl = torch.randn(3, dtype=torch.float64), torch.randn(3, dtype=torch.float64)
+    rm, rv = torch.randn(6, dtype=torch.float64), torch.rand(6, dtype=torch.float64) + 0.5
+    eager, registered = {
+        "batch": (lambda x, w, b: ft.batch_norm(x, None, None, w, b, training=True),
+                  lambda x, w, b: torch.ops.fastnorm.batch_norm_fwd(x, w, b, 1e-5)[0]),
+        "instance": (lambda x, w, b: ft.instance_norm(x, weight=w, bias=b),
+                     lambda x, w, b: torch.ops.fastnorm.instance_norm_fwd(x, w, b, 1e-5)[0]),
+        "group": (lambda x, w, b: ft.group_norm(x, 3, w, b),
+                  lambda x, w, b: torch.ops.fastnorm.group_norm_fwd(x, 3, w, b, 1e-5)[0]),
+        "layer": (lambda x, w, b: ft.layer_norm(x, 3, w, b),
+                  lambda x, w, b: torch.ops.fastnorm.layer_norm_fwd(x, [3], w, b, 1e-5)[0]),
+        "rms": (lambda x, w, b: ft.rms_norm(x, 3, w, 1e-6) + b,
+                lambda x, w, b: torch.ops.fastnorm.rms_norm_fwd(x, [3], w, 1e-6)[0] + b),
+        "batch_eval": (lambda x, w, b: ft.batch_norm(x, rm, rv, w, b),
+                       lambda x, w, b: O.channel_norm_eval(x, rm, rv, w, b, 1e-5)),
+    }[op]
+    if op in ("layer", "rms"):
+        w, b = wl, bl
+    a, r = _grads(eager, x, w, b), _grads(registered, x, w, b)
+    for u, v in zip(a, r):
+        torch.testing.assert_close(u, v, rtol=0, atol=0)
+    with torch.no_grad():
+        torch.testing.assert_close(eager(x, w, b), a[0], rtol=0, atol=0)
+
+
 def test_fallback_for_other_devices_and_dtypes():
     m = ft.convert(nn.Sequential(nn.BatchNorm2d(4), nn.LayerNorm(5), nn.GroupNorm(2, 4)))
     m.to("meta")

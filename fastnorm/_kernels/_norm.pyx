@@ -334,16 +334,23 @@ cdef void planes_unit_fused(const floating *x, floating *y, Py_ssize_t u, Py_ssi
     cdef double un = 0, um = 0, um2 = 0, pn, pm, pm2
     cdef double part[3]
     cdef floating mh, ml
-    for n in range(n0, n0 + nb):
-        for c in range(c0, c0 + cb):
-            p = n * C + c
-            pn = 0
-            pm = 0
-            pm2 = 0
-            for k in range(K):
-                plane_chunk_moments(x, S, p, k, res, part)
-                fn_chan_merge(&pn, &pm, &pm2, part[0], part[1], part[2])
-            fn_chan_merge(&un, &um, &um2, pn, pm, pm2)
+    if nb == 1:
+        # one sample: the unit's cb planes are adjacent, so its moments are those of one run of
+        # cb*S values in FN_CHUNK chunks (group norm of 16x16 planes: one block instead of 8)
+        for k in range(nchunks(cb * S, FN_CHUNK)):
+            plane_chunk_moments(x, cb * S, u, k, res, part)
+            fn_chan_merge(&un, &um, &um2, part[0], part[1], part[2])
+    else:
+        for n in range(n0, n0 + nb):
+            for c in range(c0, c0 + cb):
+                p = n * C + c
+                pn = 0
+                pm = 0
+                pm2 = 0
+                for k in range(K):
+                    plane_chunk_moments(x, S, p, k, res, part)
+                    fn_chan_merge(&pn, &pm, &pm2, part[0], part[1], part[2])
+                fn_chan_merge(&un, &um, &um2, pn, pm, pm2)
     unit_finalize(un, um, um2, eps, rms, &mean_out[u], &rstd_out[u])
     split_mean(mean_out[u], &mh, &ml)
     for n in range(n0, n0 + nb):
@@ -396,16 +403,20 @@ def planes_forward(const floating[::1] x, floating[::1] y, Py_ssize_t N, Py_ssiz
             planes_fused_run(&x[0], &y[0], N, C, S, nb, cb, &w[0], &b[0], ew, rms, eps,
                              &mean_out[0], &rstd_out[0], act, rp, xp, n_threads, stream)
         return
-    part = np.empty((items, 3), dtype=np.float64)
+    # the moments' geometry: as planes_unit_fused, a one-sample unit is one run of cb*S values
+    cdef Py_ssize_t Cm = C // cb if nb == 1 else C, Sm = cb * S if nb == 1 else S
+    cdef Py_ssize_t cbm = 1 if nb == 1 else cb, Km = nchunks(Sm, FN_CHUNK)
+    cdef Py_ssize_t items_m = N * Cm * Km
+    part = np.empty((items_m, 3), dtype=np.float64)
     dt = np.float32 if floating is float else np.float64
     cmh = np.empty(U, dtype=dt)
     cml = np.empty(U, dtype=dt)
     cr = np.empty(U, dtype=dt)
     with nogil:
-        for i in prange(items, schedule="static", num_threads=n_threads):
-            plane_chunk_moments(&x[0], S, i // K, i % K, rp, &part[i, 0])
+        for i in prange(items_m, schedule="static", num_threads=n_threads):
+            plane_chunk_moments(&x[0], Sm, i // Km, i % Km, rp, &part[i, 0])
         for u in prange(U, schedule="static", num_threads=n_threads):
-            planes_unit_merge(&part[0, 0], u, C, K, nb, cb, eps, rms, &mean_out[0],
+            planes_unit_merge(&part[0, 0], u, Cm, Km, nb, cbm, eps, rms, &mean_out[0],
                               &rstd_out[0], &cmh[0], &cml[0], &cr[0])
         for i in prange(items, schedule="static", num_threads=n_threads):
             p = i // K
