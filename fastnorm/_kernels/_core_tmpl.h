@@ -224,38 +224,58 @@ static void FN(fn_seg_moments)(const T *x, fn_idx len, double *n, double *mean, 
     }
 }
 
-/* Per column c of x[rows, C]: s[c] = sum(d), q[c] = sum(d^2) with d = (x - sh[c]) - sl[c]
-   (sl may be NULL: d = x - sh). The block is in L1; each vector of columns keeps its sums in
-   registers, in two row phases (even / odd rows) so the add chains overlap, instead of
-   reloading and storing s and q for every row. */
+/* Column vectors a channels-last reduction keeps in registers at once. The block is swept row
+   by row, so each row's group of vectors is read as one contiguous run: sweeping one column
+   vector at a time down all rows read each 64-byte line with a stride of a whole row (C values),
+   which for C = 64 float64 was eight strided passes over the block. */
+#define FN_CG 4
+
+/* Per column c of x[rows, C], for the NV column vectors from c0: s[c] = sum(d),
+   q[c] = sum(d^2) with d = (x - sh[c]) - sl[c] (sl may be NULL: d = x - sh). NV is a
+   constant after inlining, so the accumulators live in registers. */
+static inline __attribute__((always_inline)) void FN(fn_col_sums_grp)(
+    const T *x, fn_idx rows, fn_idx C, const T *sh, const T *sl, T *s, T *q, fn_idx c0,
+    const int NV)
+{
+    FN(vec) k[FN_CG], l[FN_CG], as[FN_CG], aq[FN_CG], d;
+    const T *row;
+    fn_idx r;
+    int j;
+    for (j = 0; j < NV; j++) {
+        k[j] = *(const FN(uvec) *)(sh + c0 + j * FN_VL);
+        l[j] = (FN(vec)){0};
+        if (sl) l[j] = *(const FN(uvec) *)(sl + c0 + j * FN_VL);
+        as[j] = aq[j] = (FN(vec)){0};
+    }
+    for (r = 0; r < rows; r++) {
+        row = x + r * C + c0;
+        for (j = 0; j < NV; j++) {
+            d = (*(const FN(uvec) *)(row + j * FN_VL) - k[j]) - l[j];
+            as[j] += d;
+            aq[j] += d * d;
+        }
+    }
+    for (j = 0; j < NV; j++) {
+        *(FN(uvec) *)(s + c0 + j * FN_VL) = as[j];
+        *(FN(uvec) *)(q + c0 + j * FN_VL) = aq[j];
+    }
+}
+
+/* s[c] = sum(d), q[c] = sum(d^2) over the rows of the block x[rows, C] (in L1), per column. */
 static inline __attribute__((always_inline)) void FN(fn_col_sums)(
     const T *x, fn_idx rows, fn_idx C, const T *sh, const T *sl, T *s, T *q)
 {
     fn_idx r, c, cv = C - C % FN_VL;
-    FN(vec) k, l, s0, s1, q0, q1, d0, d1;
     T d;
-    for (c = 0; c < cv; c += FN_VL) {
-        k = *(const FN(uvec) *)(sh + c);
-        l = (FN(vec)){0};
-        if (sl) l = *(const FN(uvec) *)(sl + c);
-        s0 = s1 = q0 = q1 = (FN(vec)){0};
-        for (r = 0; r + 1 < rows; r += 2) {
-            d0 = (*(const FN(uvec) *)(x + r * C + c) - k) - l;
-            d1 = (*(const FN(uvec) *)(x + (r + 1) * C + c) - k) - l;
-            s0 += d0;
-            s1 += d1;
-            q0 += d0 * d0;
-            q1 += d1 * d1;
-        }
-        if (r < rows) {
-            d0 = (*(const FN(uvec) *)(x + r * C + c) - k) - l;
-            s0 += d0;
-            q0 += d0 * d0;
-        }
-        *(FN(uvec) *)(s + c) = s0 + s1;
-        *(FN(uvec) *)(q + c) = q0 + q1;
+    for (c = 0; c + FN_CG * FN_VL <= cv; c += FN_CG * FN_VL)
+        FN(fn_col_sums_grp)(x, rows, C, sh, sl, s, q, c, FN_CG);
+    switch ((cv - c) / FN_VL) {
+    case 3: FN(fn_col_sums_grp)(x, rows, C, sh, sl, s, q, c, 3); break;
+    case 2: FN(fn_col_sums_grp)(x, rows, C, sh, sl, s, q, c, 2); break;
+    case 1: FN(fn_col_sums_grp)(x, rows, C, sh, sl, s, q, c, 1); break;
+    default: break;
     }
-    for (; c < C; c++) {
+    for (c = cv; c < C; c++) {
         s[c] = 0;
         q[c] = 0;
         for (r = 0; r < rows; r++) {
@@ -869,42 +889,55 @@ static void FN(fn_seg_apply_res)(const T *x, const T *r, T *s, T *y, fn_idx len,
     }
 }
 
-/* Channels-last reduce of one block x[rows, C]: sdy[c] += sum(dy), sdyx[c] += sum(dy * (x - m)).
-   As in fn_col_sums, each vector of columns keeps its sums in registers over the block's rows
-   (two row phases). */
+/* Channels-last reduce of one block x[rows, C], for the NV column vectors from c0:
+   sdy[c] += sum(dy), sdyx[c] += sum(dy * (x - m)), swept row by row as fn_col_sums_grp. */
+static inline __attribute__((always_inline)) void FN(fn_rows_bwd_sums_grp)(
+    const T *dy, const T *x, fn_idx rows, fn_idx C, const T *mh, const T *ml, double *sdy,
+    double *sdyx, fn_idx c0, const int NV)
+{
+    FN(vec) k[FN_CG], l[FN_CG], a[FN_CG], b[FN_CG], g;
+    T ta[64 / sizeof(T)], tb[64 / sizeof(T)];
+    fn_idx r, o, i;
+    int j;
+    for (j = 0; j < NV; j++) {
+        k[j] = *(const FN(uvec) *)(mh + c0 + j * FN_VL);
+        l[j] = *(const FN(uvec) *)(ml + c0 + j * FN_VL);
+        a[j] = b[j] = (FN(vec)){0};
+    }
+    for (r = 0; r < rows; r++) {
+        o = r * C + c0;
+        for (j = 0; j < NV; j++) {
+            g = *(const FN(uvec) *)(dy + o + j * FN_VL);
+            a[j] += g;
+            b[j] += g * ((*(const FN(uvec) *)(x + o + j * FN_VL) - k[j]) - l[j]);
+        }
+    }
+    for (j = 0; j < NV; j++) {
+        memcpy(ta, &a[j], sizeof ta);
+        memcpy(tb, &b[j], sizeof tb);
+        for (i = 0; i < FN_VL; i++) {
+            sdy[c0 + j * FN_VL + i] += ta[i];
+            sdyx[c0 + j * FN_VL + i] += tb[i];
+        }
+    }
+}
+
+/* Channels-last reduce of one block x[rows, C] (in L1): sdy[c] += sum(dy),
+   sdyx[c] += sum(dy * (x - m)) per column. */
 FN_HOT static void FN(fn_rows_bwd_sums)(const T *dy, const T *x, fn_idx rows, fn_idx C,
                                         const T *mh, const T *ml, double *sdy, double *sdyx)
 {
-    fn_idx r, c, j, cv = C - C % FN_VL;
-    FN(vec) k, l, a0, a1, b0, b1, g0, g1;
-    T ta[64 / sizeof(T)], tb[64 / sizeof(T)], u1, u2;
-    for (c = 0; c < cv; c += FN_VL) {
-        k = *(const FN(uvec) *)(mh + c);
-        l = *(const FN(uvec) *)(ml + c);
-        a0 = a1 = b0 = b1 = (FN(vec)){0};
-        for (r = 0; r + 1 < rows; r += 2) {
-            g0 = *(const FN(uvec) *)(dy + r * C + c);
-            g1 = *(const FN(uvec) *)(dy + (r + 1) * C + c);
-            a0 += g0;
-            a1 += g1;
-            b0 += g0 * ((*(const FN(uvec) *)(x + r * C + c) - k) - l);
-            b1 += g1 * ((*(const FN(uvec) *)(x + (r + 1) * C + c) - k) - l);
-        }
-        if (r < rows) {
-            g0 = *(const FN(uvec) *)(dy + r * C + c);
-            a0 += g0;
-            b0 += g0 * ((*(const FN(uvec) *)(x + r * C + c) - k) - l);
-        }
-        a0 += a1;
-        b0 += b1;
-        memcpy(ta, &a0, sizeof ta);
-        memcpy(tb, &b0, sizeof tb);
-        for (j = 0; j < FN_VL; j++) {
-            sdy[c + j] += ta[j];
-            sdyx[c + j] += tb[j];
-        }
+    fn_idx r, c, cv = C - C % FN_VL;
+    T u1, u2;
+    for (c = 0; c + FN_CG * FN_VL <= cv; c += FN_CG * FN_VL)
+        FN(fn_rows_bwd_sums_grp)(dy, x, rows, C, mh, ml, sdy, sdyx, c, FN_CG);
+    switch ((cv - c) / FN_VL) {
+    case 3: FN(fn_rows_bwd_sums_grp)(dy, x, rows, C, mh, ml, sdy, sdyx, c, 3); break;
+    case 2: FN(fn_rows_bwd_sums_grp)(dy, x, rows, C, mh, ml, sdy, sdyx, c, 2); break;
+    case 1: FN(fn_rows_bwd_sums_grp)(dy, x, rows, C, mh, ml, sdy, sdyx, c, 1); break;
+    default: break;
     }
-    for (; c < C; c++) {
+    for (c = cv; c < C; c++) {
         u1 = 0;
         u2 = 0;
         for (r = 0; r < rows; r++) {
@@ -943,6 +976,7 @@ FN_HOT static void FN(fn_rows_bwd_apply)(const T *dy, const T *x, T *dx, fn_idx 
 }
 
 #undef FN_RELU
+#undef FN_CG
 #undef T
 #undef FN
 #undef FN_CAT
