@@ -228,7 +228,7 @@ static void FN(fn_seg_moments)(const T *x, fn_idx len, double *n, double *mean, 
    by row, so each row's group of vectors is read as one contiguous run: sweeping one column
    vector at a time down all rows read each 64-byte line with a stride of a whole row (C values),
    which for C = 64 float64 was eight strided passes over the block. */
-#define FN_CG 4
+#define FN_CG 8
 
 /* Per column c of x[rows, C], for the NV column vectors from c0: s[c] = sum(d),
    q[c] = sum(d^2) with d = (x - sh[c]) - sl[c] (sl may be NULL: d = x - sh). NV is a
@@ -237,20 +237,17 @@ static inline __attribute__((always_inline)) void FN(fn_col_sums_grp)(
     const T *x, fn_idx rows, fn_idx C, const T *sh, const T *sl, T *s, T *q, fn_idx c0,
     const int NV)
 {
-    FN(vec) k[FN_CG], l[FN_CG], as[FN_CG], aq[FN_CG], d;
+    FN(vec) as[FN_CG], aq[FN_CG], d;
     const T *row;
     fn_idx r;
     int j;
-    for (j = 0; j < NV; j++) {
-        k[j] = *(const FN(uvec) *)(sh + c0 + j * FN_VL);
-        l[j] = (FN(vec)){0};
-        if (sl) l[j] = *(const FN(uvec) *)(sl + c0 + j * FN_VL);
+    for (j = 0; j < NV; j++)
         as[j] = aq[j] = (FN(vec)){0};
-    }
     for (r = 0; r < rows; r++) {
         row = x + r * C + c0;
-        for (j = 0; j < NV; j++) {
-            d = (*(const FN(uvec) *)(row + j * FN_VL) - k[j]) - l[j];
+        for (j = 0; j < NV; j++) {  /* the shifts come from L1: registers hold the sums */
+            d = *(const FN(uvec) *)(row + j * FN_VL) - *(const FN(uvec) *)(sh + c0 + j * FN_VL);
+            if (sl) d = d - *(const FN(uvec) *)(sl + c0 + j * FN_VL);
             as[j] += d;
             aq[j] += d * d;
         }
@@ -270,6 +267,10 @@ static inline __attribute__((always_inline)) void FN(fn_col_sums)(
     for (c = 0; c + FN_CG * FN_VL <= cv; c += FN_CG * FN_VL)
         FN(fn_col_sums_grp)(x, rows, C, sh, sl, s, q, c, FN_CG);
     switch ((cv - c) / FN_VL) {
+    case 7: FN(fn_col_sums_grp)(x, rows, C, sh, sl, s, q, c, 7); break;
+    case 6: FN(fn_col_sums_grp)(x, rows, C, sh, sl, s, q, c, 6); break;
+    case 5: FN(fn_col_sums_grp)(x, rows, C, sh, sl, s, q, c, 5); break;
+    case 4: FN(fn_col_sums_grp)(x, rows, C, sh, sl, s, q, c, 4); break;
     case 3: FN(fn_col_sums_grp)(x, rows, C, sh, sl, s, q, c, 3); break;
     case 2: FN(fn_col_sums_grp)(x, rows, C, sh, sl, s, q, c, 2); break;
     case 1: FN(fn_col_sums_grp)(x, rows, C, sh, sl, s, q, c, 1); break;
@@ -895,21 +896,20 @@ static inline __attribute__((always_inline)) void FN(fn_rows_bwd_sums_grp)(
     const T *dy, const T *x, fn_idx rows, fn_idx C, const T *mh, const T *ml, double *sdy,
     double *sdyx, fn_idx c0, const int NV)
 {
-    FN(vec) k[FN_CG], l[FN_CG], a[FN_CG], b[FN_CG], g;
+    FN(vec) a[FN_CG], b[FN_CG], g;
     T ta[64 / sizeof(T)], tb[64 / sizeof(T)];
     fn_idx r, o, i;
     int j;
-    for (j = 0; j < NV; j++) {
-        k[j] = *(const FN(uvec) *)(mh + c0 + j * FN_VL);
-        l[j] = *(const FN(uvec) *)(ml + c0 + j * FN_VL);
+    for (j = 0; j < NV; j++)
         a[j] = b[j] = (FN(vec)){0};
-    }
     for (r = 0; r < rows; r++) {
         o = r * C + c0;
         for (j = 0; j < NV; j++) {
             g = *(const FN(uvec) *)(dy + o + j * FN_VL);
             a[j] += g;
-            b[j] += g * ((*(const FN(uvec) *)(x + o + j * FN_VL) - k[j]) - l[j]);
+            b[j] += g * ((*(const FN(uvec) *)(x + o + j * FN_VL)
+                          - *(const FN(uvec) *)(mh + c0 + j * FN_VL))
+                         - *(const FN(uvec) *)(ml + c0 + j * FN_VL));
         }
     }
     for (j = 0; j < NV; j++) {
@@ -932,6 +932,10 @@ FN_HOT static void FN(fn_rows_bwd_sums)(const T *dy, const T *x, fn_idx rows, fn
     for (c = 0; c + FN_CG * FN_VL <= cv; c += FN_CG * FN_VL)
         FN(fn_rows_bwd_sums_grp)(dy, x, rows, C, mh, ml, sdy, sdyx, c, FN_CG);
     switch ((cv - c) / FN_VL) {
+    case 7: FN(fn_rows_bwd_sums_grp)(dy, x, rows, C, mh, ml, sdy, sdyx, c, 7); break;
+    case 6: FN(fn_rows_bwd_sums_grp)(dy, x, rows, C, mh, ml, sdy, sdyx, c, 6); break;
+    case 5: FN(fn_rows_bwd_sums_grp)(dy, x, rows, C, mh, ml, sdy, sdyx, c, 5); break;
+    case 4: FN(fn_rows_bwd_sums_grp)(dy, x, rows, C, mh, ml, sdy, sdyx, c, 4); break;
     case 3: FN(fn_rows_bwd_sums_grp)(dy, x, rows, C, mh, ml, sdy, sdyx, c, 3); break;
     case 2: FN(fn_rows_bwd_sums_grp)(dy, x, rows, C, mh, ml, sdy, sdyx, c, 2); break;
     case 1: FN(fn_rows_bwd_sums_grp)(dy, x, rows, C, mh, ml, sdy, sdyx, c, 1); break;
