@@ -381,11 +381,13 @@ def _rows_backward(dy, x, mean, rstd, normalized_shape, weight, out, rms, residu
     out = D.check_out(out, x.shape, ot, [(dy, "dy"), (x, "x"), (mean, "mean"),
                                          (rstd, "rstd"), (weight, "weight"),
                                          (residual_grad, "residual_grad")])
-    dweight = np.zeros(Dn, dtype=np.float64)
-    dbias = np.zeros(Dn, dtype=np.float64)
+    dweight = np.empty(Dn, dtype=ct)  # the kernel sums in float64 and rounds once
+    dbias = np.empty(Dn, dtype=ct)
     if x.size == 0:
         dx = out if out is not None else np.empty(x.shape, dtype=ot)
-        return dx, dweight.astype(ct).reshape(ns), dbias.astype(ct).reshape(ns)
+        dweight.fill(0)
+        dbias.fill(0)
+        return dx, dweight.reshape(ns), dbias.reshape(ns)
     plan = D.RowsPlan(x)
     xf = plan.flat(x, ct)
     dyf = plan.flat(dy, ct)
@@ -393,7 +395,7 @@ def _rows_backward(dy, x, mean, rstd, normalized_shape, weight, out, rms, residu
     dxf, finish = D.output(plan, ct, ot, out)
     K.rows_backward(dyf, xf, dxf, M, Dn, w, m, r, dweight, dbias, D.threads(x.nbytes), rms, dsf,
                     stream=D.stream(dxf, out))
-    return finish(), dweight.astype(ct).reshape(ns), dbias.astype(ct).reshape(ns)
+    return finish(), dweight.reshape(ns), dbias.reshape(ns)
 
 
 def layer_norm_forward(x, normalized_shape, weight=None, bias=None, *, eps=1e-5, residual=None,

@@ -701,14 +701,14 @@ cdef void rows_block_bwd(const floating *dy, const floating *x, floating *dx, Py
 
 def rows_backward(const floating[::1] dy, const floating[::1] x, floating[::1] dx,
                   Py_ssize_t M, Py_ssize_t D, const floating[::1] w, const double[::1] mean,
-                  const double[::1] rstd, double[::1] dweight, double[::1] dbias, int n_threads,
-                  bint rms=False, const floating[::1] ds=None, int stream=0):
+                  const double[::1] rstd, floating[::1] dweight, floating[::1] dbias,
+                  int n_threads, bint rms=False, const floating[::1] ds=None, int stream=0):
     """Layer norm (or RMS norm) backward over rows (M, D).
 
     dy, x, dx : (M*D,)      IN dy, x; OUT dx
     w : (D,)                IN weight (ones when None)
     mean, rstd : (M,)       IN saved statistics
-    dweight, dbias : (D,)   OUT, float64
+    dweight, dbias : (D,)   OUT, in the data's dtype (summed in float64, rounded once)
     ds : (M*D,)             IN optional gradient of the residual stream, added to dx
     """
     cdef Py_ssize_t RB = rowblock_rows(M, D)
@@ -720,9 +720,11 @@ def rows_backward(const floating[::1] dy, const floating[::1] x, floating[::1] d
     cdef double[:, ::1] dwb
     cdef double[:, ::1] dbb
     cdef floating[:, ::1] tsc
+    cdef double[:, ::1] tsd
     cdef double[:, :, ::1] part
     cdef double[:, ::1] rq
     cdef floating *sc
+    cdef double *sdd
     dt = np.float32 if floating is float else np.float64
     if M == 0 or D == 0:
         dweight[:] = 0
@@ -744,20 +746,22 @@ def rows_backward(const floating[::1] dy, const floating[::1] x, floating[::1] d
                 for q in range(Q):
                     s1 = s1 + dwb[q, j]
                     s2 = s2 + dbb[q, j]
-                dweight[j] = s1
-                dbias[j] = s2
+                dweight[j] = <floating>s1
+                dbias[j] = <floating>s2
         return
     # long rows: pass A over column chunks (row sums per (row, chunk), dweight/dbias for the
     # chunk), pass B over (row, chunk) items for dx
     part = np.empty((M, ncol, 2), dtype=np.float64)
     rq = np.empty((M, 2), dtype=np.float64)
     tsc = np.empty((nt, 2 * DW_COLS), dtype=dt)
+    tsd = np.empty((nt, 2 * DW_COLS), dtype=np.float64)
     with nogil:
         with parallel(num_threads=n_threads):
             sc = &tsc[threadid(), 0]
+            sdd = &tsd[threadid(), 0]
             for k in prange(ncol, schedule="static"):
                 cols_chunk_bwd_rows(&dy[0], &x[0], M, D, k, &w[0], &mean[0], &rstd[0],
-                                    &part[0, 0, 0], ncol, &dweight[0], &dbias[0], sc)
+                                    &part[0, 0, 0], ncol, &dweight[0], &dbias[0], sc, sdd)
         for i in prange(M, schedule="static", num_threads=n_threads):
             s1 = 0
             s2 = 0
@@ -766,27 +770,33 @@ def rows_backward(const floating[::1] dy, const floating[::1] x, floating[::1] d
                 s2 = s2 + part[i, k, 1]
             rq[i, 0] = 0 if rms else s1 / D
             rq[i, 1] = -rstd[i] * rstd[i] * rstd[i] * s2 / D
+        # chunk-major (every row of a column chunk, then the next chunk): the chunk of w stays
+        # in L1 instead of coming again from L2 or memory for every row
         for j in prange(M * ncol, schedule="static", num_threads=n_threads):
-            row_chunk_bwd_apply(&dy[0], &x[0], &dx[0], j // ncol, D, j % ncol, &w[0],
-                                mean[j // ncol], rstd[j // ncol], rq[j // ncol, 0],
-                                rq[j // ncol, 1], dsp, stream)
+            row_chunk_bwd_apply(&dy[0], &x[0], &dx[0], j % M, D, j // M, &w[0],
+                                mean[j % M], rstd[j % M], rq[j % M, 0], rq[j % M, 1], dsp,
+                                stream)
 
 
 cdef void cols_chunk_bwd_rows(const floating *dy, const floating *x, Py_ssize_t M, Py_ssize_t D,
                               Py_ssize_t k, const floating *w, const double *mean,
                               const double *rstd, double *part, Py_ssize_t ncol,
-                              double *dweight, double *dbias, floating *scr) noexcept nogil:
+                              floating *dweight, floating *dbias, floating *scr,
+                              double *acc) noexcept nogil:
     """Pass A of the long-row layer-norm backward for column chunk k: per row i (in order) the
     partial sums of g and g * xc over the chunk into part[i, k], and dweight/dbias of the
-    chunk, accumulated in T over FLUSH_ROWS rows and flushed into float64."""
+    chunk, accumulated in T over FLUSH_ROWS rows, flushed into float64 (acc, 2 * DW_COLS) and
+    rounded to T once at the end."""
     cdef Py_ssize_t j0 = k * DW_COLS, ln = min(<Py_ssize_t>DW_COLS, D - j0), i, j, s0
     cdef floating *dwa = scr
     cdef floating *dba = scr + DW_COLS
+    cdef double *dwd = acc
+    cdef double *dbd = acc + DW_COLS
     cdef double sg, sgx
     cdef floating mh, ml
     for j in range(ln):
-        dweight[j0 + j] = 0
-        dbias[j0 + j] = 0
+        dwd[j] = 0
+        dbd[j] = 0
     s0 = 0
     while s0 < M:
         for j in range(ln):
@@ -805,9 +815,12 @@ cdef void cols_chunk_bwd_rows(const floating *dy, const floating *x, Py_ssize_t 
             part[(i * ncol + k) * 2] = sg
             part[(i * ncol + k) * 2 + 1] = sgx
         for j in range(ln):
-            dweight[j0 + j] += dwa[j]
-            dbias[j0 + j] += dba[j]
+            dwd[j] += dwa[j]
+            dbd[j] += dba[j]
         s0 += FLUSH_ROWS
+    for j in range(ln):
+        dweight[j0 + j] = <floating>dwd[j]
+        dbias[j0 + j] = <floating>dbd[j]
 
 
 cdef inline void row_chunk_bwd_apply(const floating *dy, const floating *x, floating *dx,
