@@ -210,3 +210,27 @@ def test_nan_and_inf_propagate():
     y, mean, rstd = fn.instance_norm_forward(x)
     assert np.isnan(y[0, 1]).all() and not np.isnan(y[0, 0]).any()
     assert not np.isfinite(y[1, 2]).any() and np.isfinite(y[1, 0]).all()
+
+
+# Channel counts that put every remainder case of the channels-last column reductions to work
+# (groups of eight column vectors, then 1-7 vectors, then single columns), float32 vectors
+# holding 16 values and float64 vectors 8.
+@pytest.mark.parametrize("C", [1, 7, 8, 16, 24, 40, 64, 72, 128, 136, 144, 200, 259])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_channels_last_column_groups(C, dtype, rng):
+    x = (rng.standard_normal((3, 5, 7, C)) * 2 + 100).astype(dtype)
+    dy = rng.standard_normal(x.shape).astype(dtype)
+    w = rng.standard_normal(C).astype(dtype)
+    b = rng.standard_normal(C).astype(dtype)
+    for op in ("batch", "instance"):
+        F = getattr(fn, f"{op}_norm_forward")
+        B = getattr(fn, f"{op}_norm_backward")
+        y, m, r = F(x, w, b, layout="NHWC")
+        ry, rm, rr = ref.channel_forward(op, x, w, b, layout="NHWC")
+        assert_close(y, ry, dtype, what=f"{op} y")
+        assert_close(m, rm, dtype, scale=100, what=f"{op} mean")
+        dx, dw, db = B(dy, x, m, r, w, layout="NHWC")
+        rdx, rdw, rdb = ref.channel_backward(op, dy, x, w, layout="NHWC")
+        assert_close(dx, rdx, dtype, what=f"{op} dx")
+        assert_close(dw, rdw, dtype, what=f"{op} dweight")
+        assert_close(db, rdb, dtype, what=f"{op} dbias")
