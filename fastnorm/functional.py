@@ -33,6 +33,14 @@ def _units(op, plan, G):
     return (1, C // G), (N, S, C // G), (N, G)
 
 
+def _fast_stats(op, x, groups, weight, bias, eps, layout, out):
+    """(y, mean, rstd) from the small-tensor fast path for a plain training forward, or None
+    (then the full path runs: validation, layouts, dtypes, errors). Same bits either way."""
+    return K.fast_forward(op, x, groups, weight, bias, None, None, eps, layout, 0,
+                          D.get_num_threads(), D.PARALLEL_GRAIN_BYTES, out, D.STREAM_BYTES,
+                          D.FRESH_BYTES, True)
+
+
 def _channel_forward(op, x, num_groups, weight, bias, eps, layout, out, act=0):
     x, ct, ot = D.input_array(x)
     layout = D.check_layout(layout)
@@ -174,6 +182,10 @@ def batch_norm_forward(x, weight=None, bias=None, *, eps=1e-5, layout="NCHW", ou
     y : ndarray shaped like x
     mean, rstd : float64 ndarrays (C,)
     """
+    if layout == "NCHW":
+        r = _fast_stats(5, x, 0, weight, bias, eps, layout, out)
+        if r is not None:
+            return r[0], r[1], r[2]
     return _channel_forward("batch", x, None, weight, bias, eps, layout, out)
 
 
@@ -228,6 +240,10 @@ def instance_norm_forward(x, weight=None, bias=None, *, eps=1e-5, layout="NCHW",
 
     Returns ``(y, mean, rstd)`` with mean/rstd of shape (N, C).
     """
+    r = _fast_stats(1, x, 0, weight, bias, eps, layout, out)
+    if r is not None:
+        y, m, rs = r
+        return y, m.reshape(y.shape[0], -1), rs.reshape(y.shape[0], -1)
     return _channel_forward("instance", x, None, weight, bias, eps, layout, out)
 
 
@@ -281,6 +297,11 @@ def group_norm_forward(x, num_groups, weight=None, bias=None, *, eps=1e-5, layou
 
     Returns ``(y, mean, rstd)`` with mean/rstd of shape (N, num_groups).
     """
+    if type(num_groups) is int and 0 < num_groups < 1 << 31:
+        r = _fast_stats(2, x, num_groups, weight, bias, eps, layout, out)
+        if r is not None:
+            y, m, rs = r
+            return y, m.reshape(y.shape[0], num_groups), rs.reshape(y.shape[0], num_groups)
     return _channel_forward("group", x, num_groups, weight, bias, eps, layout, out)
 
 
@@ -415,6 +436,11 @@ def layer_norm_forward(x, normalized_shape, weight=None, bias=None, *, eps=1e-5,
     mean, rstd : float64 ndarrays of shape ``x.shape[:-len(normalized_shape)]``
     s : ``x + residual``, only when ``residual`` is given (pass it as x to the backward)
     """
+    if residual is None and _last_axis(normalized_shape, x):
+        r = _fast_stats(3, x, 0, weight, bias, eps, "", out)
+        if r is not None:
+            y, m, rs = r
+            return y, m.reshape(y.shape[:-1]), rs.reshape(y.shape[:-1])
     y, mean, rstd, s = _rows_forward(x, normalized_shape, weight, bias, eps, out, 0,
                                      residual=residual, residual_out=residual_out)
     return (y, mean, rstd) if residual is None else (y, mean, rstd, s)
@@ -472,6 +498,13 @@ def rms_norm_forward(x, normalized_shape, weight=None, *, eps=None, residual=Non
     with rstd float64 of shape ``x.shape[:-len(normalized_shape)]``; with ``residual=r`` it
     normalizes ``x + r`` and returns ``(y, rstd, x + r)``.
     """
+    if residual is None and _last_axis(normalized_shape, x):
+        e = eps
+        if e is None and isinstance(x, np.ndarray):
+            e = float(np.finfo(x.dtype).eps) if x.dtype.kind == "f" else None
+        r = _fast_stats(4, x, 0, weight, None, e, "", out)
+        if r is not None:
+            return r[0], r[2].reshape(r[0].shape[:-1])
     y, _, rstd, s = _rows_forward(x, normalized_shape, weight, None, eps, out, 0, rms=True,
                                   residual=residual, residual_out=residual_out)
     return (y, rstd) if residual is None else (y, rstd, s)

@@ -1,4 +1,6 @@
 """Package surface, threads, memory formats, out=, dtypes and determinism."""
+import re
+
 import numpy as np
 import pytest
 
@@ -258,6 +260,44 @@ def test_fast_path_equals_full_path(shape, dtype, layout, rng, nthreads):
         full = f(out=np.empty(x.shape + (2,), dtype=x.dtype)[..., 0])
         np.testing.assert_array_equal(fast, full)
         np.testing.assert_array_equal(fast, fast_out)
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 5, 3), (1, 4, 7), (3, 16, 2, 2), (4, 6), (1, 64, 14, 14)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_training_forwards_fast_path_equals_full_path(shape, dtype, layout, rng, nthreads):
+    """The training forwards take the fast path for plain arrays too (returning the
+    statistics); a strided out= forces the full path: y, mean and rstd are bitwise equal, with
+    the same shapes and dtypes."""
+    x = rng.standard_normal(shape).astype(dtype) + 3
+    C = shape[1] if layout == "NCHW" else shape[-1]
+    w = rng.standard_normal(C).astype(dtype)
+    b = rng.standard_normal(C).astype(dtype)
+    G = 4 if C % 4 == 0 else 1
+    D = shape[-1]
+    calls = [
+        lambda **k: fn.batch_norm_forward(x, w, b, layout=layout, **k),
+        lambda **k: fn.instance_norm_forward(x, w, b, layout=layout, **k),
+        lambda **k: fn.group_norm_forward(x, G, w, b, layout=layout, **k),
+        lambda **k: fn.group_norm_forward(x, G, layout=layout, **k),
+        lambda **k: fn.layer_norm_forward(x, D, **k),
+        lambda **k: fn.layer_norm_forward(x, (D,), w[:1].repeat(D), b[:1].repeat(D), **k),
+        lambda **k: fn.rms_norm_forward(x, D, **k),
+        lambda **k: fn.rms_norm_forward(x, D, np.linspace(-1, 1, D).astype(dtype), eps=1e-6,
+                                        **k),
+    ]
+    for i, f in enumerate(calls):
+        try:
+            full = f(out=np.empty(x.shape + (2,), dtype=x.dtype)[..., 0])
+        except ValueError as err:  # e.g. batch norm with one value per channel
+            with pytest.raises(ValueError, match=re.escape(str(err)[:20])):
+                f()
+            continue
+        fast = f()
+        assert len(fast) == len(full)
+        for a, e in zip(fast, full):
+            assert a.shape == e.shape and a.dtype == e.dtype, (i, a.shape, e.shape)
+            np.testing.assert_array_equal(a, e)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -1312,7 +1312,9 @@ cdef inline double _at(object a, Py_ssize_t i):
 cdef int _fast_run(const floating *x, floating *y, int op, Py_ssize_t N, Py_ssize_t C,
                    Py_ssize_t S, Py_ssize_t cb, bint cols, bint ew, const floating *w,
                    const floating *b, double eps, int act, int nt, object rmean,
-                   object rvar, object weight, int stream) except -1:
+                   object rvar, object weight, int stream, double *mean_out=NULL,
+                   double *rstd_out=NULL) except -1:
+    """The kernels for fast_forward; mean_out/rstd_out receive the statistics when given."""
     cdef Py_ssize_t U, i, c, K_, items, p, off, ln
     cdef double *st = NULL
     cdef floating *sc = NULL
@@ -1347,18 +1349,24 @@ cdef int _fast_run(const floating *x, floating *y, int op, Py_ssize_t N, Py_ssiz
             sc = <floating *>malloc(9 * C * sizeof(floating))
             if st == NULL or sc == NULL:
                 raise MemoryError()
+            if mean_out == NULL:
+                mean_out = st
+                rstd_out = st + U
             with nogil:
                 for i in range(N):
                     cols_unit_fused(x, y, i, S, C, cb, rb, nchunks(S, rb * CHUNK_BLOCKS), sc,
-                                    st + 2 * U, w, b, eps, st, st + U, act, stream)
+                                    st + 2 * U, w, b, eps, mean_out, rstd_out, act, stream)
             return 0
-        U = N * (C // cb)
-        st = <double *>malloc(2 * U * sizeof(double))
-        if st == NULL:
-            raise MemoryError()
+        U = C if op == 5 else N * (C // cb)
+        if mean_out == NULL:
+            st = <double *>malloc(2 * U * sizeof(double))
+            if st == NULL:
+                raise MemoryError()
+            mean_out = st
+            rstd_out = st + U
         with nogil:
-            planes_fused_run(x, y, N, C, S, 1, cb, w, b, ew, op == 4, eps, st, st + U, act,
-                             NULL, NULL, nt, stream)
+            planes_fused_run(x, y, N, C, S, N if op == 5 else 1, cb, w, b, ew, op == 4, eps,
+                             mean_out, rstd_out, act, NULL, NULL, nt, stream)
         return 0
     finally:
         free(st)
@@ -1379,12 +1387,14 @@ cdef inline bint _disjoint(object a, cnp.ndarray o):
 def fast_forward(int op, object x, Py_ssize_t groups, object weight, object bias,
                  object rmean, object rvar, object eps, object layout, int act,
                  int max_threads, Py_ssize_t grain, object out=None,
-                 Py_ssize_t stream_bytes=0, Py_ssize_t fresh_bytes=0):
+                 Py_ssize_t stream_bytes=0, Py_ssize_t fresh_bytes=0, bint stats=False):
     """y for the plain case, or None. Streams y from stream_bytes, except into an output it
     allocates itself of fresh_bytes or more (see _dispatch.FRESH_BYTES).
 
     op: 0 batch norm with running statistics, 1 instance norm, 2 group norm (groups), 3 layer
-    norm over the last axis, 4 RMS norm over the last axis.
+    norm over the last axis, 4 RMS norm over the last axis, 5 batch norm training (channels
+    first only). stats=True (ops 1-5, the training forwards): returns (y, mean, rstd) with
+    float64 statistics (U,) per unit, the full path's values.
     """
     cdef cnp.ndarray xa, ya
     cdef int typenum, nd, nt
@@ -1392,7 +1402,9 @@ def fast_forward(int op, object x, Py_ssize_t groups, object weight, object bias
     cdef bint cols = False, ew = False
     cdef int stream
     cdef double e
-    if type(x) is not np.ndarray or type(eps) is not float:
+    cdef bint rows = op == 3 or op == 4
+    cdef cnp.ndarray mean_a = None, rstd_a = None
+    if type(x) is not np.ndarray or type(eps) is not float or (stats and op == 0):
         return None
     xa = <cnp.ndarray>x
     typenum = cnp.PyArray_TYPE(xa)
@@ -1404,11 +1416,11 @@ def fast_forward(int op, object x, Py_ssize_t groups, object weight, object bias
     if not (e > 0 and isfinite(e)):
         return None
     nd = cnp.PyArray_NDIM(xa)
-    if nd < (1 if op >= 3 else 2) or cnp.PyArray_SIZE(xa) == 0:
+    if nd < (1 if rows else 2) or cnp.PyArray_SIZE(xa) == 0:
         return None
     nbytes = cnp.PyArray_NBYTES(xa)
     nt = <int>max(1, min(max_threads, nbytes // grain))
-    if op >= 3:
+    if rows:
         C = 1
         S = cnp.PyArray_DIM(xa, nd - 1)
         N = cnp.PyArray_SIZE(xa) // S
@@ -1453,14 +1465,22 @@ def fast_forward(int op, object x, Py_ssize_t groups, object weight, object bias
             bias = _const(C, typenum, 0.0)
         if not (_vec(weight, C, typenum) and _vec(bias, C, typenum)):
             return None
-        if op != 0:
+        if op == 5:
+            U = C
+            if cols:
+                return None  # channels-last batch norm: the full path's two-pass schedule
+            if not use_fused(U, nt):
+                return None
+        elif op != 0:
             U = N * (C // cb)
             if cols and (nt > 1 or S == 1):
                 return None  # the full path's split schedule
             if not cols and not use_fused(U, nt):
                 return None
-    if op >= 3 and not use_fused(N, nt):
-        return None
+    if rows:
+        U = N
+        if not use_fused(N, nt):
+            return None
     stream = (stream_bytes > 0 and nbytes >= stream_bytes
               and (out is not None or fresh_bytes <= 0 or nbytes < fresh_bytes))
     if out is None:
@@ -1480,16 +1500,25 @@ def fast_forward(int op, object x, Py_ssize_t groups, object weight, object bias
         if not (_disjoint(weight, ya) and _disjoint(bias, ya) and _disjoint(rmean, ya)
                 and _disjoint(rvar, ya)):
             return None
+    cdef double *mp = NULL
+    cdef double *rp = NULL
+    if stats:
+        mean_a = <cnp.ndarray>np.empty(U, dtype=np.float64)
+        rstd_a = <cnp.ndarray>np.empty(U, dtype=np.float64)
+        mp = <double *>cnp.PyArray_DATA(mean_a)
+        rp = <double *>cnp.PyArray_DATA(rstd_a)
     if typenum == cnp.NPY_FLOAT32:
         _fast_run(<const float *>cnp.PyArray_DATA(xa), <float *>cnp.PyArray_DATA(ya), op, N, C,
                   S, cb, cols, ew, <const float *>cnp.PyArray_DATA(<cnp.ndarray>weight),
                   <const float *>cnp.PyArray_DATA(<cnp.ndarray>bias), e, act, nt, rmean, rvar,
-                  weight, stream)
+                  weight, stream, mp, rp)
     else:
         _fast_run(<const double *>cnp.PyArray_DATA(xa), <double *>cnp.PyArray_DATA(ya), op, N,
                   C, S, cb, cols, ew, <const double *>cnp.PyArray_DATA(<cnp.ndarray>weight),
                   <const double *>cnp.PyArray_DATA(<cnp.ndarray>bias), e, act, nt, rmean, rvar,
-                  weight, stream)
+                  weight, stream, mp, rp)
+    if stats:
+        return ya, mean_a, rstd_a
     return ya
 
 
