@@ -182,10 +182,9 @@ def batch_norm_forward(x, weight=None, bias=None, *, eps=1e-5, layout="NCHW", ou
     y : ndarray shaped like x
     mean, rstd : float64 ndarrays (C,)
     """
-    if layout == "NCHW":
-        r = _fast_stats(5, x, 0, weight, bias, eps, layout, out)
-        if r is not None:
-            return r[0], r[1], r[2]
+    r = _fast_stats(5, x, 0, weight, bias, eps, layout, out)
+    if r is not None:
+        return r
     return _channel_forward("batch", x, None, weight, bias, eps, layout, out)
 
 

@@ -1343,7 +1343,7 @@ cdef int _fast_run(const floating *x, floating *y, int op, Py_ssize_t N, Py_ssiz
                         seg_apply(x + p * S + off, y + p * S + off, ln, sc[c], sc[C + c],
                                   sc[2 * C + c], b[c], act, stream)
             return 0
-        if cols:  # instance / group norm channels-last, one thread (fast_forward's condition)
+        if cols:  # instance / group (and batch) norm channels-last, one thread
             U = N * (C // cb)
             st = <double *>malloc((2 * U + 6 * C) * sizeof(double))
             sc = <floating *>malloc(9 * C * sizeof(floating))
@@ -1468,8 +1468,11 @@ def fast_forward(int op, object x, Py_ssize_t groups, object weight, object bias
         if op == 5:
             U = C
             if cols:
-                return None  # channels-last batch norm: the full path's two-pass schedule
-            if not use_fused(U, nt):
+                if nt > 1 or N * S == 1:
+                    return None  # the full path's split schedule, or its error
+                S = N * S  # one unit of N*S rows: the full path's fused channels-last run
+                N = 1
+            elif not use_fused(U, nt):
                 return None
         elif op != 0:
             U = N * (C // cb)
