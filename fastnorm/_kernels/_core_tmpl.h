@@ -767,15 +767,33 @@ FN_HOT static void FN(fn_seg_bwd_apply)(const T *dy, const T *x, T *dx, fn_idx n
 FN_HOT static void FN(fn_row_bwd_sums_ew)(const T *dy, const T *x, fn_idx len, T mh, T ml, T r,
                                           const T *w, double *sg, double *sgx, T *dwa, T *dba)
 {
-    FN(vec) a0, b0, gv, dv, xc;
+    FN(vec) a0, b0, a1, b1, gv, dv, xc, gu, du, xu;
     T t1, t2, e, d;
     fn_idx i, n, nv;
     for (; len > 0; len -= n, dy += n, x += n, w += n) {
         n = len < FN_BLK ? len : FN_BLK;
         nv = n - n % FN_VL;
-        a0 = b0 = (FN(vec)){0};
+        /* two accumulator pairs (even and odd vectors), so the add chains overlap */
+        a0 = b0 = a1 = b1 = (FN(vec)){0};
+        i = 0;
         if (dwa) {
-            for (i = 0; i < nv; i += FN_VL) {
+            for (; i + 2 * FN_VL <= nv; i += 2 * FN_VL) {
+                dv = *(const FN(uvec) *)(dy + i);
+                du = *(const FN(uvec) *)(dy + i + FN_VL);
+                xc = (*(const FN(uvec) *)(x + i) - mh) - ml;
+                xu = (*(const FN(uvec) *)(x + i + FN_VL) - mh) - ml;
+                gv = dv * *(const FN(uvec) *)(w + i);
+                gu = du * *(const FN(uvec) *)(w + i + FN_VL);
+                a0 += gv;
+                a1 += gu;
+                b0 += gv * xc;
+                b1 += gu * xu;
+                *(FN(uvec) *)(dwa + i) += (dv * xc) * r;
+                *(FN(uvec) *)(dwa + i + FN_VL) += (du * xu) * r;
+                *(FN(uvec) *)(dba + i) += dv;
+                *(FN(uvec) *)(dba + i + FN_VL) += du;
+            }
+            for (; i < nv; i += FN_VL) {
                 dv = *(const FN(uvec) *)(dy + i);
                 xc = (*(const FN(uvec) *)(x + i) - mh) - ml;
                 gv = dv * *(const FN(uvec) *)(w + i);
@@ -785,13 +803,25 @@ FN_HOT static void FN(fn_row_bwd_sums_ew)(const T *dy, const T *x, fn_idx len, T
                 *(FN(uvec) *)(dba + i) += dv;
             }
         } else {
-            for (i = 0; i < nv; i += FN_VL) {
+            for (; i + 2 * FN_VL <= nv; i += 2 * FN_VL) {
+                xc = (*(const FN(uvec) *)(x + i) - mh) - ml;
+                xu = (*(const FN(uvec) *)(x + i + FN_VL) - mh) - ml;
+                gv = *(const FN(uvec) *)(dy + i) * *(const FN(uvec) *)(w + i);
+                gu = *(const FN(uvec) *)(dy + i + FN_VL) * *(const FN(uvec) *)(w + i + FN_VL);
+                a0 += gv;
+                a1 += gu;
+                b0 += gv * xc;
+                b1 += gu * xu;
+            }
+            for (; i < nv; i += FN_VL) {
                 xc = (*(const FN(uvec) *)(x + i) - mh) - ml;
                 gv = *(const FN(uvec) *)(dy + i) * *(const FN(uvec) *)(w + i);
                 a0 += gv;
                 b0 += gv * xc;
             }
         }
+        a0 += a1;
+        b0 += b1;
         t1 = 0;
         t2 = 0;
         for (; i < n; i++) {

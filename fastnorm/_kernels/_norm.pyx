@@ -648,8 +648,12 @@ DEF DW_COLS = 4096
 
 
 cdef inline Py_ssize_t rowblock_rows(Py_ssize_t M, Py_ssize_t D) noexcept nogil:
-    """Rows per dweight partial: fixed by the shape alone."""
+    """Rows per dweight partial: fixed by the shape alone (so the sums do not depend on the
+    thread count). At most ROWBLOCK_ELEMS values, and small enough that even a few hundred
+    rows make 16 blocks to share between threads (512 rows of 256 used to be one block: one
+    thread), but not under 8 rows."""
     cdef Py_ssize_t rb = max(<Py_ssize_t>1, (ROWBLOCK_ELEMS + D - 1) // D) if D > 0 else 1
+    rb = min(rb, max(<Py_ssize_t>8, (M + 15) // 16))
     return max(rb, (M + MAX_ROWBLOCKS - 1) // MAX_ROWBLOCKS)
 
 
