@@ -390,6 +390,11 @@ def _layer_forward(x, normalized_shape, weight, bias, eps, out, act):
 
 
 def _rows_backward(dy, x, mean, rstd, normalized_shape, weight, out, rms, residual_grad):
+    if residual_grad is None and _last_axis(normalized_shape, x):
+        r = K.fast_rows_backward(dy, x, mean, rstd, weight, rms, D.get_num_threads(),
+                                 D.PARALLEL_GRAIN_BYTES, out, D.STREAM_BYTES, D.FRESH_BYTES)
+        if r is not None:
+            return r
     x, ct, ot, ns, lead, M, Dn = _layer_setup(x, normalized_shape)
     dy = D.check_same(dy, x, "dy")
     m = np.zeros(M) if rms else D.stats_array(mean, "mean", lead)

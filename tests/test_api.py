@@ -411,3 +411,30 @@ def test_stream_rule_spares_fresh_allocations():
     assert D.stream(mid, mid) == 1
     assert D.stream(mid, None) == (1 if mid.nbytes < D.FRESH_BYTES else 0)
     assert D.stream(small, small) == 0
+
+
+@pytest.mark.parametrize("shape", [(7,), (5, 33), (2, 3, 256), (512, 256), (3, 40000)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_row_backward_fast_path_equals_full_path(shape, dtype, rng, nthreads):
+    """Layer and RMS norm backward over the last axis take a fast path for plain arrays; a
+    strided out= forces the full path: dx, dweight, dbias bitwise equal."""
+    x = (rng.standard_normal(shape) + 2).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    D = shape[-1]
+    w = rng.standard_normal(D).astype(dtype)
+    _, m, r = fn.layer_norm_forward(x, D, w)
+    _, rr = fn.rms_norm_forward(x, D, w, eps=1e-6)
+    strided = np.empty(shape + (2,), dtype=dtype)[..., 0]
+    for f in (lambda **k: fn.layer_norm_backward(dy, x, m, r, D, w, **k),
+              lambda **k: fn.layer_norm_backward(dy, x, m, r, (D,), **k),
+              lambda **k: fn.rms_norm_backward(dy, x, rr, D, w, **k),
+              lambda **k: fn.rms_norm_backward(dy, x, rr, D, **k)):
+        fast, full = f(), f(out=strided)
+        assert len(fast) == len(full)
+        for a, e in zip(fast, full):
+            assert a.shape == e.shape and a.dtype == e.dtype
+            np.testing.assert_array_equal(a, e)
+    with pytest.raises(ValueError, match="mean"):
+        fn.layer_norm_backward(dy, x, m.reshape(-1)[:-1] if m.size > 1 else np.zeros(2), r, D)
+    with pytest.raises(TypeError, match="dy"):
+        fn.layer_norm_backward(dy.astype(np.float16), x, m, r, D)

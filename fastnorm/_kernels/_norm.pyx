@@ -1388,6 +1388,70 @@ cdef inline bint _disjoint(object a, cnp.ndarray o):
     return (p + cnp.PyArray_NBYTES(<cnp.ndarray>a) <= q) or (q + cnp.PyArray_NBYTES(o) <= p)
 
 
+cdef inline bint _plain(object a, int typenum):
+    """a is an aligned C-contiguous ndarray of this dtype."""
+    return (type(a) is np.ndarray and cnp.PyArray_TYPE(<cnp.ndarray>a) == typenum
+            and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>a)
+            and cnp.PyArray_ISALIGNED(<cnp.ndarray>a))
+
+
+def fast_rows_backward(object dy, object x, object mean, object rstd, object weight, bint rms,
+                       int max_threads, Py_ssize_t grain, object out=None,
+                       Py_ssize_t stream_bytes=0, Py_ssize_t fresh_bytes=0):
+    """(dx, dweight, dbias) of layer norm (or RMS norm, mean None) over the last axis for the
+    plain case, or None (then the full path validates and runs). Same kernel, same bits."""
+    cdef cnp.ndarray xa, da, dxa, dwa, dba, ma, ra
+    cdef int typenum, nd, nt, stream, i
+    cdef Py_ssize_t M, D, nbytes
+    if type(x) is not np.ndarray:
+        return None
+    xa = <cnp.ndarray>x
+    typenum = cnp.PyArray_TYPE(xa)
+    if typenum != cnp.NPY_FLOAT32 and typenum != cnp.NPY_FLOAT64:
+        return None
+    if not (_plain(x, typenum) and _plain(dy, typenum)):
+        return None
+    da = <cnp.ndarray>dy
+    nd = cnp.PyArray_NDIM(xa)
+    if nd < 1 or cnp.PyArray_SIZE(xa) == 0 or not cnp.PyArray_SAMESHAPE(xa, da):
+        return None
+    D = cnp.PyArray_DIM(xa, nd - 1)
+    M = cnp.PyArray_SIZE(xa) // D
+    # saved statistics: float64 of shape x.shape[:-1] exactly (the full path's contract)
+    for a in ((rstd,) if rms else (mean, rstd)):
+        if not _plain(a, cnp.NPY_FLOAT64) or cnp.PyArray_NDIM(<cnp.ndarray>a) != nd - 1:
+            return None
+        for i in range(nd - 1):
+            if cnp.PyArray_DIM(<cnp.ndarray>a, i) != cnp.PyArray_DIM(xa, i):
+                return None
+    if weight is None:
+        weight = _const(D, typenum, 1.0)
+    elif not _vec(weight, D, typenum):
+        return None
+    nbytes = cnp.PyArray_NBYTES(xa)
+    nt = <int>max(1, min(max_threads, nbytes // grain))
+    if out is None:
+        dxa = <cnp.ndarray>np.empty_like(xa)
+    else:
+        if not _plain(out, typenum):
+            return None
+        dxa = <cnp.ndarray>out
+        if (not cnp.PyArray_ISWRITEABLE(dxa) or not cnp.PyArray_SAMESHAPE(dxa, xa)
+                or not (_disjoint(x, dxa) and _disjoint(dy, dxa) and _disjoint(mean, dxa)
+                        and _disjoint(rstd, dxa) and _disjoint(weight, dxa))):
+            return None
+    stream = (stream_bytes > 0 and nbytes >= stream_bytes
+              and (out is not None or fresh_bytes <= 0 or nbytes < fresh_bytes))
+    dt = np.float32 if typenum == cnp.NPY_FLOAT32 else np.float64
+    dwa = <cnp.ndarray>np.empty(D, dtype=dt)
+    dba = <cnp.ndarray>np.empty(D, dtype=dt)
+    ma = <cnp.ndarray>(np.zeros(M) if rms else mean)
+    rows_backward(da.reshape(-1), xa.reshape(-1), dxa.reshape(-1), M, D, weight,
+                  ma.reshape(-1), (<cnp.ndarray>rstd).reshape(-1), dwa, dba, nt, rms, None,
+                  stream)
+    return dxa, dwa, dba
+
+
 def fast_forward(int op, object x, Py_ssize_t groups, object weight, object bias,
                  object rmean, object rvar, object eps, object layout, int act,
                  int max_threads, Py_ssize_t grain, object out=None,
