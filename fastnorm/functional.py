@@ -33,6 +33,9 @@ def _units(op, plan, G):
     return (1, C // G), (N, S, C // G), (N, G)
 
 
+_FAST_OPS = {"batch": 0, "instance": 1, "group": 2}
+
+
 def _fast_stats(op, x, groups, weight, bias, eps, layout, out):
     """(y, mean, rstd) from the small-tensor fast path for a plain training forward, or None
     (then the full path runs: validation, layouts, dtypes, errors). Same bits either way."""
@@ -77,6 +80,13 @@ def _channel_forward(op, x, num_groups, weight, bias, eps, layout, out, act=0):
 
 
 def _channel_backward(op, dy, x, mean, rstd, num_groups, weight, layout, out, frozen=False):
+    if op != "group" or (type(num_groups) is int and 0 < num_groups < 1 << 31):
+        r = K.fast_channel_backward(_FAST_OPS[op], dy, x, mean, rstd,
+                                    num_groups if op == "group" else 0, weight, layout, frozen,
+                                    D.get_num_threads(), D.PARALLEL_GRAIN_BYTES, out,
+                                    D.STREAM_BYTES, D.FRESH_BYTES)
+        if r is not None:
+            return r
     x, ct, ot = D.input_array(x)
     dy = D.check_same(dy, x, "dy")
     layout = D.check_layout(layout)

@@ -438,3 +438,36 @@ def test_row_backward_fast_path_equals_full_path(shape, dtype, rng, nthreads):
         fn.layer_norm_backward(dy, x, m.reshape(-1)[:-1] if m.size > 1 else np.zeros(2), r, D)
     with pytest.raises(TypeError, match="dy"):
         fn.layer_norm_backward(dy.astype(np.float16), x, m, r, D)
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 5, 3), (1, 64, 14, 14), (3, 16, 7), (4, 6), (2, 8, 40, 40)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_channel_backward_fast_path_equals_full_path(shape, dtype, layout, rng, nthreads):
+    """Batch (training and eval), instance and group norm backward take a fast path for plain
+    arrays; a strided out= forces the full path: dx, dweight, dbias bitwise equal."""
+    x = (rng.standard_normal(shape) + 1).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    C = shape[1] if layout == "NCHW" else shape[-1]
+    w = rng.standard_normal(C).astype(dtype)
+    G = 4 if C % 4 == 0 else 1
+    strided = np.empty(shape + (2,), dtype=dtype)[..., 0]
+    cases = []
+    if x.size // C > 1:
+        _, bm, br = fn.batch_norm_forward(x, w, layout=layout)
+        cases += [lambda **k: fn.batch_norm_backward(dy, x, bm, br, w, layout=layout, **k),
+                  lambda **k: fn.batch_norm_backward(dy, x, bm, br, training=False,
+                                                     layout=layout, **k)]
+    _, gm, gr = fn.group_norm_forward(x, G, w, layout=layout)
+    cases.append(lambda **k: fn.group_norm_backward(dy, x, gm, gr, G, w, layout=layout, **k))
+    if x.size // (shape[0] * C) > 1:
+        _, im, ir = fn.instance_norm_forward(x, w, layout=layout)
+        cases.append(lambda **k: fn.instance_norm_backward(dy, x, im, ir, None, layout=layout,
+                                                           **k))
+    for f in cases:
+        fast, full = f(), f(out=strided)
+        for a, e in zip(fast, full):
+            assert a.shape == e.shape and a.dtype == e.dtype
+            np.testing.assert_array_equal(a, e)
+    with pytest.raises(ValueError, match="mean"):
+        fn.group_norm_backward(dy, x, gm.reshape(-1), gr, G, w, layout=layout)

@@ -1452,6 +1452,94 @@ def fast_rows_backward(object dy, object x, object mean, object rstd, object wei
     return dxa, dwa, dba
 
 
+def fast_channel_backward(int op, object dy, object x, object mean, object rstd,
+                          Py_ssize_t groups, object weight, object layout, bint frozen,
+                          int max_threads, Py_ssize_t grain, object out=None,
+                          Py_ssize_t stream_bytes=0, Py_ssize_t fresh_bytes=0):
+    """(dx, dweight, dbias) of batch (op 0), instance (1) or group (2, groups) norm for the plain
+    case, or None (then the full path validates and runs). The full path's units, schedule
+    and kernels, so the same bits."""
+    cdef cnp.ndarray xa, da, dxa, dwa, dba, ma, ra
+    cdef int typenum, nd, nt, stream
+    cdef Py_ssize_t N, C, S, nbytes, nb = 1, cb = 1, G0, R, cg = 1, U
+    cdef bint cols
+    if type(x) is not np.ndarray:
+        return None
+    xa = <cnp.ndarray>x
+    typenum = cnp.PyArray_TYPE(xa)
+    if typenum != cnp.NPY_FLOAT32 and typenum != cnp.NPY_FLOAT64:
+        return None
+    if not (_plain(x, typenum) and _plain(dy, typenum)):
+        return None
+    da = <cnp.ndarray>dy
+    nd = cnp.PyArray_NDIM(xa)
+    if nd < 2 or cnp.PyArray_SIZE(xa) == 0 or not cnp.PyArray_SAMESHAPE(xa, da):
+        return None
+    N = cnp.PyArray_DIM(xa, 0)
+    if layout == "NCHW":
+        C = cnp.PyArray_DIM(xa, 1)
+        cols = False
+    elif layout == "NHWC":
+        C = cnp.PyArray_DIM(xa, nd - 1)
+        cols = True
+    else:
+        return None
+    S = cnp.PyArray_SIZE(xa) // (N * C)
+    if S == 1:
+        return None  # the full path's (N, C) handling
+    if op == 2:
+        if groups < 1 or C % groups != 0:
+            return None
+        cb = C // groups
+        cg = cb
+        sshape = (N, groups)
+    elif op == 1:
+        sshape = (N, C)
+    else:
+        nb = N
+        sshape = (C,)
+    for a in (mean, rstd):  # float64 of exactly the statistics' shape
+        if not _plain(a, cnp.NPY_FLOAT64) or (<object>a).shape != sshape:
+            return None
+    if weight is None:
+        weight = _const(C, typenum, 1.0)
+    elif not _vec(weight, C, typenum):
+        return None
+    nbytes = cnp.PyArray_NBYTES(xa)
+    nt = <int>max(1, min(max_threads, nbytes // grain))
+    if out is None:
+        dxa = <cnp.ndarray>np.empty_like(xa)
+    else:
+        if not _plain(out, typenum):
+            return None
+        dxa = <cnp.ndarray>out
+        if (not cnp.PyArray_ISWRITEABLE(dxa) or not cnp.PyArray_SAMESHAPE(dxa, xa)
+                or not (_disjoint(x, dxa) and _disjoint(dy, dxa) and _disjoint(mean, dxa)
+                        and _disjoint(rstd, dxa) and _disjoint(weight, dxa))):
+            return None
+    stream = (stream_bytes > 0 and nbytes >= stream_bytes
+              and (out is not None or fresh_bytes <= 0 or nbytes < fresh_bytes))
+    dwa = <cnp.ndarray>np.zeros(C, dtype=np.float64)
+    dba = <cnp.ndarray>np.zeros(C, dtype=np.float64)
+    ma = (<cnp.ndarray>mean).reshape(-1)
+    ra = (<cnp.ndarray>rstd).reshape(-1)
+    if cols:
+        if op == 0:
+            G0 = 1
+            R = N * S
+        else:
+            G0 = N
+            R = S
+        cols_backward(da.reshape(-1), xa.reshape(-1), dxa.reshape(-1), G0, R, C, cg, weight,
+                      ma, ra, dwa, dba, nt, use_fused(G0, nt), stream, frozen)
+    else:
+        U = (N // nb) * (C // cb)
+        planes_backward(da.reshape(-1), xa.reshape(-1), dxa.reshape(-1), N, C, S, nb, cb,
+                        weight, ma, ra, dwa, dba, nt, use_fused(U, nt), stream, frozen)
+    dt = np.float32 if typenum == cnp.NPY_FLOAT32 else np.float64
+    return dxa, dwa.astype(dt), dba.astype(dt)
+
+
 def fast_forward(int op, object x, Py_ssize_t groups, object weight, object bias,
                  object rmean, object rvar, object eps, object layout, int act,
                  int max_threads, Py_ssize_t grain, object out=None,
