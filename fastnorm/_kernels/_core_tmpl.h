@@ -11,23 +11,39 @@ typedef T FN(uvec) __attribute__((vector_size(64), aligned(sizeof(T)), may_alias
 #define FN_VL ((fn_idx)(64 / sizeof(T)))
 
 /* Sum of the lanes of two accumulators (or one, b == NULL), in float64, as a fixed pairwise
-   tree: short segments (a plane of 14x14) pay for this once per block, so it must not be a
-   serial chain of 32 dependent adds. */
+   tree: t[j] = a[j] (+ b[j]), then t[j] += t[j + h] for h = VL/2, ..., 1. Short segments (a
+   plane of 14x14, a row of 256) pay for this once per block, so it runs as vector shuffles
+   and adds in the tree's own order (the same bits as the scalar tree), not through memory. */
+typedef double FN(hd8) __attribute__((vector_size(64)));
+typedef double FN(hd4) __attribute__((vector_size(32)));
+typedef double FN(hd2) __attribute__((vector_size(16)));
 static inline double FN(fn_hsum)(const FN(vec) *a, const FN(vec) *b)
 {
-    T ta[64 / sizeof(T)], tb[64 / sizeof(T)];
-    double t[64 / sizeof(T)];
-    fn_idx j, h;
-    memcpy(ta, a, sizeof ta);
+    FN(hd8) t;
+    FN(hd4) s4;
+    FN(hd2) s2;
+#if FN_IS_F32
+    typedef float hf8 __attribute__((vector_size(32)));
+    FN(vec) va = *a, vb;
+    FN(hd8) lo = __builtin_convertvector(
+        (hf8)__builtin_shufflevector(va, va, 0, 1, 2, 3, 4, 5, 6, 7), FN(hd8));
+    FN(hd8) hi = __builtin_convertvector(
+        (hf8)__builtin_shufflevector(va, va, 8, 9, 10, 11, 12, 13, 14, 15), FN(hd8));
     if (b) {
-        memcpy(tb, b, sizeof tb);
-        for (j = 0; j < FN_VL; j++) t[j] = (double)ta[j] + (double)tb[j];
-    } else {
-        for (j = 0; j < FN_VL; j++) t[j] = (double)ta[j];
+        vb = *b;
+        lo += __builtin_convertvector(
+            (hf8)__builtin_shufflevector(vb, vb, 0, 1, 2, 3, 4, 5, 6, 7), FN(hd8));
+        hi += __builtin_convertvector(
+            (hf8)__builtin_shufflevector(vb, vb, 8, 9, 10, 11, 12, 13, 14, 15), FN(hd8));
     }
-    for (h = FN_VL / 2; h >= 1; h /= 2)
-        for (j = 0; j < h; j++) t[j] += t[j + h];
-    return t[0];
+    t = lo + hi;  /* h = 8 */
+#else
+    t = *a;
+    if (b) t += *b;
+#endif
+    s4 = __builtin_shufflevector(t, t, 0, 1, 2, 3) + __builtin_shufflevector(t, t, 4, 5, 6, 7);
+    s2 = __builtin_shufflevector(s4, s4, 0, 1) + __builtin_shufflevector(s4, s4, 2, 3);
+    return s2[0] + s2[1];
 }
 
 static inline double FN(fn_hsum1)(const FN(vec) *a)
