@@ -1395,60 +1395,101 @@ cdef inline bint _plain(object a, int typenum):
             and cnp.PyArray_ISALIGNED(<cnp.ndarray>a))
 
 
+cdef int _plain_pair(object dy, object x):
+    """The dtype number of x when x and dy are plain float32/float64 arrays of one dtype and
+    one non-empty shape (the backward fast paths' inputs), else -1."""
+    cdef int typenum
+    if type(x) is not np.ndarray:
+        return -1
+    typenum = cnp.PyArray_TYPE(<cnp.ndarray>x)
+    if typenum != cnp.NPY_FLOAT32 and typenum != cnp.NPY_FLOAT64:
+        return -1
+    if not (_plain(x, typenum) and _plain(dy, typenum)):
+        return -1
+    if (cnp.PyArray_SIZE(<cnp.ndarray>x) == 0
+            or not cnp.PyArray_SAMESHAPE(<cnp.ndarray>x, <cnp.ndarray>dy)):
+        return -1
+    return typenum
+
+
+cdef object _fast_out(object out, cnp.ndarray xa, int typenum, tuple inputs, bint may_be_x):
+    """The output array of a fast path: a new one like x, or out when it is a plain writeable
+    array of x's dtype and shape sharing no byte with any input (or, may_be_x, x itself);
+    None when out needs the full path."""
+    cdef cnp.ndarray o
+    if out is None:
+        return np.empty_like(xa)
+    if not _plain(out, typenum):
+        return None
+    o = <cnp.ndarray>out
+    if not cnp.PyArray_ISWRITEABLE(o) or not cnp.PyArray_SAMESHAPE(o, xa):
+        return None
+    for a in inputs:
+        if a is xa and may_be_x and cnp.PyArray_DATA(o) == cnp.PyArray_DATA(xa):
+            continue
+        if not _disjoint(a, o):
+            return None
+    return o
+
+
+cdef bint _stats_ok(tuple stats, tuple shape):
+    """The saved statistics are plain float64 arrays of exactly this shape (the full path's
+    contract; anything else goes there to be validated)."""
+    for a in stats:
+        if not _plain(a, cnp.NPY_FLOAT64) or (<object>a).shape != shape:
+            return False
+    return True
+
+
+cdef object _fast_weight(object weight, Py_ssize_t n, int typenum):
+    """weight as the kernels take it (ones for None), or None when it needs the full path."""
+    if weight is None:
+        return _const(n, typenum, 1.0)
+    return weight if _vec(weight, n, typenum) else None
+
+
+cdef inline int _stream_flag(Py_ssize_t nbytes, object out, Py_ssize_t stream_bytes,
+                             Py_ssize_t fresh_bytes):
+    """_dispatch.stream for the fast paths: stream from stream_bytes, except into an output
+    allocated here of fresh_bytes or more."""
+    return (stream_bytes > 0 and nbytes >= stream_bytes
+            and (out is not None or fresh_bytes <= 0 or nbytes < fresh_bytes))
+
+
 def fast_rows_backward(object dy, object x, object mean, object rstd, object weight, bint rms,
                        int max_threads, Py_ssize_t grain, object out=None,
                        Py_ssize_t stream_bytes=0, Py_ssize_t fresh_bytes=0):
     """(dx, dweight, dbias) of layer norm (or RMS norm, mean None) over the last axis for the
     plain case, or None (then the full path validates and runs). Same kernel, same bits."""
-    cdef cnp.ndarray xa, da, dxa, dwa, dba, ma, ra
-    cdef int typenum, nd, nt, stream, i
+    cdef cnp.ndarray xa, da, dwa, dba, ma
+    cdef int typenum = _plain_pair(dy, x), nd, nt
     cdef Py_ssize_t M, D, nbytes
-    if type(x) is not np.ndarray:
+    if typenum < 0:
         return None
     xa = <cnp.ndarray>x
-    typenum = cnp.PyArray_TYPE(xa)
-    if typenum != cnp.NPY_FLOAT32 and typenum != cnp.NPY_FLOAT64:
-        return None
-    if not (_plain(x, typenum) and _plain(dy, typenum)):
-        return None
     da = <cnp.ndarray>dy
     nd = cnp.PyArray_NDIM(xa)
-    if nd < 1 or cnp.PyArray_SIZE(xa) == 0 or not cnp.PyArray_SAMESHAPE(xa, da):
+    if nd < 1:
         return None
     D = cnp.PyArray_DIM(xa, nd - 1)
     M = cnp.PyArray_SIZE(xa) // D
-    # saved statistics: float64 of shape x.shape[:-1] exactly (the full path's contract)
-    for a in ((rstd,) if rms else (mean, rstd)):
-        if not _plain(a, cnp.NPY_FLOAT64) or cnp.PyArray_NDIM(<cnp.ndarray>a) != nd - 1:
-            return None
-        for i in range(nd - 1):
-            if cnp.PyArray_DIM(<cnp.ndarray>a, i) != cnp.PyArray_DIM(xa, i):
-                return None
+    if not _stats_ok((rstd,) if rms else (mean, rstd), (<object>x).shape[:-1]):
+        return None
+    weight = _fast_weight(weight, D, typenum)
     if weight is None:
-        weight = _const(D, typenum, 1.0)
-    elif not _vec(weight, D, typenum):
+        return None
+    dxa = _fast_out(out, xa, typenum, (x, dy, mean, rstd, weight), False)
+    if dxa is None:
         return None
     nbytes = cnp.PyArray_NBYTES(xa)
     nt = <int>max(1, min(max_threads, nbytes // grain))
-    if out is None:
-        dxa = <cnp.ndarray>np.empty_like(xa)
-    else:
-        if not _plain(out, typenum):
-            return None
-        dxa = <cnp.ndarray>out
-        if (not cnp.PyArray_ISWRITEABLE(dxa) or not cnp.PyArray_SAMESHAPE(dxa, xa)
-                or not (_disjoint(x, dxa) and _disjoint(dy, dxa) and _disjoint(mean, dxa)
-                        and _disjoint(rstd, dxa) and _disjoint(weight, dxa))):
-            return None
-    stream = (stream_bytes > 0 and nbytes >= stream_bytes
-              and (out is not None or fresh_bytes <= 0 or nbytes < fresh_bytes))
     dt = np.float32 if typenum == cnp.NPY_FLOAT32 else np.float64
     dwa = <cnp.ndarray>np.empty(D, dtype=dt)
     dba = <cnp.ndarray>np.empty(D, dtype=dt)
     ma = <cnp.ndarray>(np.zeros(M) if rms else mean)
     rows_backward(da.reshape(-1), xa.reshape(-1), dxa.reshape(-1), M, D, weight,
                   ma.reshape(-1), (<cnp.ndarray>rstd).reshape(-1), dwa, dba, nt, rms, None,
-                  stream)
+                  _stream_flag(nbytes, out, stream_bytes, fresh_bytes))
     return dxa, dwa, dba
 
 
@@ -1459,21 +1500,16 @@ def fast_channel_backward(int op, object dy, object x, object mean, object rstd,
     """(dx, dweight, dbias) of batch (op 0), instance (1) or group (2, groups) norm for the plain
     case, or None (then the full path validates and runs). The full path's units, schedule
     and kernels, so the same bits."""
-    cdef cnp.ndarray xa, da, dxa, dwa, dba, ma, ra
-    cdef int typenum, nd, nt, stream
+    cdef cnp.ndarray xa, da, dwa, dba, ma, ra
+    cdef int typenum = _plain_pair(dy, x), nd, nt, stream
     cdef Py_ssize_t N, C, S, nbytes, nb = 1, cb = 1, G0, R, cg = 1, U
     cdef bint cols
-    if type(x) is not np.ndarray:
+    if typenum < 0:
         return None
     xa = <cnp.ndarray>x
-    typenum = cnp.PyArray_TYPE(xa)
-    if typenum != cnp.NPY_FLOAT32 and typenum != cnp.NPY_FLOAT64:
-        return None
-    if not (_plain(x, typenum) and _plain(dy, typenum)):
-        return None
     da = <cnp.ndarray>dy
     nd = cnp.PyArray_NDIM(xa)
-    if nd < 2 or cnp.PyArray_SIZE(xa) == 0 or not cnp.PyArray_SAMESHAPE(xa, da):
+    if nd < 2:
         return None
     N = cnp.PyArray_DIM(xa, 0)
     if layout == "NCHW":
@@ -1498,27 +1534,17 @@ def fast_channel_backward(int op, object dy, object x, object mean, object rstd,
     else:
         nb = N
         sshape = (C,)
-    for a in (mean, rstd):  # float64 of exactly the statistics' shape
-        if not _plain(a, cnp.NPY_FLOAT64) or (<object>a).shape != sshape:
-            return None
+    if not _stats_ok((mean, rstd), sshape):
+        return None
+    weight = _fast_weight(weight, C, typenum)
     if weight is None:
-        weight = _const(C, typenum, 1.0)
-    elif not _vec(weight, C, typenum):
+        return None
+    dxa = _fast_out(out, xa, typenum, (x, dy, mean, rstd, weight), False)
+    if dxa is None:
         return None
     nbytes = cnp.PyArray_NBYTES(xa)
     nt = <int>max(1, min(max_threads, nbytes // grain))
-    if out is None:
-        dxa = <cnp.ndarray>np.empty_like(xa)
-    else:
-        if not _plain(out, typenum):
-            return None
-        dxa = <cnp.ndarray>out
-        if (not cnp.PyArray_ISWRITEABLE(dxa) or not cnp.PyArray_SAMESHAPE(dxa, xa)
-                or not (_disjoint(x, dxa) and _disjoint(dy, dxa) and _disjoint(mean, dxa)
-                        and _disjoint(rstd, dxa) and _disjoint(weight, dxa))):
-            return None
-    stream = (stream_bytes > 0 and nbytes >= stream_bytes
-              and (out is not None or fresh_bytes <= 0 or nbytes < fresh_bytes))
+    stream = _stream_flag(nbytes, out, stream_bytes, fresh_bytes)
     dwa = <cnp.ndarray>np.zeros(C, dtype=np.float64)
     dba = <cnp.ndarray>np.zeros(C, dtype=np.float64)
     ma = (<cnp.ndarray>mean).reshape(-1)
@@ -1640,25 +1666,12 @@ def fast_forward(int op, object x, Py_ssize_t groups, object weight, object bias
         U = N
         if not use_fused(N, nt):
             return None
-    stream = (stream_bytes > 0 and nbytes >= stream_bytes
-              and (out is not None or fresh_bytes <= 0 or nbytes < fresh_bytes))
-    if out is None:
-        ya = <cnp.ndarray>np.empty_like(xa)
-    else:
-        # out: same dtype and shape, C order, writeable; x itself or disjoint from every input
-        if type(out) is not np.ndarray:
-            return None
-        ya = <cnp.ndarray>out
-        if (cnp.PyArray_TYPE(ya) != typenum or not cnp.PyArray_IS_C_CONTIGUOUS(ya)
-                or not cnp.PyArray_ISWRITEABLE(ya) or not cnp.PyArray_ISALIGNED(ya)
-                or cnp.PyArray_NDIM(ya) != nd
-                or not cnp.PyArray_SAMESHAPE(ya, xa)):
-            return None
-        if cnp.PyArray_DATA(ya) != cnp.PyArray_DATA(xa) and not _disjoint(xa, ya):
-            return None
-        if not (_disjoint(weight, ya) and _disjoint(bias, ya) and _disjoint(rmean, ya)
-                and _disjoint(rvar, ya)):
-            return None
+    stream = _stream_flag(nbytes, out, stream_bytes, fresh_bytes)
+    # out: x's dtype and shape, C order, writeable; x itself or disjoint from every input
+    ya_o = _fast_out(out, xa, typenum, (xa, weight, bias, rmean, rvar), True)
+    if ya_o is None:
+        return None
+    ya = <cnp.ndarray>ya_o
     cdef double *mp = NULL
     cdef double *rp = NULL
     if stats:
