@@ -36,12 +36,32 @@ def _units(op, plan, G):
 _FAST_OPS = {"batch": 0, "instance": 1, "group": 2}
 
 
+def _fast(op, x, groups, weight, bias, rmean, rvar, eps, layout, act, out, stats=False):
+    """The small-tensor fast path (K.fast_forward) for a plain call, or None (then the full
+    path runs: validation, layouts, dtypes, errors). Same kernels, same bits either way.
+    stats=True (the training forwards, op 1-5): (y, mean, rstd) with the statistics in the
+    full path's shapes."""
+    r = K.fast_forward(op, x, groups, weight, bias, rmean, rvar, eps, layout, act,
+                       D.get_num_threads(), D.PARALLEL_GRAIN_BYTES, out, D.STREAM_BYTES,
+                       D.FRESH_BYTES, stats)
+    if r is None or not stats or op == 5:
+        return r
+    y, m, rs = r
+    shape = (y.shape[0], -1) if op in (1, 2) else y.shape[:-1]
+    return y, m.reshape(shape), rs.reshape(shape)
+
+
 def _fast_stats(op, x, groups, weight, bias, eps, layout, out):
-    """(y, mean, rstd) from the small-tensor fast path for a plain training forward, or None
-    (then the full path runs: validation, layouts, dtypes, errors). Same bits either way."""
-    return K.fast_forward(op, x, groups, weight, bias, None, None, eps, layout, 0,
-                          D.get_num_threads(), D.PARALLEL_GRAIN_BYTES, out, D.STREAM_BYTES,
-                          D.FRESH_BYTES, True)
+    """(y, mean, rstd) of a training forward from the fast path, or None."""
+    return _fast(op, x, groups, weight, bias, None, None, eps, layout, 0, out, True)
+
+
+def _rms_eps(eps, x):
+    """RMS norm's eps=None default (the machine epsilon of x's float dtype) where the fast path
+    can see it; anything else is left for the full path to check."""
+    if eps is None and isinstance(x, np.ndarray) and x.dtype.kind == "f":
+        return float(np.finfo(x.dtype).eps)
+    return eps
 
 
 def _channel_forward(op, x, num_groups, weight, bias, eps, layout, out, act=0):
@@ -221,9 +241,8 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, *
     """
     act = D.activation_code(activation)
     if not training and running_mean is not None and running_var is not None:
-        y = K.fast_forward(0, x, 0, weight, bias, running_mean, running_var, eps, layout, act,
-                           D.get_num_threads(), D.PARALLEL_GRAIN_BYTES, out,
-                           D.STREAM_BYTES, D.FRESH_BYTES)
+        y = _fast(0, x, 0, weight, bias, running_mean, running_var, eps,
+                  layout, act, out)
         if y is not None:
             return y
     eps = D.check_eps(eps)
@@ -251,8 +270,7 @@ def instance_norm_forward(x, weight=None, bias=None, *, eps=1e-5, layout="NCHW",
     """
     r = _fast_stats(1, x, 0, weight, bias, eps, layout, out)
     if r is not None:
-        y, m, rs = r
-        return y, m.reshape(y.shape[0], -1), rs.reshape(y.shape[0], -1)
+        return r
     return _channel_forward("instance", x, None, weight, bias, eps, layout, out)
 
 
@@ -272,9 +290,8 @@ def instance_norm(x, running_mean=None, running_var=None, weight=None, bias=None
     """
     act = D.activation_code(activation)
     if use_input_stats and running_mean is None and running_var is None:
-        y = K.fast_forward(1, x, 0, weight, bias, None, None, eps, layout, act,
-                           D.get_num_threads(), D.PARALLEL_GRAIN_BYTES, out,
-                           D.STREAM_BYTES, D.FRESH_BYTES)
+        y = _fast(1, x, 0, weight, bias, None, None, eps,
+                  layout, act, out)
         if y is not None:
             return y
     eps = D.check_eps(eps)
@@ -309,8 +326,7 @@ def group_norm_forward(x, num_groups, weight=None, bias=None, *, eps=1e-5, layou
     if type(num_groups) is int and 0 < num_groups < 1 << 31:
         r = _fast_stats(2, x, num_groups, weight, bias, eps, layout, out)
         if r is not None:
-            y, m, rs = r
-            return y, m.reshape(y.shape[0], num_groups), rs.reshape(y.shape[0], num_groups)
+            return r
     return _channel_forward("group", x, num_groups, weight, bias, eps, layout, out)
 
 
@@ -324,9 +340,8 @@ def group_norm(x, num_groups, weight=None, bias=None, *, eps=1e-5, layout="NCHW"
     """Group normalization returning only y (``F.group_norm``); ``activation`` is fused."""
     act = D.activation_code(activation)
     if type(num_groups) is int and 0 < num_groups < 1 << 31:
-        y = K.fast_forward(2, x, num_groups, weight, bias, None, None, eps, layout, act,
-                           D.get_num_threads(), D.PARALLEL_GRAIN_BYTES, out,
-                           D.STREAM_BYTES, D.FRESH_BYTES)
+        y = _fast(2, x, num_groups, weight, bias, None, None, eps,
+                  layout, act, out)
         if y is not None:
             return y
     return _channel_forward("group", x, num_groups, weight, bias, eps, layout, out, act)[0]
@@ -453,8 +468,7 @@ def layer_norm_forward(x, normalized_shape, weight=None, bias=None, *, eps=1e-5,
     if residual is None and _last_axis(normalized_shape, x):
         r = _fast_stats(3, x, 0, weight, bias, eps, "", out)
         if r is not None:
-            y, m, rs = r
-            return y, m.reshape(y.shape[:-1]), rs.reshape(y.shape[:-1])
+            return r
     y, mean, rstd, s = _rows_forward(x, normalized_shape, weight, bias, eps, out, 0,
                                      residual=residual, residual_out=residual_out)
     return (y, mean, rstd) if residual is None else (y, mean, rstd, s)
@@ -482,9 +496,8 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, *, eps=1e-5, residua
     """
     act = D.activation_code(activation)
     if residual is None and _last_axis(normalized_shape, x):
-        y = K.fast_forward(3, x, 0, weight, bias, None, None, eps, "", act,
-                           D.get_num_threads(), D.PARALLEL_GRAIN_BYTES, out,
-                           D.STREAM_BYTES, D.FRESH_BYTES)
+        y = _fast(3, x, 0, weight, bias, None, None, eps,
+                  "", act, out)
         if y is not None:
             return y
     y, _, _, s = _rows_forward(x, normalized_shape, weight, bias, eps, out, act,
@@ -513,12 +526,9 @@ def rms_norm_forward(x, normalized_shape, weight=None, *, eps=None, residual=Non
     normalizes ``x + r`` and returns ``(y, rstd, x + r)``.
     """
     if residual is None and _last_axis(normalized_shape, x):
-        e = eps
-        if e is None and isinstance(x, np.ndarray):
-            e = float(np.finfo(x.dtype).eps) if x.dtype.kind == "f" else None
-        r = _fast_stats(4, x, 0, weight, None, e, "", out)
+        r = _fast_stats(4, x, 0, weight, None, _rms_eps(eps, x), "", out)
         if r is not None:
-            return r[0], r[2].reshape(r[0].shape[:-1])
+            return r[0], r[2]
     y, _, rstd, s = _rows_forward(x, normalized_shape, weight, None, eps, out, 0, rms=True,
                                   residual=residual, residual_out=residual_out)
     return (y, rstd) if residual is None else (y, rstd, s)
@@ -537,12 +547,8 @@ def rms_norm(x, normalized_shape, weight=None, *, eps=None, residual=None, activ
     """RMS normalization returning y, or ``(y, x + r)`` with ``residual=r`` (one pass)."""
     act = D.activation_code(activation)
     if residual is None and _last_axis(normalized_shape, x):
-        e = eps
-        if e is None and isinstance(x, np.ndarray):
-            e = float(np.finfo(x.dtype).eps) if x.dtype.kind == "f" else None
-        y = K.fast_forward(4, x, 0, weight, None, None, None, e, "", act,
-                           D.get_num_threads(), D.PARALLEL_GRAIN_BYTES, out,
-                           D.STREAM_BYTES, D.FRESH_BYTES)
+        y = _fast(4, x, 0, weight, None, None, None, _rms_eps(eps, x),
+                  "", act, out)
         if y is not None:
             return y
     y, _, _, s = _rows_forward(x, normalized_shape, weight, None, eps, out, act, rms=True,

@@ -199,6 +199,12 @@ def _(x, running_mean, running_var, weight, bias, eps):
     return _empty_like_kernel(x)
 
 
+def _bwd(ctx, op, impl):
+    """The backward to call: the implementation itself in eager mode (the forward ran through
+    _eager), the registered op when torch.compile traces the custom op's autograd."""
+    return impl if getattr(ctx, "eager", False) else op
+
+
 def _channel_setup(ctx, x, weight, bias, mean, rstd, op, num_groups):
     ctx.save_for_backward(x, weight, mean, rstd)
     ctx.op, ctx.num_groups = op, num_groups
@@ -207,7 +213,7 @@ def _channel_setup(ctx, x, weight, bias, mean, rstd, op, num_groups):
 
 def _channel_grads(ctx, dy):
     x, weight, mean, rstd = ctx.saved_tensors
-    bwd = _channel_norm_bwd_impl if getattr(ctx, "eager", False) else channel_norm_bwd
+    bwd = _bwd(ctx, channel_norm_bwd, _channel_norm_bwd_impl)
     dx, dw, db = bwd(dy, x, mean, rstd, weight, ctx.op, ctx.num_groups)
     dw = dw.to(weight.dtype) if ctx.has_weight else None
     db = db.to(weight.dtype if ctx.has_weight else x.dtype) if ctx.has_bias else None
@@ -312,8 +318,7 @@ def _ln_setup(ctx, inputs, output):
 
 def _ln_backward(ctx, dy, _dmean, _drstd):
     x, weight, mean, rstd = ctx.saved_tensors
-    bwd = _layer_norm_bwd_impl if getattr(ctx, "eager", False) else layer_norm_bwd
-    dx, dw, db = bwd(dy, x, mean, rstd, ctx.ns, weight)
+    dx, dw, db = _bwd(ctx, layer_norm_bwd, _layer_norm_bwd_impl)(dy, x, mean, rstd, ctx.ns, weight)
     dw = dw.to(weight.dtype) if ctx.has_weight else None
     db = db.to(weight.dtype if ctx.has_weight else x.dtype) if ctx.has_bias else None
     return dx, None, dw, db, None
@@ -364,8 +369,7 @@ def _rms_setup(ctx, inputs, output):
 
 def _rms_backward(ctx, dy, _drstd):
     x, weight, rstd = ctx.saved_tensors
-    bwd = _rms_norm_bwd_impl if getattr(ctx, "eager", False) else rms_norm_bwd
-    dx, dw = bwd(dy, x, rstd, ctx.ns, weight)
+    dx, dw = _bwd(ctx, rms_norm_bwd, _rms_norm_bwd_impl)(dy, x, rstd, ctx.ns, weight)
     return dx, None, (dw.to(weight.dtype) if ctx.has_weight else None), None
 
 
@@ -418,28 +422,19 @@ def _rms_norm_y(x, normalized_shape, weight, eps):
     return _t(FN.rms_norm(_np(x), tuple(normalized_shape), _np(weight), eps=eps))
 
 
-def _run_y(op, fn, y_only, *args):
-    """The normalized output alone: as _run, but without autograd it calls y_only, the plain
-    forward that skips the saved statistics (and takes the small-tensor fast path)."""
-    if torch.compiler.is_compiling():
-        return op(*args)[0]
-    if torch.is_grad_enabled():
-        for a in args:
-            if isinstance(a, Tensor) and a.requires_grad:
-                return fn.apply(*args)[0]
-    return y_only(*args)
-
-
-def _run(op, fn, *args):
+def _run(op, fn, *args, y_only=None):
     """op(*args) under torch.compile; otherwise its implementation, with autograd only when
-    some argument requires a gradient."""
+    some argument requires a gradient. y_only: return the normalized output alone, and
+    without autograd compute it with y_only, the plain forward that skips the saved
+    statistics (and takes the small-tensor fast path)."""
     if torch.compiler.is_compiling():
-        return op(*args)
-    if torch.is_grad_enabled():
-        for a in args:
-            if isinstance(a, Tensor) and a.requires_grad:
-                return fn.apply(*args)
-    return fn.impl(*args)
+        out = op(*args)
+    elif torch.is_grad_enabled() and any(isinstance(a, Tensor) and a.requires_grad
+                                         for a in args):
+        out = fn.apply(*args)
+    else:
+        return y_only(*args) if y_only is not None else fn.impl(*args)
+    return out[0] if y_only is not None else out
 
 
 # ---- functional forms (torch.nn.functional's signatures) ------------------------------------
@@ -517,8 +512,8 @@ def group_norm(input: Tensor, num_groups: int, weight: Optional[Tensor] = None,
     if (input.dim() < 2 or input.shape[1] % num_groups
             or not supported(input, weight, bias)):
         return torch.nn.functional.group_norm(input, num_groups, weight, bias, eps)
-    return _run_y(group_norm_fwd, _GroupNormFwd, _group_norm_y, _kernel_format(input), num_groups,
-                  weight, bias, eps)
+    return _run(group_norm_fwd, _GroupNormFwd, _kernel_format(input), num_groups, weight,
+                bias, eps, y_only=_group_norm_y)
 
 
 def _ns_list(normalized_shape: ShapeArg) -> List[int]:
@@ -534,7 +529,8 @@ def layer_norm(input: Tensor, normalized_shape: ShapeArg, weight: Optional[Tenso
     if (not supported(input, weight, bias) or input.dim() < len(ns)
             or list(input.shape[input.dim() - len(ns):]) != ns):
         return torch.nn.functional.layer_norm(input, ns, weight, bias, eps)
-    return _run_y(layer_norm_fwd, _LayerNormFwd, _layer_norm_y, input, ns, weight, bias, eps)
+    return _run(layer_norm_fwd, _LayerNormFwd, input, ns, weight, bias, eps,
+                y_only=_layer_norm_y)
 
 
 def rms_norm(input: Tensor, normalized_shape: ShapeArg, weight: Optional[Tensor] = None,
@@ -545,4 +541,4 @@ def rms_norm(input: Tensor, normalized_shape: ShapeArg, weight: Optional[Tensor]
     if (not supported(input, weight) or input.dim() < len(ns)
             or list(input.shape[input.dim() - len(ns):]) != ns):
         return torch.nn.functional.rms_norm(input, ns, weight, eps)
-    return _run_y(rms_norm_fwd, _RmsNormFwd, _rms_norm_y, input, ns, weight, eps)
+    return _run(rms_norm_fwd, _RmsNormFwd, input, ns, weight, eps, y_only=_rms_norm_y)
