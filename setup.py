@@ -126,6 +126,7 @@ extensions = [
         define_macros=macros,
         depends=["fastnorm/_kernels/_core.h", "fastnorm/_kernels/_core_tmpl.h"],
     ),
+    Extension("fastnorm._kernels._buffers", ["fastnorm/_kernels/_buffers.pyx"]),
 ]
 
 setup(

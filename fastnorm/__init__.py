@@ -8,7 +8,7 @@ input scalers (``fastnorm.preprocessing``) and synchronized batch norm over
 """
 from typing import Any, Dict, Optional, TextIO
 
-from fastnorm._config import get_num_threads, set_num_threads, threads
+from fastnorm._config import get_num_threads, set_buffer_cache, set_num_threads, threads
 from fastnorm.functional import (
     batch_norm, batch_norm_backward, batch_norm_forward,
     group_norm, group_norm_backward, group_norm_forward,
@@ -24,6 +24,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "__version__", "show_config", "get_num_threads", "set_num_threads", "threads",
+    "set_buffer_cache",
     "batch_norm", "batch_norm_backward", "batch_norm_forward",
     "group_norm", "group_norm_backward", "group_norm_forward",
     "instance_norm", "instance_norm_backward", "instance_norm_forward",

@@ -1,4 +1,4 @@
-"""Thread-count setting: the only global state fastnorm keeps.
+"""Thread-count and output-cache settings: the only global state fastnorm keeps.
 
 The count is passed to every kernel call (``num_threads=`` of each parallel region); fastnorm
 never calls ``omp_set_num_threads``, so it does not change the thread count of other OpenMP
@@ -69,3 +69,33 @@ class threads:
     def __exit__(self, *exc):
         set_num_threads(self.prev)
         return False
+
+
+def _default_cache_bytes():
+    env = os.environ.get("FASTNORM_BUFFER_CACHE", "").strip()
+    if env:
+        try:
+            return max(0, int(env))
+        except ValueError:
+            pass
+    return 256 << 20
+
+
+def set_buffer_cache(nbytes):
+    """Bytes of large output buffers fastnorm may keep for reuse; returns the previous limit.
+
+    Outputs of 32 MiB or more that fastnorm allocates come from blocks it keeps when the last
+    array using one is freed, so the next output of the same size does not fault in and zero
+    fresh pages (which costs more than the normalization itself). At most ``nbytes`` of freed
+    blocks are kept (default 256 MiB, or ``FASTNORM_BUFFER_CACHE``); ``0`` turns the cache off
+    and returns what it holds to the OS. ``None`` restores the default.
+    """
+    from fastnorm._kernels import _buffers
+    if nbytes is None:
+        nbytes = _default_cache_bytes()
+    if isinstance(nbytes, bool) or not hasattr(nbytes, "__index__"):
+        raise TypeError(f"nbytes must be an int >= 0 or None, got {type(nbytes).__name__}")
+    nbytes = int(nbytes)
+    if nbytes < 0:
+        raise ValueError(f"nbytes must be >= 0, got {nbytes}")
+    return _buffers.configure(limit=nbytes)[0]

@@ -213,10 +213,10 @@ class Plan:
     def empty(self, dtype):
         """Flat output buffer and the user-facing view of it."""
         if self.perm is None:
-            buf = np.empty(self.shape, dtype=dtype)
+            buf = empty(self.shape, dtype)
             return buf.reshape(-1), buf
         phys_shape = tuple(self.shape[i] for i in self.perm)
-        buf = np.empty(phys_shape, dtype=dtype)
+        buf = empty(phys_shape, dtype)
         inv = np.argsort(self.perm)
         return buf.reshape(-1), buf.transpose(inv)
 
@@ -249,6 +249,10 @@ def output(plan, ct, ot, out):
 
 
 from fastnorm._kernels._norm import use_fused  # noqa: E402  (one rule, shared with the kernels)
+from fastnorm._kernels._buffers import empty as _buf_empty, is_fresh as _buf_is_fresh  # noqa: E402
+from fastnorm._config import set_buffer_cache  # noqa: E402
+
+set_buffer_cache(None)  # FASTNORM_BUFFER_CACHE, read once at import
 
 
 # Below this many bytes per thread a parallel region costs more than it saves: small tensors
@@ -273,12 +277,19 @@ def _stream_bytes():
 STREAM_BYTES = _stream_bytes()
 
 
-# An output fastnorm allocates itself of this size or more comes fresh from the OS (glibc serves
-# it by mmap, and never keeps it for reuse past 32 MiB): its first write faults each page in and
-# the kernel zeroes it, through the cache. Streaming stores into such pages only add to that.
-# Measured, batch norm inference (32, 64, 56, 56) float64 at one thread, allocating its output:
+# An output fastnorm allocates itself of this size or more would come fresh from the OS on every
+# call (glibc serves it by mmap and never keeps it for reuse past 32 MiB): its first write faults
+# each page in and the kernel zeroes it, through the cache. fastnorm takes such outputs from
+# blocks it keeps for reuse (_buffers, bounded by set_buffer_cache). Into a block whose pages
+# are still new, streaming stores only add to the faults, so they are not used there.
+# Measured, batch norm inference (32, 64, 56, 56) float64 at one thread, into fresh pages:
 # 15.8 ms streaming, 10.1 ms not (3.8 ms into a reused out=).
 FRESH_BYTES = 32 << 20
+
+
+def empty(shape, dtype):
+    """np.empty for outputs: from the reusable blocks at FRESH_BYTES and more."""
+    return _buf_empty(shape, dtype)
 
 
 def stream(out_flat, user_out=False):
@@ -286,7 +297,8 @@ def stream(out_flat, user_out=False):
     user_out: the out= the caller passed (None: fastnorm allocated out_flat just now)."""
     if STREAM_BYTES <= 0 or out_flat.nbytes < STREAM_BYTES:
         return 0
-    return int(user_out is not None or out_flat.nbytes < FRESH_BYTES)
+    return int(user_out is not None or out_flat.nbytes < FRESH_BYTES
+               or not _buf_is_fresh(out_flat))
 
 
 def threads(nbytes=None):
@@ -310,7 +322,7 @@ class RowsPlan:
         return aligned(np.ascontiguousarray(a, dtype=dtype)).reshape(-1)
 
     def empty(self, dtype):
-        buf = np.empty(self.shape, dtype=dtype)
+        buf = empty(self.shape, dtype)
         return buf.reshape(-1), buf
 
     def direct_out(self, out, dtype):

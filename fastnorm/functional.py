@@ -84,7 +84,7 @@ def _channel_forward(op, x, num_groups, weight, bias, eps, layout, out, act=0):
     if x.size == 0:
         mean.fill(np.nan)  # statistics of an empty set
         rstd.fill(np.nan)
-        y = out if out is not None else np.empty(x.shape, dtype=ot)
+        y = out if out is not None else D.empty(x.shape, ot)
         return y, mean.reshape(sshape), rstd.reshape(sshape)
     xf = plan.flat(x, ct)
     yf, finish = D.output(plan, ct, ot, out)
@@ -122,7 +122,7 @@ def _channel_backward(op, dy, x, mean, rstd, num_groups, weight, layout, out, fr
     dweight = np.zeros(C, dtype=np.float64)
     dbias = np.zeros(C, dtype=np.float64)
     if x.size == 0:
-        dx = out if out is not None else np.empty(x.shape, dtype=ot)
+        dx = out if out is not None else D.empty(x.shape, ot)
         return dx, dweight.astype(ct), dbias.astype(ct)
     xf = plan.flat(x, ct)
     dyf = plan.flat(dy, ct)
@@ -151,7 +151,7 @@ def _apply_channels(x, mean, var, weight, bias, eps, layout, out, act, per_sampl
     out = D.check_out(out, x.shape, ot, [(x, "x"), (weight, "weight"), (bias, "bias"),
                                          (mean, "running_mean"), (var, "running_var")])
     if x.size == 0:
-        return out if out is not None else np.empty(x.shape, dtype=ot)
+        return out if out is not None else D.empty(x.shape, ot)
     mh, ml, a = K.inference_coefficients(m, v, w, eps, b)
     xf = plan.flat(x, ct)
     yf, finish = D.output(plan, ct, ot, out)
@@ -384,10 +384,10 @@ def _rows_forward(x, normalized_shape, weight, bias, eps, out, act, rms=False, r
     if x.size == 0:
         mean.fill(np.nan)
         rstd.fill(np.nan)
-        y = out if out is not None else np.empty(x.shape, dtype=ot)
+        y = out if out is not None else D.empty(x.shape, ot)
         s = None
         if residual is not None:
-            s = residual_out if residual_out is not None else np.empty(x.shape, dtype=ot)
+            s = residual_out if residual_out is not None else D.empty(x.shape, ot)
         return y, mean.reshape(lead), rstd.reshape(lead), s
     xf = plan.flat(x, ct)
     yf, finish = D.output(plan, ct, ot, out)
@@ -434,7 +434,7 @@ def _rows_backward(dy, x, mean, rstd, normalized_shape, weight, out, rms, residu
     dweight = np.empty(Dn, dtype=ct)  # the kernel sums in float64 and rounds once
     dbias = np.empty(Dn, dtype=ct)
     if x.size == 0:
-        dx = out if out is not None else np.empty(x.shape, dtype=ot)
+        dx = out if out is not None else D.empty(x.shape, ot)
         dweight.fill(0)
         dbias.fill(0)
         return dx, dweight.reshape(ns), dbias.reshape(ns)

@@ -30,6 +30,8 @@ Kernels take typed memoryviews, sizes and ``n_threads``; they write into the buf
 given. Work buffers are allocated here, before the GIL is released, never inside a loop.
 """
 import numpy as np
+
+from fastnorm._kernels._buffers import empty as _buf_empty, is_fresh as _buf_is_fresh
 cimport numpy as cnp
 from cython.parallel cimport prange, parallel, threadid
 from libc.math cimport sqrt
@@ -120,6 +122,8 @@ cdef extern from "_core.h" nogil:
                                const double *mh, const double *ml, const double *B, int stream)
 
 # Elements per plane chunk (a multiple of FN_BLK): 128 KiB of float32.
+# Outputs of this size or more come from the reusable blocks of _buffers (glibc unmaps them)
+DEF CACHED_BYTES = 33554432
 DEF FN_CHUNK = 32768
 # Row blocks per channels-last chunk.
 DEF CHUNK_BLOCKS = 16
@@ -1418,6 +1422,8 @@ cdef object _fast_out(object out, cnp.ndarray xa, int typenum, tuple inputs, bin
     None when out needs the full path."""
     cdef cnp.ndarray o
     if out is None:
+        if cnp.PyArray_NBYTES(xa) >= CACHED_BYTES:
+            return _buf_empty((<object>xa).shape, (<object>xa).dtype)
         return np.empty_like(xa)
     if not _plain(out, typenum):
         return None
@@ -1448,12 +1454,13 @@ cdef object _fast_weight(object weight, Py_ssize_t n, int typenum):
     return weight if _vec(weight, n, typenum) else None
 
 
-cdef inline int _stream_flag(Py_ssize_t nbytes, object out, Py_ssize_t stream_bytes,
+cdef inline int _stream_flag(Py_ssize_t nbytes, object out, object o, Py_ssize_t stream_bytes,
                              Py_ssize_t fresh_bytes):
-    """_dispatch.stream for the fast paths: stream from stream_bytes, except into an output
-    allocated here of fresh_bytes or more."""
+    """_dispatch.stream for the fast paths: stream from stream_bytes, except into an output o
+    allocated here of fresh_bytes or more whose pages are new from the OS."""
     return (stream_bytes > 0 and nbytes >= stream_bytes
-            and (out is not None or fresh_bytes <= 0 or nbytes < fresh_bytes))
+            and (out is not None or fresh_bytes <= 0 or nbytes < fresh_bytes
+                 or not _buf_is_fresh(o)))
 
 
 def fast_rows_backward(object dy, object x, object mean, object rstd, object weight, bint rms,
@@ -1489,7 +1496,7 @@ def fast_rows_backward(object dy, object x, object mean, object rstd, object wei
     ma = <cnp.ndarray>(np.zeros(M) if rms else mean)
     rows_backward(da.reshape(-1), xa.reshape(-1), dxa.reshape(-1), M, D, weight,
                   ma.reshape(-1), (<cnp.ndarray>rstd).reshape(-1), dwa, dba, nt, rms, None,
-                  _stream_flag(nbytes, out, stream_bytes, fresh_bytes))
+                  _stream_flag(nbytes, out, dxa, stream_bytes, fresh_bytes))
     return dxa, dwa, dba
 
 
@@ -1544,7 +1551,7 @@ def fast_channel_backward(int op, object dy, object x, object mean, object rstd,
         return None
     nbytes = cnp.PyArray_NBYTES(xa)
     nt = <int>max(1, min(max_threads, nbytes // grain))
-    stream = _stream_flag(nbytes, out, stream_bytes, fresh_bytes)
+    stream = _stream_flag(nbytes, out, dxa, stream_bytes, fresh_bytes)
     dwa = <cnp.ndarray>np.zeros(C, dtype=np.float64)
     dba = <cnp.ndarray>np.zeros(C, dtype=np.float64)
     ma = (<cnp.ndarray>mean).reshape(-1)
@@ -1666,12 +1673,12 @@ def fast_forward(int op, object x, Py_ssize_t groups, object weight, object bias
         U = N
         if not use_fused(N, nt):
             return None
-    stream = _stream_flag(nbytes, out, stream_bytes, fresh_bytes)
     # out: x's dtype and shape, C order, writeable; x itself or disjoint from every input
     ya_o = _fast_out(out, xa, typenum, (xa, weight, bias, rmean, rvar), True)
     if ya_o is None:
         return None
     ya = <cnp.ndarray>ya_o
+    stream = _stream_flag(nbytes, out, ya, stream_bytes, fresh_bytes)
     cdef double *mp = NULL
     cdef double *rp = NULL
     if stats:

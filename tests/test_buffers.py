@@ -1,0 +1,115 @@
+"""Large outputs come from reusable blocks (fastnorm._kernels._buffers): correct, never shared
+between live arrays, bounded, and switchable off."""
+import numpy as np
+import pytest
+
+import fastnorm as fn
+from fastnorm._kernels import _buffers
+
+BIG = (4096, 2048)  # 32 MiB in float32: the smallest output the cache serves
+
+
+def _addr(a):
+    return a.__array_interface__["data"][0]
+
+
+@pytest.fixture
+def cache():
+    prev = fn.set_buffer_cache(256 << 20)
+    _buffers.configure(limit=0)  # start empty
+    _buffers.configure(limit=256 << 20)
+    yield
+    fn.set_buffer_cache(prev)
+
+
+def test_large_output_is_reused_after_free(cache):
+    x = np.random.default_rng(0).standard_normal(BIG).astype(np.float32)
+    y = fn.layer_norm(x, BIG[1])
+    assert _buffers.is_fresh(y)  # a new block: its pages came from the OS for this call
+    a = _addr(y)
+    ref = y.copy()
+    del y
+    assert _buffers.held() >= x.nbytes
+    y2 = fn.layer_norm(x, BIG[1])
+    assert _addr(y2) == a and not _buffers.is_fresh(y2)
+    assert _buffers.held() == 0
+    # streamed (warm block) and not streamed (fresh block) give the same bits
+    np.testing.assert_array_equal(y2, ref)
+    np.testing.assert_array_equal(y2, fn.layer_norm(x, BIG[1], out=np.empty_like(x)))
+
+
+def test_live_outputs_never_share_a_block(cache):
+    x = np.ones(BIG, np.float32)
+    x[:, ::2] = 3
+    outs = [fn.layer_norm(x, BIG[1]) for _ in range(3)]
+    assert len({_addr(o) for o in outs}) == 3
+    outs[0][...] = 7  # writing one leaves the others alone
+    np.testing.assert_array_equal(outs[1], outs[2])
+    assert outs[1][0, 0] == pytest.approx(1.0, abs=1e-4)
+    view = outs[1][::2]
+    del outs
+    # a view keeps its block alive: the next output does not take it
+    y = fn.layer_norm(x, BIG[1])
+    assert _addr(y) != _addr(view) or view.base is None
+    assert view[0, 0] == pytest.approx(1.0, abs=1e-4)
+
+
+def test_every_large_op_output_is_correct_from_a_reused_block(cache):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((8, 64, 128, 64)).astype(np.float64)  # 32 MiB
+    dy = rng.standard_normal(x.shape)
+    w, b = rng.standard_normal(64), rng.standard_normal(64)
+    first = fn.group_norm_forward(x, 8, w, b)
+    ref = [a.copy() for a in first]
+    dref = [a.copy() for a in fn.group_norm_backward(dy, x, first[1], first[2], 8, w)]
+    del first
+    for _ in range(2):  # the second and third calls take warm blocks
+        got = fn.group_norm_forward(x, 8, w, b)
+        for g, r in zip(got, ref):
+            np.testing.assert_array_equal(g, r)
+        for g, r in zip(fn.group_norm_backward(dy, x, got[1], got[2], 8, w), dref):
+            np.testing.assert_array_equal(g, r)
+    xc = x.reshape(8, 64, -1).transpose(0, 2, 1).copy().reshape(8, 128, 64, 64)
+    y = fn.batch_norm_forward(xc, w, b, layout="NHWC")[0]
+    m = xc.mean(axis=(0, 1, 2))
+    v = xc.var(axis=(0, 1, 2))
+    np.testing.assert_allclose(y, (xc - m) / np.sqrt(v + 1e-5) * w + b, rtol=1e-10, atol=1e-10)
+
+
+def test_cache_is_bounded_and_can_be_turned_off(cache):
+    fn.set_buffer_cache(40 << 20)  # room for one 32 MiB block
+    x = np.zeros(BIG, np.float32)
+    ys = [fn.layer_norm(x, BIG[1]) for _ in range(3)]
+    del ys
+    assert 0 < _buffers.held() <= 40 << 20
+    assert fn.set_buffer_cache(0) == 40 << 20
+    assert _buffers.held() == 0
+    y = fn.layer_norm(x, BIG[1])
+    del y
+    assert _buffers.held() == 0  # off: freed outputs go back to the OS
+
+
+def test_small_outputs_are_plain_numpy(cache):
+    y = fn.layer_norm(np.ones((4, 8), np.float32), 8)
+    assert y.flags.owndata
+
+
+@pytest.mark.parametrize("bad,exc", [(-1, ValueError), (1.5, TypeError), ("1", TypeError),
+                                     (True, TypeError)])
+def test_set_buffer_cache_validates(bad, exc):
+    with pytest.raises(exc, match="nbytes"):
+        fn.set_buffer_cache(bad)
+
+
+def test_torch_wraps_a_cached_output(cache):
+    torch = pytest.importorskip("torch")
+    x = np.random.default_rng(2).standard_normal(BIG).astype(np.float32)
+    y = fn.layer_norm(x, BIG[1])
+    t = torch.from_numpy(y)
+    a, h = _addr(y), _buffers.held()
+    del y
+    assert _buffers.held() == h  # the tensor keeps the block
+    t.add_(1)
+    del t
+    assert _buffers.held() >= h + x.nbytes
+    assert _addr(fn.layer_norm(x, BIG[1])) == a
