@@ -36,7 +36,7 @@ cimport numpy as cnp
 from cython.parallel cimport prange, parallel, threadid
 from libc.math cimport sqrt
 
-from fastnorm._kernels._openmp cimport fn_openmp_enabled
+from fastnorm._kernels._openmp cimport fn_openmp_enabled, fn_team_size, fn_team_rank
 
 cnp.import_array()
 
@@ -889,19 +889,34 @@ cdef void cols_unit_columns(const double *part, Py_ssize_t g, Py_ssize_t R, Py_s
                           part + i * 2 * C + C)
 
 
+cdef inline Py_ssize_t team_lo(Py_ssize_t n) noexcept nogil:
+    """First of the items [0, n) this thread of the team takes, split in contiguous runs: the
+    same runs in every region with the same team size, so a later pass can revisit what this
+    thread read in an earlier one."""
+    return n * fn_team_rank() // fn_team_size()
+
+
+cdef inline Py_ssize_t team_lo_next(Py_ssize_t n) noexcept nogil:
+    return n * (fn_team_rank() + 1) // fn_team_size()
+
+
 cdef void cols_partials(const floating *x, Py_ssize_t R, Py_ssize_t C, Py_ssize_t rb,
                         Py_ssize_t K, Py_ssize_t items, double *part, floating *tsc,
                         double *tsd, int n_threads) noexcept nogil:
-    """Phase 1 of the split schedule: chunk partials (mean[C], M2[C]) of every (unit, chunk).
-    tsc / tsd: per-thread scratch rows of 9C (T) and 6C (double)."""
+    """Phase 1 of the split schedule: chunk partials (mean[C], M2[C]) of every (unit, chunk),
+    thread t over the items [team_lo, team_lo_next). tsc / tsd: per-thread scratch rows of 9C
+    (T) and 6C (double)."""
     cdef Py_ssize_t i, t
     cdef floating *sc
     cdef double *sd
+    cdef Py_ssize_t lo, hi
     with parallel(num_threads=n_threads):
         t = threadid()
         sc = tsc + t * 9 * C
         sd = tsd + t * 6 * C
-        for i in prange(items, schedule="static"):
+        lo = team_lo(items)
+        hi = team_lo_next(items)
+        for i in range(lo, hi):
             cols_chunk_moments(x, R, C, rb, i // K, i % K, sc, sd, sd + C, part + i * 2 * C,
                                part + i * 2 * C + C)
 
@@ -936,7 +951,7 @@ def cols_forward(const floating[::1] x, floating[::1] y, Py_ssize_t G0, Py_ssize
     cdef Py_ssize_t rb = cols_block_rows(C)
     cdef Py_ssize_t chr_ = rb * CHUNK_BLOCKS, K = nchunks(R, chr_), items = G0 * K
     cdef Py_ssize_t nt = max(1, n_threads)
-    cdef Py_ssize_t i, g, k, t, r0, ln
+    cdef Py_ssize_t i, g, k, t, r0, ln, lo, hi
     cdef double cnt
     dt = np.float32 if floating is float else np.float64
     # per-thread scratch: 5C (block) + 4C (coefficients) of T; 4C doubles
@@ -967,12 +982,17 @@ def cols_forward(const floating[::1] x, floating[::1] y, Py_ssize_t G0, Py_ssize
             for g in prange(G0, schedule="static"):
                 cols_unit_merge(&part[0, 0], g, R, C, cg, rb, K, sd, &w[0], &b[0], eps,
                                 &mean_out[0], &rstd_out[0], &coef[g, 0])
-        for i in prange(items, schedule="static", num_threads=n_threads):
-            g = i // K
-            r0 = (i % K) * chr_
-            ln = min(chr_, R - r0)
-            rows_apply(&x[(g * R + r0) * C], &y[(g * R + r0) * C], ln, C, &coef[g, 0],
-                       &coef[g, C], &coef[g, 2 * C], &coef[g, 3 * C], act, stream)
+        # each thread applies the items it reduced, last first: those were read last and
+        # may still be in its L2
+        with parallel(num_threads=n_threads):
+            lo = team_lo(items)
+            hi = team_lo_next(items)
+            for i in range(hi - 1, lo - 1, -1):
+                g = i // K
+                r0 = (i % K) * chr_
+                ln = min(chr_, R - r0)
+                rows_apply(&x[(g * R + r0) * C], &y[(g * R + r0) * C], ln, C, &coef[g, 0],
+                           &coef[g, C], &coef[g, 2 * C], &coef[g, 3 * C], act, stream)
 
 
 cdef void cols_unit_merge(const double *part, Py_ssize_t g, Py_ssize_t R, Py_ssize_t C,
@@ -1004,8 +1024,11 @@ cdef void cols_unit_fused(const floating *x, floating *y, Py_ssize_t g, Py_ssize
         fn_chan_merge_vec(&cnt, m, m2, C, <double>min(chr_, R - k * chr_), pm, pm2)
     cols_unit_coef(g, R, C, cg, m, m2, w, b, eps, mean_out, rstd_out, coef, coef + C,
                    coef + 2 * C, coef + 3 * C)
-    rows_apply(x + g * R * C, y + g * R * C, R, C, coef, coef + C, coef + 2 * C, coef + 3 * C,
-               act, stream)
+    # last chunk first: it was read last and may still be in L2
+    for k in range(K - 1, -1, -1):
+        c = (g * R + k * chr_) * C
+        rows_apply(x + c, y + c, min(chr_, R - k * chr_), C, coef, coef + C, coef + 2 * C,
+                   coef + 3 * C, act, stream)
 
 
 def cols_apply(const floating[::1] x, floating[::1] y, Py_ssize_t G0, Py_ssize_t R,
@@ -1078,7 +1101,7 @@ def cols_backward(const floating[::1] dy, const floating[::1] x, floating[::1] d
     cdef Py_ssize_t rb = cols_block_rows(C), G = C // cg
     cdef Py_ssize_t chr_ = rb * CHUNK_BLOCKS, K = nchunks(R, chr_), items = G0 * K
     cdef Py_ssize_t nt = max(1, n_threads)
-    cdef Py_ssize_t i, g, k, c, t, r0, ln, u
+    cdef Py_ssize_t i, g, k, c, t, r0, ln, u, lo, hi
     cdef double s1, s2
     dt = np.float32 if floating is float else np.float64
     cdef double[:, ::1] tsd = np.empty((nt, 2 * max(C, 1)), dtype=np.float64)
@@ -1109,21 +1132,29 @@ def cols_backward(const floating[::1] dy, const floating[::1] x, floating[::1] d
     else:
         part = np.empty((items, 2 * C), dtype=np.float64)
         with nogil:
-            for i in prange(items, schedule="static", num_threads=n_threads):
-                g = i // K
-                cols_chunk_bwd_sums(&dy[0], &x[0], R, C, rb, g, i % K, &coef[g, 0],
-                                    &coef[g, C], &part[i, 0], &part[i, C])
+            with parallel(num_threads=n_threads):
+                lo = team_lo(items)
+                hi = team_lo_next(items)
+                for i in range(lo, hi):
+                    g = i // K
+                    cols_chunk_bwd_sums(&dy[0], &x[0], R, C, rb, g, i % K, &coef[g, 0],
+                                        &coef[g, C], &part[i, 0], &part[i, C])
             for g in prange(G0, schedule="static", num_threads=n_threads):
                 cols_unit_bwd_merge(&part[0, 0], g, K, C, &psum[g, 0])
                 cols_unit_bwd_coef(g, R, C, cg, &psum[g, 0], &w[0], &rstd[0], &coef[g, 0],
                                    frozen)
-            for i in prange(items, schedule="static", num_threads=n_threads):
-                g = i // K
-                r0 = (i % K) * chr_
-                ln = min(chr_, R - r0)
-                rows_bwd_apply(&dy[(g * R + r0) * C], &x[(g * R + r0) * C],
-                               &dx[(g * R + r0) * C], ln, C, &coef[g, 2 * C], &coef[g, 3 * C],
-                               &coef[g, 4 * C], &coef[g, 0], &coef[g, C], &coef[g, 5 * C], stream)
+            # each thread revisits the items it summed, last first (see cols_forward)
+            with parallel(num_threads=n_threads):
+                lo = team_lo(items)
+                hi = team_lo_next(items)
+                for i in range(hi - 1, lo - 1, -1):
+                    g = i // K
+                    r0 = (i % K) * chr_
+                    ln = min(chr_, R - r0)
+                    rows_bwd_apply(&dy[(g * R + r0) * C], &x[(g * R + r0) * C],
+                                   &dx[(g * R + r0) * C], ln, C, &coef[g, 2 * C],
+                                   &coef[g, 3 * C], &coef[g, 4 * C], &coef[g, 0], &coef[g, C],
+                                   &coef[g, 5 * C], stream)
     for c in range(C):
         s1 = 0
         s2 = 0
@@ -1159,8 +1190,12 @@ cdef void cols_unit_bwd_fused(const floating *dy, const floating *x, floating *d
         for c in range(2 * C):
             psum[c] += sd[c]
     cols_unit_bwd_coef(g, R, C, cg, psum, w, rstd, coef, frozen)
-    rows_bwd_apply(dy + g * R * C, x + g * R * C, dx + g * R * C, R, C, coef + 2 * C,
-                   coef + 3 * C, coef + 4 * C, coef, coef + C, coef + 5 * C, stream)
+    # last chunk first: it was read last and may still be in L2
+    cdef Py_ssize_t chr_ = rb * CHUNK_BLOCKS, off
+    for k in range(K - 1, -1, -1):
+        off = (g * R + k * chr_) * C
+        rows_bwd_apply(dy + off, x + off, dx + off, min(chr_, R - k * chr_), C, coef + 2 * C,
+                       coef + 3 * C, coef + 4 * C, coef, coef + C, coef + 5 * C, stream)
 
 
 # ---- the benchmark floor -----------------------------------------------------------------------

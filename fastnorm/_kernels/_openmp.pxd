@@ -3,9 +3,16 @@
 cdef extern from *:
     """
     #ifdef _OPENMP
+    #include <omp.h>
     static int fn_openmp_enabled(void) { return 1; }
+    static int fn_team_size(void) { return omp_get_num_threads(); }
+    static int fn_team_rank(void) { return omp_get_thread_num(); }
     #else
     static int fn_openmp_enabled(void) { return 0; }
+    static int fn_team_size(void) { return 1; }
+    static int fn_team_rank(void) { return 0; }
     #endif
     """
     int fn_openmp_enabled() nogil
+    int fn_team_size() noexcept nogil
+    int fn_team_rank() noexcept nogil
