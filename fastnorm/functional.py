@@ -89,6 +89,8 @@ def _channel_forward(op, x, num_groups, weight, bias, eps, layout, out, act=0):
     xf = plan.flat(x, ct)
     yf, finish = D.output(plan, ct, ot, out)
     nt = D.threads(x.nbytes)
+    if plan.kind != "planes" and not D.use_fused(G0, nt):
+        nt = K.split_threads(x.nbytes, nt)
     if plan.kind == "planes":
         U = (N // nb) * (C // cb)
         K.planes_forward(xf, yf, N, C, S, nb, cb, w, b, False, eps, mean, rstd, act, nt,

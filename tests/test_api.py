@@ -58,7 +58,7 @@ def _all_ops(x, layout="NCHW"):
 
 
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
-@pytest.mark.parametrize("shape", [(6, 4, 30, 31), (1, 2, 200, 190), (3, 4, 5)])
+@pytest.mark.parametrize("shape", [(6, 4, 30, 31), (1, 2, 200, 190), (3, 4, 5), (1, 8, 150, 160)])
 def test_bitwise_identical_across_thread_counts(shape, layout):
     x = (100 + np.random.default_rng(2).standard_normal(shape)).astype(np.float32)
     runs = []
@@ -262,7 +262,10 @@ def test_fast_path_equals_full_path(shape, dtype, layout, rng, nthreads):
         np.testing.assert_array_equal(fast, fast_out)
 
 
-@pytest.mark.parametrize("shape", [(2, 8, 5, 3), (1, 4, 7), (3, 16, 2, 2), (4, 6), (1, 64, 14, 14)])
+# the last two are large enough for two threads: channels-last batch norm (and, with N = 1,
+# instance/group norm) on the split schedule, N = 3 channels-last units fused over threads
+@pytest.mark.parametrize("shape", [(2, 8, 5, 3), (1, 4, 7), (3, 16, 2, 2), (4, 6), (1, 64, 14, 14),
+                                   (1, 48, 40, 40), (3, 32, 33, 31)])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
 def test_training_forwards_fast_path_equals_full_path(shape, dtype, layout, rng, nthreads):
