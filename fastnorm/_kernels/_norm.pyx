@@ -963,8 +963,7 @@ def cols_forward(const floating[::1] x, floating[::1] y, Py_ssize_t G0, Py_ssize
     cdef Py_ssize_t rb = cols_block_rows(C)
     cdef Py_ssize_t chr_ = rb * CHUNK_BLOCKS, K = nchunks(R, chr_), items = G0 * K
     cdef Py_ssize_t nt = max(1, n_threads)
-    cdef Py_ssize_t i, g, k, t, r0, ln, lo, hi
-    cdef double cnt
+    cdef Py_ssize_t g, t
     dt = np.float32 if floating is float else np.float64
     # per-thread scratch: 5C (block) + 4C (coefficients) of T; 4C doubles
     cdef floating[:, ::1] tsc = np.empty((nt, 9 * max(C, 1)), dtype=dt)
@@ -1128,7 +1127,7 @@ def cols_backward(const floating[::1] dy, const floating[::1] x, floating[::1] d
     cdef Py_ssize_t rb = cols_block_rows(C), G = C // cg
     cdef Py_ssize_t chr_ = rb * CHUNK_BLOCKS, K = nchunks(R, chr_), items = G0 * K
     cdef Py_ssize_t nt = max(1, n_threads)
-    cdef Py_ssize_t i, g, k, c, t, r0, ln, u, lo, hi
+    cdef Py_ssize_t g, c, u
     cdef double s1, s2
     dt = np.float32 if floating is float else np.float64
     cdef double[:, ::1] tsd = np.empty((nt, 2 * max(C, 1)), dtype=np.float64)
