@@ -17,6 +17,7 @@ CASES = [
     ((64, 33), (33,)),             # SIMD tail
     ((300, 20), (20,)),            # dweight partials flushed every 64 rows
     ((3, 9000), (9000,)),          # long rows: dweight by column chunks
+    ((70, 8300), (8300,)),         # long rows, more than 64: flushed per chunk, tail chunk
 ]
 
 

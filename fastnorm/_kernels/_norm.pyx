@@ -654,13 +654,19 @@ def planes_backward(const floating[::1] dy, const floating[::1] x, floating[::1]
 # dweight/dbias accumulated in T over at most 64 rows, then flushed into a float64 partial per
 # block of RB rows (RB fixed by the shape); partials are summed in block order.
 # Long rows: those accumulators would not stay in cache. Pass A runs over column chunks of
-# DW_COLS: each sums all rows in order (dweight/dbias of the chunk, and per-(row, chunk) partial
+# dw_cols: each sums all rows in order (dweight/dbias of the chunk, and per-(row, chunk) partial
 # row sums); pass B merges the row sums in chunk order and writes dx over (row, chunk) items.
-# x and dy are read twice, with no partial buffer larger than M * D / DW_COLS.
+# x and dy are read twice, with no partial buffer larger than M * D / dw_cols.
 
 DEF ROW_DW_BYTES = 32768
 DEF FLUSH_ROWS = 64
-DEF DW_COLS = 4096
+DEF DW_BYTES = 8192
+
+
+cdef inline Py_ssize_t dw_cols(Py_ssize_t itemsize) noexcept nogil:
+    """Columns per chunk of the long-row pass A: DW_BYTES of each of w, dweight and dbias
+    (their T accumulators), so the three stay in L1 while every row of the chunk goes by."""
+    return DW_BYTES // itemsize
 
 
 cdef inline Py_ssize_t rowblock_rows(Py_ssize_t M, Py_ssize_t D) noexcept nogil:
@@ -733,7 +739,7 @@ def rows_backward(const floating[::1] dy, const floating[::1] x, floating[::1] d
     """
     cdef Py_ssize_t RB = rowblock_rows(M, D)
     cdef const floating *dsp = &ds[0] if ds is not None else NULL
-    cdef Py_ssize_t Q = (M + RB - 1) // RB, ncol = nchunks(D, DW_COLS)
+    cdef Py_ssize_t Q = (M + RB - 1) // RB, ncol = nchunks(D, dw_cols(sizeof(floating)))
     cdef Py_ssize_t nt = max(1, n_threads)
     cdef Py_ssize_t q, j, i, k, j0
     cdef double s1, s2
@@ -773,8 +779,8 @@ def rows_backward(const floating[::1] dy, const floating[::1] x, floating[::1] d
     # chunk), pass B over (row, chunk) items for dx
     part = np.empty((M, ncol, 2), dtype=np.float64)
     rq = np.empty((M, 2), dtype=np.float64)
-    tsc = np.empty((nt, 2 * DW_COLS), dtype=dt)
-    tsd = np.empty((nt, 2 * DW_COLS), dtype=np.float64)
+    tsc = np.empty((nt, 2 * dw_cols(sizeof(floating))), dtype=dt)
+    tsd = np.empty((nt, 2 * dw_cols(sizeof(floating))), dtype=np.float64)
     with nogil:
         with parallel(num_threads=n_threads):
             sc = &tsc[threadid(), 0]
@@ -805,18 +811,22 @@ cdef void cols_chunk_bwd_rows(const floating *dy, const floating *x, Py_ssize_t 
                               double *acc) noexcept nogil:
     """Pass A of the long-row layer-norm backward for column chunk k: per row i (in order) the
     partial sums of g and g * xc over the chunk into part[i, k], and dweight/dbias of the
-    chunk, accumulated in T over FLUSH_ROWS rows, flushed into float64 (acc, 2 * DW_COLS) and
-    rounded to T once at the end."""
-    cdef Py_ssize_t j0 = k * DW_COLS, ln = min(<Py_ssize_t>DW_COLS, D - j0), i, j, s0
-    cdef floating *dwa = scr
-    cdef floating *dba = scr + DW_COLS
+    chunk, accumulated in T over FLUSH_ROWS rows, flushed into float64 (acc, 2 * dw_cols) and
+    rounded to T once at the end. With one flush (M <= FLUSH_ROWS) that float64 round trip
+    returns the T sums unchanged, so they are accumulated in dweight/dbias directly."""
+    cdef Py_ssize_t cw = dw_cols(sizeof(floating))
+    cdef Py_ssize_t j0 = k * cw, ln = min(cw, D - j0), i, j, s0
+    cdef bint direct = M <= FLUSH_ROWS
+    cdef floating *dwa = dweight + j0 if direct else scr
+    cdef floating *dba = dbias + j0 if direct else scr + cw
     cdef double *dwd = acc
-    cdef double *dbd = acc + DW_COLS
+    cdef double *dbd = acc + cw
     cdef double sg, sgx
     cdef floating mh, ml
-    for j in range(ln):
-        dwd[j] = 0
-        dbd[j] = 0
+    if not direct:
+        for j in range(ln):
+            dwd[j] = 0
+            dbd[j] = 0
     s0 = 0
     while s0 < M:
         for j in range(ln):
@@ -834,6 +844,8 @@ cdef void cols_chunk_bwd_rows(const floating *dy, const floating *x, Py_ssize_t 
                                        w + j0, &sg, &sgx, dwa, dba)
             part[(i * ncol + k) * 2] = sg
             part[(i * ncol + k) * 2 + 1] = sgx
+        if direct:
+            return
         for j in range(ln):
             dwd[j] += dwa[j]
             dbd[j] += dba[j]
@@ -847,7 +859,8 @@ cdef inline void row_chunk_bwd_apply(const floating *dy, const floating *x, floa
                                      Py_ssize_t i, Py_ssize_t D, Py_ssize_t k, const floating *w,
                                      double m, double r, double Q, double B,
                                      const floating *ds, int stream) noexcept nogil:
-    cdef Py_ssize_t j0 = k * DW_COLS, ln = min(<Py_ssize_t>DW_COLS, D - j0)
+    cdef Py_ssize_t cw = dw_cols(sizeof(floating))
+    cdef Py_ssize_t j0 = k * cw, ln = min(cw, D - j0)
     cdef Py_ssize_t off = i * D + j0
     cdef floating mh, ml
     cdef const floating *dsi = ds + off if ds != NULL else NULL
