@@ -248,8 +248,8 @@ def output(plan, ct, ot, out):
     return flat, finish
 
 
-from fastnorm._kernels._norm import use_fused  # noqa: E402  (one rule, shared with the kernels)
-from fastnorm._kernels._buffers import empty as _buf_empty, is_fresh as _buf_is_fresh  # noqa: E402
+from fastnorm._kernels._norm import use_fused, stream_flag  # noqa: E402  (rules shared with the kernels)
+from fastnorm._kernels._buffers import empty as _buf_empty  # noqa: E402
 from fastnorm._config import set_buffer_cache  # noqa: E402
 
 set_buffer_cache(None)  # FASTNORM_BUFFER_CACHE, read once at import
@@ -295,10 +295,7 @@ def empty(shape, dtype):
 def stream(out_flat, user_out=False):
     """Whether a kernel writing out_flat should use non-temporal stores (an int flag).
     user_out: the out= the caller passed (None: fastnorm allocated out_flat just now)."""
-    if STREAM_BYTES <= 0 or out_flat.nbytes < STREAM_BYTES:
-        return 0
-    return int(user_out is not None or out_flat.nbytes < FRESH_BYTES
-               or not _buf_is_fresh(out_flat))
+    return stream_flag(out_flat.nbytes, user_out, out_flat, STREAM_BYTES, FRESH_BYTES)
 
 
 def threads(nbytes=None):

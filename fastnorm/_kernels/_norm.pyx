@@ -931,19 +931,21 @@ cdef void cols_partials(const floating *x, Py_ssize_t R, Py_ssize_t C, Py_ssize_
     """Phase 1 of the split schedule: chunk partials (mean[C], M2[C]) of every (unit, chunk),
     thread t over the items [team_lo, team_lo_next). tsc / tsd: per-thread scratch rows of 9C
     (T) and 6C (double)."""
-    cdef Py_ssize_t i, t
-    cdef floating *sc
-    cdef double *sd
-    cdef Py_ssize_t lo, hi
+    cdef Py_ssize_t t
     with parallel(num_threads=n_threads):
         t = threadid()
-        sc = tsc + t * 9 * C
-        sd = tsd + t * 6 * C
-        lo = team_lo(items)
-        hi = team_lo_next(items)
-        for i in range(lo, hi):
-            cols_chunk_moments(x, R, C, rb, i // K, i % K, sc, sd, sd + C, part + i * 2 * C,
-                               part + i * 2 * C + C)
+        cols_team_partials(x, R, C, rb, K, items, part, tsc + t * 9 * C, tsd + t * 6 * C)
+
+
+cdef inline void cols_team_partials(const floating *x, Py_ssize_t R, Py_ssize_t C,
+                                    Py_ssize_t rb, Py_ssize_t K, Py_ssize_t items, double *part,
+                                    floating *sc, double *sd) noexcept nogil:
+    """This team thread's share of phase 1: the chunk partials of its run of (unit, chunk)
+    items [team_lo, team_lo_next), called inside a parallel region."""
+    cdef Py_ssize_t i
+    for i in range(team_lo(items), team_lo_next(items)):
+        cols_chunk_moments(x, R, C, rb, i // K, i % K, sc, sd, sd + C, part + i * 2 * C,
+                           part + i * 2 * C + C)
 
 
 cdef void cols_unit_coef(Py_ssize_t g, Py_ssize_t R, Py_ssize_t C, Py_ssize_t cg,
@@ -973,36 +975,51 @@ def cols_forward(const floating[::1] x, floating[::1] y, Py_ssize_t G0, Py_ssize
 
     mean_out, rstd_out : (G0 * C/cg,)   OUT
     """
+    if G0 == 0 or R == 0 or C == 0:
+        return
+    cols_forward_run(&x[0], &y[0], G0, R, C, cg, &w[0], &b[0], eps, &mean_out[0],
+                     &rstd_out[0], act, max(1, n_threads), fuse, stream)
+
+
+cdef int cols_forward_run(const floating *x, floating *y, Py_ssize_t G0, Py_ssize_t R,
+                          Py_ssize_t C, Py_ssize_t cg, const floating *w, const floating *b,
+                          double eps, double *mean_out, double *rstd_out, int act, int nt,
+                          bint fuse, int stream) except -1:
+    """cols_forward on pointers (also the fast path's): the fused schedule (a unit per thread)
+    or the split one (partials, coefficients, apply in one region). Scratch per thread: 9C of
+    T (block and coefficients) and 6C doubles; the split schedule adds the chunk partials
+    (2C doubles per item) and the coefficients of every unit (4C of T)."""
     cdef Py_ssize_t rb = cols_block_rows(C)
-    cdef Py_ssize_t chr_ = rb * CHUNK_BLOCKS, K = nchunks(R, chr_), items = G0 * K
-    cdef Py_ssize_t nt = max(1, n_threads)
-    cdef Py_ssize_t g, t
-    dt = np.float32 if floating is float else np.float64
-    # per-thread scratch: 5C (block) + 4C (coefficients) of T; 4C doubles
-    cdef floating[:, ::1] tsc = np.empty((nt, 9 * max(C, 1)), dtype=dt)
-    cdef double[:, ::1] tsd = np.empty((nt, 6 * max(C, 1)), dtype=np.float64)
-    cdef double[:, ::1] part
-    cdef floating[:, ::1] coef
-    cdef floating *sc
-    cdef double *sd
-    if items == 0 or C == 0:
-        return
-    if fuse:
-        with nogil, parallel(num_threads=n_threads):
-            t = threadid()
-            sc = &tsc[t, 0]
-            sd = &tsd[t, 0]
-            for g in prange(G0, schedule="static"):
-                cols_unit_fused(&x[0], &y[0], g, R, C, cg, rb, K, sc, sd, &w[0], &b[0], eps,
-                                &mean_out[0], &rstd_out[0], act, stream)
-        return
-    part = np.empty((items, 2 * C), dtype=np.float64)
-    coef = np.empty((G0, 4 * C), dtype=dt)
-    with nogil, parallel(num_threads=n_threads):
-        t = threadid()
-        cols_split_forward(&x[0], &y[0], G0, R, C, cg, rb, K, &part[0, 0], &tsc[t, 0],
-                           &tsd[t, 0], &coef[0, 0], &w[0], &b[0], eps, &mean_out[0],
-                           &rstd_out[0], act, stream)
+    cdef Py_ssize_t K = nchunks(R, rb * CHUNK_BLOCKS), items = G0 * K, g, t
+    cdef double *sd = <double *>malloc((6 * C * nt + (0 if fuse else 2 * C * items))
+                                       * sizeof(double))
+    cdef floating *sc = <floating *>malloc((9 * C * nt + (0 if fuse else 4 * C * G0))
+                                           * sizeof(floating))
+    try:
+        if sd == NULL or sc == NULL:
+            raise MemoryError()
+        with nogil:
+            if fuse and nt == 1:
+                for g in range(G0):
+                    cols_unit_fused(x, y, g, R, C, cg, rb, K, sc, sd, w, b, eps, mean_out,
+                                    rstd_out, act, stream)
+            elif fuse:
+                with parallel(num_threads=nt):
+                    t = threadid()
+                    for g in prange(G0, schedule="static"):
+                        cols_unit_fused(x, y, g, R, C, cg, rb, K, sc + t * 9 * C,
+                                        sd + t * 6 * C, w, b, eps, mean_out, rstd_out, act,
+                                        stream)
+            else:
+                with parallel(num_threads=nt):
+                    t = threadid()
+                    cols_split_forward(x, y, G0, R, C, cg, rb, K, sd + 6 * C * nt,
+                                       sc + t * 9 * C, sd + t * 6 * C, sc + 9 * C * nt, w, b,
+                                       eps, mean_out, rstd_out, act, stream)
+        return 0
+    finally:
+        free(sd)
+        free(sc)
 
 
 cdef void cols_split_forward(const floating *x, floating *y, Py_ssize_t G0, Py_ssize_t R,
@@ -1018,9 +1035,7 @@ cdef void cols_split_forward(const floating *x, floating *y, Py_ssize_t G0, Py_s
     and may still be in its L2)."""
     cdef Py_ssize_t items = G0 * K, chr_ = rb * CHUNK_BLOCKS, i, g, r0
     cdef Py_ssize_t lo = team_lo(items), hi = team_lo_next(items)
-    for i in range(lo, hi):
-        cols_chunk_moments(x, R, C, rb, i // K, i % K, sc, sd, sd + C, part + i * 2 * C,
-                           part + i * 2 * C + C)
+    cols_team_partials(x, R, C, rb, K, items, part, sc, sd)
     fn_team_barrier()
     for g in range(team_lo(G0), team_lo_next(G0)):
         cols_unit_merge(part, g, R, C, cg, rb, K, sd, w, b, eps, mean_out, rstd_out,
@@ -1404,12 +1419,9 @@ cdef int _fast_run(const floating *x, floating *y, int op, Py_ssize_t N, Py_ssiz
                    object rvar, object weight, int stream, double *mean_out=NULL,
                    double *rstd_out=NULL) except -1:
     """The kernels for fast_forward; mean_out/rstd_out receive the statistics when given."""
-    cdef Py_ssize_t U, i, c, K_, items, p, off, ln, t
-    cdef bint fuse
+    cdef Py_ssize_t U, i, c, K_, items, p, off, ln
     cdef double *st = NULL
     cdef floating *sc = NULL
-    cdef double *sd = NULL
-    cdef Py_ssize_t rb = cols_block_rows(C) if cols else 0
     try:
         if op == 0:  # inference with running statistics: coefficients, then one apply pass
             sc = <floating *>malloc(3 * C * sizeof(floating))
@@ -1434,38 +1446,15 @@ cdef int _fast_run(const floating *x, floating *y, int op, Py_ssize_t N, Py_ssiz
                                   sc[2 * C + c], b[c], act, stream)
             return 0
         if cols:  # instance / group (and batch: N = 1) norm channels-last: cols_forward
-            U = N * (C // cb)
-            K_ = nchunks(S, rb * CHUNK_BLOCKS)
-            fuse = use_fused(N, nt)
-            st = <double *>malloc((2 * U + 6 * C * nt + (0 if fuse else 2 * C * N * K_))
-                                  * sizeof(double))
-            sc = <floating *>malloc((9 * C * nt + (0 if fuse else 4 * C * N))
-                                    * sizeof(floating))
-            if st == NULL or sc == NULL:
-                raise MemoryError()
             if mean_out == NULL:
+                U = N * (C // cb)
+                st = <double *>malloc(2 * U * sizeof(double))
+                if st == NULL:
+                    raise MemoryError()
                 mean_out = st
                 rstd_out = st + U
-            with nogil:
-                if fuse and nt == 1:
-                    for i in range(N):
-                        cols_unit_fused(x, y, i, S, C, cb, rb, K_, sc, st + 2 * U, w, b, eps,
-                                        mean_out, rstd_out, act, stream)
-                elif fuse:
-                    with parallel(num_threads=nt):
-                        t = threadid()
-                        for i in prange(N, schedule="static"):
-                            cols_unit_fused(x, y, i, S, C, cb, rb, K_, sc + t * 9 * C,
-                                            st + 2 * U + t * 6 * C, w, b, eps, mean_out,
-                                            rstd_out, act, stream)
-                else:
-                    with parallel(num_threads=nt):
-                        t = threadid()
-                        cols_split_forward(x, y, N, S, C, cb, rb, K_, st + 2 * U + 6 * C * nt,
-                                           sc + t * 9 * C, st + 2 * U + t * 6 * C,
-                                           sc + 9 * C * nt, w, b, eps, mean_out, rstd_out, act,
-                                           stream)
-            return 0
+            return cols_forward_run(x, y, N, S, C, cb, w, b, eps, mean_out, rstd_out, act, nt,
+                                    use_fused(N, nt), stream)
         U = C if op == 5 else N * (C // cb)
         if mean_out == NULL:
             st = <double *>malloc(2 * U * sizeof(double))
@@ -1555,10 +1544,11 @@ cdef object _fast_weight(object weight, Py_ssize_t n, int typenum):
     return weight if _vec(weight, n, typenum) else None
 
 
-cdef inline int _stream_flag(Py_ssize_t nbytes, object out, object o, Py_ssize_t stream_bytes,
-                             Py_ssize_t fresh_bytes):
-    """_dispatch.stream for the fast paths: stream from stream_bytes, except into an output o
-    allocated here of fresh_bytes or more whose pages are new from the OS."""
+cpdef int stream_flag(Py_ssize_t nbytes, object out, object o, Py_ssize_t stream_bytes,
+                      Py_ssize_t fresh_bytes):
+    """Whether a kernel writing the output o (nbytes) uses non-temporal stores: from
+    stream_bytes on (0: never), except into an output allocated here (out None) of fresh_bytes
+    or more whose pages are still new from the OS. The one rule: _dispatch.stream calls it."""
     return (stream_bytes > 0 and nbytes >= stream_bytes
             and (out is not None or fresh_bytes <= 0 or nbytes < fresh_bytes
                  or not _buf_is_fresh(o)))
@@ -1597,7 +1587,7 @@ def fast_rows_backward(object dy, object x, object mean, object rstd, object wei
     ma = <cnp.ndarray>(np.zeros(M) if rms else mean)
     rows_backward(da.reshape(-1), xa.reshape(-1), dxa.reshape(-1), M, D, weight,
                   ma.reshape(-1), (<cnp.ndarray>rstd).reshape(-1), dwa, dba, nt, rms, None,
-                  _stream_flag(nbytes, out, dxa, stream_bytes, fresh_bytes))
+                  stream_flag(nbytes, out, dxa, stream_bytes, fresh_bytes))
     return dxa, dwa, dba
 
 
@@ -1652,7 +1642,7 @@ def fast_channel_backward(int op, object dy, object x, object mean, object rstd,
         return None
     nbytes = cnp.PyArray_NBYTES(xa)
     nt = <int>max(1, min(max_threads, nbytes // grain))
-    stream = _stream_flag(nbytes, out, dxa, stream_bytes, fresh_bytes)
+    stream = stream_flag(nbytes, out, dxa, stream_bytes, fresh_bytes)
     dwa = <cnp.ndarray>np.zeros(C, dtype=np.float64)
     dba = <cnp.ndarray>np.zeros(C, dtype=np.float64)
     ma = (<cnp.ndarray>mean).reshape(-1)
@@ -1782,7 +1772,7 @@ def fast_forward(int op, object x, Py_ssize_t groups, object weight, object bias
     if ya_o is None:
         return None
     ya = <cnp.ndarray>ya_o
-    stream = _stream_flag(nbytes, out, ya, stream_bytes, fresh_bytes)
+    stream = stream_flag(nbytes, out, ya, stream_bytes, fresh_bytes)
     cdef double *mp = NULL
     cdef double *rp = NULL
     if stats:
