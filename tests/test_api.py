@@ -6,6 +6,7 @@ import pytest
 
 import fastnorm as fn
 import reference as ref
+from fastnorm._kernels import _norm as K
 
 
 def test_version_and_config(capsys):
@@ -307,7 +308,6 @@ def test_training_forwards_fast_path_equals_full_path(shape, dtype, layout, rng,
 def test_moment_kernels(dtype, rng):
     """The statistics-only kernels agree with float64 NumPy and with each other's layouts, and
     do not depend on the thread count."""
-    from fastnorm._kernels import _norm as K
     x = (50 + 2 * rng.standard_normal((6, 8, 3000))).astype(dtype)
     tol = 1e-7 if dtype == np.float32 else 1e-13
     res = []
@@ -474,3 +474,35 @@ def test_channel_backward_fast_path_equals_full_path(shape, dtype, layout, rng, 
             np.testing.assert_array_equal(a, e)
     with pytest.raises(ValueError, match="mean"):
         fn.group_norm_backward(dy, x, gm.reshape(-1), gr, G, w, layout=layout)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("N,C,S,cb,ew,act", [
+    (64, 1, 1024, 1, True, 0),     # layer norm rows (element-wise affine)
+    (197, 1, 768, 1, False, 1),    # rows without weight, relu
+    (9, 1, 37, 1, True, 0),        # a tail in every row, rows not 64-byte aligned
+    (3, 64, 30, 2, False, 0),      # group norm units of two planes: channel inside a vector
+    (5, 8, 256, 8, False, 1),      # one unit per sample (FN_BLK values)
+    (2, 6, 16, 1, False, 0),       # instance norm, tiny planes
+])
+def test_pipelined_units_same_bits(N, C, S, cb, ew, act, dtype, rng):
+    """One-block units run pipelined (a unit's apply fused with the next unit's statistics):
+    y, mean and rstd are bitwise those of the unit-by-unit schedule and of the split one."""
+    x = (3 + rng.standard_normal(N * C * S)).astype(dtype)
+    w = rng.standard_normal(S if ew else C).astype(dtype)
+    b = rng.standard_normal(S if ew else C).astype(dtype)
+    U = N * (C // cb)
+    got = []
+    for fuse, pipe in ((True, True), (True, False), (False, False)):
+        for t in (1, 2):
+            y = np.empty_like(x)
+            m, r = np.empty(U), np.empty(U)
+            K._set_pipeline(pipe)
+            try:
+                K.planes_forward(x, y, N, C, S, 1, cb, w, b, ew, 1e-5, m, r, act, t, fuse)
+            finally:
+                K._set_pipeline(True)
+            got.append((y, m, r))
+    for other in got[1:]:
+        for a, o in zip(got[0], other):
+            np.testing.assert_array_equal(a, o)

@@ -190,21 +190,30 @@ FN_HOT static void FN(fn_block_moments_2p)(const T *x, fn_idx n, double m0, doub
     *m2 = s2 > 0 ? s2 : 0;
 }
 
-/* Mean and M2 (sum of squared deviations) of x[0:n], 1 <= n <= FN_BLK, in one pass over the
-   block: sums of d = x - K and d^2 with the pivot K = the mean of the block's first 16 elements,
-   so d is of the order of the spread and x - K is exact when |mean| >> spread. The shifted
-   sum of squares s2 - s1^2 / n cancels only if K is far from the block mean; when
-   s1^2 / n > s2 / 2 (K more than a standard deviation away: M2 would lose more than a factor
-   2 of its precision) the block is redone as an exact two-pass. Accumulators are GCC vectors: the lane arithmetic is fixed by the code, not
-   by the ISA the clone targets, so every clone gives the same bits. */
-FN_HOT static void FN(fn_block_moments)(const T *x, fn_idx n, double *mean, double *m2)
-{
-    FN(vec) a0 = {0}, a1 = {0}, q0 = {0}, q1 = {0}, d0, d1;
-    T K = FN(fn_pivot)(x, n), t1 = 0, t2 = 0, e;
-    double s1, s2;
-    fn_idx i, nv = n - n % (2 * FN_VL);
+typedef struct {
+    FN(vec) a0, a1, q0, q1;
+    T K;
+} FN(fn_bm);
 
-    for (i = 0; i < nv; i += 2 * FN_VL) {
+/* fn_block_moments in resumable parts, so a caller can interleave it with other work (the
+   pipelined unit apply overlaps the next unit's reads with this unit's writes): begin takes
+   the pivot, step accumulates the pairs of vectors [i0, i1) in order (multiples of 2 * FN_VL,
+   up to fn_bm_nv(n)), end adds the tail and finishes. Run begin, steps over [0, nv), end:
+   the same operations in the same order as one call, so the same bits. */
+static inline fn_idx FN(fn_bm_nv)(fn_idx n) { return n - n % (2 * FN_VL); }
+
+static inline void FN(fn_bm_begin)(FN(fn_bm) *s, const T *x, fn_idx n)
+{
+    s->a0 = s->a1 = s->q0 = s->q1 = (FN(vec)){0};
+    s->K = FN(fn_pivot)(x, n);
+}
+
+FN_HOT static void FN(fn_bm_step)(FN(fn_bm) *s, const T *x, fn_idx i0, fn_idx i1)
+{
+    FN(vec) a0 = s->a0, a1 = s->a1, q0 = s->q0, q1 = s->q1, d0, d1;
+    T K = s->K;
+    fn_idx i;
+    for (i = i0; i < i1; i += 2 * FN_VL) {
         d0 = *(const FN(uvec) *)(x + i) - K;
         d1 = *(const FN(uvec) *)(x + i + FN_VL) - K;
         a0 += d0;
@@ -212,13 +221,24 @@ FN_HOT static void FN(fn_block_moments)(const T *x, fn_idx n, double *mean, doub
         q0 += d0 * d0;
         q1 += d1 * d1;
     }
-    for (; i < n; i++) {
+    s->a0 = a0;
+    s->a1 = a1;
+    s->q0 = q0;
+    s->q1 = q1;
+}
+
+FN_HOT static void FN(fn_bm_end)(FN(fn_bm) *s, const T *x, fn_idx n, double *mean, double *m2)
+{
+    T t1 = 0, t2 = 0, e, K = s->K;
+    double s1, s2;
+    fn_idx i;
+    for (i = FN(fn_bm_nv)(n); i < n; i++) {
         e = x[i] - K;
         t1 += e;
         t2 += e * e;
     }
-    s1 = (double)t1 + FN(fn_hsum)(&a0, &a1);
-    s2 = (double)t2 + FN(fn_hsum)(&q0, &q1);
+    s1 = (double)t1 + FN(fn_hsum)(&s->a0, &s->a1);
+    s2 = (double)t2 + FN(fn_hsum)(&s->q0, &s->q1);
     if (s1 * s1 / (double)n > 0.5 * s2) {
         FN(fn_block_moments_2p)(x, n, (double)K + s1 / (double)n, mean, m2);
         return;
@@ -226,6 +246,22 @@ FN_HOT static void FN(fn_block_moments)(const T *x, fn_idx n, double *mean, doub
     *mean = (double)K + s1 / (double)n;
     s2 -= s1 * s1 / (double)n;
     *m2 = s2 > 0 ? s2 : 0;
+}
+
+/* Mean and M2 (sum of squared deviations) of x[0:n], 1 <= n <= FN_BLK, in one pass over the
+   block: sums of d = x - K and d^2 with the pivot K = the mean of the block's first 16 elements,
+   so d is of the order of the spread and x - K is exact when |mean| >> spread. The shifted
+   sum of squares s2 - s1^2 / n cancels only if K is far from the block mean; when
+   s1^2 / n > s2 / 2 (K more than a standard deviation away: M2 would lose more than a factor
+   2 of its precision) the block is redone as an exact two-pass. Accumulators are GCC vectors:
+   the lane arithmetic is fixed by the code, not by the ISA the clone targets, so every clone
+   gives the same bits. */
+FN_HOT static void FN(fn_block_moments)(const T *x, fn_idx n, double *mean, double *m2)
+{
+    FN(fn_bm) s;
+    FN(fn_bm_begin)(&s, x, n);
+    FN(fn_bm_step)(&s, x, 0, FN(fn_bm_nv)(n));
+    FN(fn_bm_end)(&s, x, n, mean, m2);
 }
 
 /* Moments of a contiguous segment, block by block in order, merged into (n, mean, m2). */
@@ -667,6 +703,68 @@ FN_HOT static void FN(fn_seg_apply_ew)(const T *x, T *y, fn_idx n, T mh, T ml, T
         u = (((x[i] - mh) - ml) * r) * g[i] + b[i];
         y[i] = act ? FN_RELU(u) : u;
     }
+}
+
+/* The apply of a segment fused with moment steps of the next unit: y = fn_seg_apply's
+   ((x - mh) - ml) * a + b (g == NULL) or fn_seg_apply_ew's (((x - mh) - ml) * a) * g[i] + bb[i],
+   act 0 or 1 only; and the pairs of vectors [j0, j1) of xn into s, as fn_bm_step. One loop, so
+   the next unit's loads go out between this segment's stores: back to back, the stores of an
+   apply stall with no read in flight. The same operations as the separate calls: same bits. */
+FN_HOT static void FN(fn_apply_bm)(const T *x, T *y, fn_idx n, T mh, T ml, T a, T b,
+                                   const T *g, const T *bb, int act, int nt, FN(fn_bm) *s,
+                                   const T *xn, fn_idx j0, fn_idx j1)
+{
+    FN(vec) a0 = s->a0, a1 = s->a1, q0 = s->q0, q1 = s->q1, d0, d1, v, u;
+    T K = s->K, e;
+    fn_idx i = 0, j = j0, h = nt ? FN(fn_nt_head)(y, n) : 0;
+    if (h < 0) { nt = 0; h = 0; }
+#define FN_AP1(k) (g ? (((x[k] - mh) - ml) * a) * g[k] + bb[k] : ((x[k] - mh) - ml) * a + b)
+#define FN_APV(k) (g ? (((*(const FN(uvec) *)(x + (k)) - mh) - ml) * a) \
+                        * *(const FN(uvec) *)(g + (k)) + *(const FN(uvec) *)(bb + (k)) \
+                     : ((*(const FN(uvec) *)(x + (k)) - mh) - ml) * a + b)
+    for (; i < h; i++) {
+        e = FN_AP1(i);
+        y[i] = act ? FN_RELU(e) : e;
+    }
+    for (; i + 2 * FN_VL <= n && j < j1; i += 2 * FN_VL, j += 2 * FN_VL) {
+        d0 = *(const FN(uvec) *)(xn + j) - K;
+        d1 = *(const FN(uvec) *)(xn + j + FN_VL) - K;
+        a0 += d0;
+        a1 += d1;
+        q0 += d0 * d0;
+        q1 += d1 * d1;
+        v = FN_APV(i);
+        u = FN_APV(i + FN_VL);
+        if (act) {
+            v = FN(fn_vrelu)(v);
+            u = FN(fn_vrelu)(u);
+        }
+        FN(fn_vst)(y + i, v, nt);
+        FN(fn_vst)(y + i + FN_VL, u, nt);
+    }
+    for (; i + FN_VL <= n; i += FN_VL) {
+        v = FN_APV(i);
+        if (act) v = FN(fn_vrelu)(v);
+        FN(fn_vst)(y + i, v, nt);
+    }
+    for (; i < n; i++) {
+        e = FN_AP1(i);
+        y[i] = act ? FN_RELU(e) : e;
+    }
+#undef FN_AP1
+#undef FN_APV
+    for (; j < j1; j += 2 * FN_VL) {
+        d0 = *(const FN(uvec) *)(xn + j) - K;
+        d1 = *(const FN(uvec) *)(xn + j + FN_VL) - K;
+        a0 += d0;
+        a1 += d1;
+        q0 += d0 * d0;
+        q1 += d1 * d1;
+    }
+    s->a0 = a0;
+    s->a1 = a1;
+    s->q0 = q0;
+    s->q1 = q1;
 }
 
 /* Channels-last apply: y[r, c] = ((x[r, c] - mh[c]) - ml[c]) * a[c] + b[c]. Written with
