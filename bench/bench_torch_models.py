@@ -16,8 +16,7 @@ import sys
 import numpy as np
 
 import fastnorm as fn
-from fastnorm._kernels import _norm as K
-from fastnorm.bench import timeit
+from fastnorm.bench import copy_time, timeit
 
 try:
     import torch
@@ -46,7 +45,7 @@ def _us(t):
 def _copy_time(x, threads):
     flat = x.reshape(-1)
     dst = np.empty_like(flat)
-    return timeit(lambda: K.parallel_copy(flat, dst, threads))
+    return copy_time(flat, dst, threads)
 
 
 # ---- 1. converted models: one training step ------------------------------------------------

@@ -506,3 +506,19 @@ def test_pipelined_units_same_bits(N, C, S, cb, ew, act, dtype, rng):
     for other in got[1:]:
         for a, o in zip(got[0], other):
             np.testing.assert_array_equal(a, o)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", [1, 15, 4097, 3 * 4096 * 4 + 21])
+def test_parallel_copy(n, dtype, rng):
+    """The benchmarks' floor copies every element, memcpy or streaming (four-page blocks, a
+    head up to a 64-byte line and tails), at any offset and thread count."""
+    src = rng.standard_normal(n).astype(dtype)
+    for off in (0, 1, 3):
+        for t in (1, 2, 3):
+            for stream in (False, True):
+                dst = np.zeros(n + off, dtype)[off:]
+                K.parallel_copy(src, dst, t, stream)
+                np.testing.assert_array_equal(dst, src)
+    with pytest.raises(ValueError, match="dst"):
+        K.parallel_copy(src, np.empty(n + 1, dtype), 1)

@@ -40,6 +40,15 @@
 
 typedef ptrdiff_t fn_idx;
 
+/* Orders this thread's streaming stores before what follows (the end of a parallel region
+   orders them for the other threads too). */
+static inline void fn_sfence(void)
+{
+#if FN_NT
+    _mm_sfence();
+#endif
+}
+
 /* Elements per moment block: 8 KiB of float32, well inside L1, long enough that the per-block
    horizontal sums and the float64 merge cost little. Each float32 accumulator lane (32 of them,
    two 64-byte vectors) sums at most 64 terms. */

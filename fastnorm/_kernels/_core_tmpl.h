@@ -443,6 +443,35 @@ static inline fn_idx FN(fn_nt_head)(const T *p, fn_idx n)
 }
 
 #if FN_IS_F32
+/* d[0:n] = s[0:n] with non-temporal stores, four pages at a time (float32 words: the bits are
+   only moved, so any 4-byte data). One read stream from each of four pages keeps more lines in
+   flight than one stream, and streaming stores do not read dst first. Measured here, one
+   thread, GB/s moved (read + write), memcpy / one stream / four pages: 24.5 MiB 15-28 / 27 / 29,
+   49 MiB 15-23 / 25 / 28, 128 MiB 14 / 22 / 27, 512 MiB 23 / 19 / 25 (memcpy is fast only while
+   both arrays stay in the last-level cache between calls). */
+FN_HOT static void fn_copy_stream(const float *s, float *d, fn_idx n)
+{
+    const fn_idx P = 1024;  /* 4 KiB */
+    fn_idx i = 0, j, h = FN(fn_nt_head)(d, n);
+    if (h < 0) {
+        memcpy(d, s, (size_t)n * sizeof(float));
+        return;
+    }
+    for (; i < h || (i < n && ((uintptr_t)(d + i) & 63)); i++) d[i] = s[i];
+    for (; i + 4 * P <= n; i += 4 * P)
+        for (j = i; j < i + P; j += FN_VL) {
+            FN(vec) a = *(const FN(uvec) *)(s + j), b = *(const FN(uvec) *)(s + j + P),
+                    c = *(const FN(uvec) *)(s + j + 2 * P), e = *(const FN(uvec) *)(s + j + 3 * P);
+            FN(fn_vst)(d + j, a, 1);
+            FN(fn_vst)(d + j + P, b, 1);
+            FN(fn_vst)(d + j + 2 * P, c, 1);
+            FN(fn_vst)(d + j + 3 * P, e, 1);
+        }
+    for (; i + FN_VL <= n; i += FN_VL) FN(fn_vst)(d + i, *(const FN(uvec) *)(s + i), 1);
+    for (; i < n; i++) d[i] = s[i];
+    fn_sfence();
+}
+
 /* ---- float32 activation over a buffer ----------------------------------------------------
    d[0:n] = act(s[0:n]) (s may be d); nt: non-temporal stores where d allows. The apply helpers
    compute a chunk of y into an L1 buffer, then call this, so the activation is a separate

@@ -54,6 +54,7 @@ cdef extern from "_core.h" nogil:
     const char *fn_simd_level()
     int fn_act_portable
     void fn_act_buf_f32(const float *s, float *d, fn_idx n, int act, int nt)
+    void fn_copy_stream(const float *s, float *d, fn_idx n)
 
     ctypedef struct fn_bm_f32:
         float K
@@ -1378,18 +1379,26 @@ cdef void cols_unit_bwd_fused(const floating *dy, const floating *x, floating *d
 from libc.string cimport memcpy
 
 
-def parallel_copy(const floating[::1] src, floating[::1] dst, int n_threads):
-    """dst[:] = src[:] as one memcpy per thread over equal contiguous ranges: the bytes every
-    op must move at least, at the C library's best (its memcpy picks non-temporal stores for
-    large ranges, as it does for numpy.copyto)."""
+def parallel_copy(const floating[::1] src, floating[::1] dst, int n_threads, bint stream=False):
+    """dst[:] = src[:] over equal contiguous ranges, one per thread: the bytes every op must
+    move at least, as fast as this machine moves them. Each range is a memcpy, or with stream
+    (the benchmarks pass the ops' own rule, _dispatch.stream) a four-page streaming copy
+    (fn_copy_stream): at those sizes glibc's memcpy still uses ordinary stores, which first
+    read each line of dst, and is as fast only while both arrays stay in the last-level
+    cache."""
     cdef Py_ssize_t n = src.shape[0], nt = max(1, n_threads), i, lo, hi
+    cdef Py_ssize_t words = sizeof(floating) // sizeof(float)
     if n == 0:
         return
+    if dst.shape[0] != n:
+        raise ValueError(f"dst must have {n} elements, got {dst.shape[0]}")
     with nogil:
         for i in prange(nt, schedule="static", num_threads=n_threads):
             lo = n * i // nt
             hi = n * (i + 1) // nt
-            if hi > lo:
+            if hi > lo and stream:
+                fn_copy_stream(<const float *>&src[lo], <float *>&dst[lo], (hi - lo) * words)
+            elif hi > lo:
                 memcpy(&dst[lo], &src[lo], (hi - lo) * sizeof(floating))
 
 
