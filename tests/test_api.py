@@ -484,9 +484,13 @@ def test_channel_backward_fast_path_equals_full_path(shape, dtype, layout, rng, 
     (3, 64, 30, 2, False, 0),      # group norm units of two planes: channel inside a vector
     (5, 8, 256, 8, False, 1),      # one unit per sample (FN_BLK values)
     (2, 6, 16, 1, False, 0),       # instance norm, tiny planes
+    (3, 8, 1500, 2, False, 1),     # float32 units of two blocks, a channel ending in the first
+    (4, 1, 4000, 1, True, 0),      # float32 rows of two blocks, the last one short
+    (2, 4, 3136, 1, False, 0),     # instance norm 56 x 56 planes
+    (2, 2, 20000, 2, False, 0),    # units past PIPE_MAX_BYTES: unit by unit
 ])
 def test_pipelined_units_same_bits(N, C, S, cb, ew, act, dtype, rng):
-    """One-block units run pipelined (a unit's apply fused with the next unit's statistics):
+    """One-sample units run pipelined (a unit's apply fused with the next unit's statistics):
     y, mean and rstd are bitwise those of the unit-by-unit schedule and of the split one."""
     x = (3 + rng.standard_normal(N * C * S)).astype(dtype)
     w = rng.standard_normal(S if ew else C).astype(dtype)

@@ -17,7 +17,8 @@ typedef T FN(uvec) __attribute__((vector_size(64), aligned(sizeof(T)), may_alias
 typedef double FN(hd8) __attribute__((vector_size(64)));
 typedef double FN(hd4) __attribute__((vector_size(32)));
 typedef double FN(hd2) __attribute__((vector_size(16)));
-static inline double FN(fn_hsum)(const FN(vec) *a, const FN(vec) *b)
+static inline __attribute__((always_inline)) double FN(fn_hsum)(const FN(vec) *a,
+                                                             const FN(vec) *b)
 {
     FN(hd8) t;
     FN(hd4) s4;

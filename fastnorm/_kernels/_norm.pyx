@@ -399,15 +399,19 @@ cdef void planes_unit_fused(const floating *x, floating *y, Py_ssize_t u, Py_ssi
 # Pipelined units (planes_team_pipelined): a thread writes the y of its unit in the same loop
 # that reads its next unit for the statistics (fn_apply_bm), so reads and writes overlap as they
 # do in a copy; one after the other, the apply's stores stall with no read in flight. For units
-# of one block (<= FN_BLK values), whose moments fn_bm_* compute in resumable parts with
-# fn_block_moments' bits. Measured, forward / copy into out=, float32, one thread, unit by unit
-# vs pipelined: layer norm (64, 1024) (256 KiB, in L2) 2.16 vs 1.84, (8192, 1024) 1.21 vs 1.10,
-# (1, 197, 768) 2.34 vs 2.00; group norm (1, 64, 128, 8) 2.13 vs 1.84.
+# of one sample up to PIPE_MAX_BYTES, whose moment blocks fn_bm_* compute in resumable parts
+# with fn_block_moments' bits. Measured, forward / copy into out=, float32, one thread, unit by
+# unit vs pipelined: layer norm (64, 1024) (256 KiB, in L2) 2.01 vs 1.74, (8192, 1024) 1.17 vs
+# 1.10, (1, 197, 768) 2.15 vs 1.98; group norm (1, 64, 128, 8) 2.01 vs 1.67; instance norm of
+# 32 MiB with planes of 512 / 1024 / 2048 values 1.38 / 1.34 / 1.18 vs 1.20 / 1.10 / 1.10.
+# Larger units gain nothing (planes of 4096 values 1.12 vs 1.11) or lose (group norm
+# (32, 64, 56, 56), units of 6272 values: 1.10 vs 1.16): a unit that large streams well alone.
+DEF PIPE_MAX_BYTES = 16384
 cdef bint _pipeline = True
 
 
 def _set_pipeline(bint on):
-    """Tests only: False runs one-block units unit by unit (the bits must not change)."""
+    """Tests only: False runs every unit unit by unit (the bits must not change)."""
     global _pipeline
     _pipeline = on
 
@@ -434,53 +438,83 @@ cdef inline void bm_end(void *s, const floating *x, Py_ssize_t n, double *mean,
         fn_bm_end_f64(<fn_bm_f64 *>s, x, n, mean, m2)
 
 
+cdef inline void apply_bm(const floating *x, floating *y, Py_ssize_t n, floating mh, floating ml,
+                          floating a, floating b, const floating *g, const floating *bb, int act,
+                          int stream, fn_bm_f64 *st, const floating *xn, Py_ssize_t j0,
+                          Py_ssize_t j1) noexcept nogil:
+    if floating is float:
+        fn_apply_bm_f32(x, y, n, mh, ml, a, b, g, bb, act, stream, <fn_bm_f32 *>st, xn, j0, j1)
+    else:
+        fn_apply_bm_f64(x, y, n, mh, ml, a, b, g, bb, act, stream, st, xn, j0, j1)
+
+
 cdef void planes_team_pipelined(const floating *x, floating *y, Py_ssize_t U, Py_ssize_t C,
                                 Py_ssize_t S, Py_ssize_t cb, const floating *w,
                                 const floating *b, bint ew, bint rms, double eps,
                                 double *mean_out, double *rstd_out, int act,
                                 int stream) noexcept nogil:
-    """This team thread's run of one-sample units (nb == 1, cb * S <= FN_BLK), pipelined: the
-    same statistics and the same y bits as planes_unit_fused."""
-    cdef Py_ssize_t n = cb * S, ncb = C // cb, u, ci, c, pos, done, tgt
+    """This team thread's run of one-sample units (nb == 1, at most PIPE_MAX_BYTES), pipelined:
+    the unit's apply goes in pieces cut at its channels' ends and at the moment blocks of the
+    next unit, each piece fused with the next unit's moment steps over the same positions.
+    The next unit's moments are its blocks merged in order from zero, as fn_seg_moments does:
+    the same statistics and the same y bits as planes_unit_fused."""
+    cdef Py_ssize_t n = cb * S, ncb = C // cb, u, ci, c, p, q, ce, bs, bl, bnv, done, tgt
     cdef Py_ssize_t lo = team_lo(U), hi = team_lo_next(U)
-    cdef Py_ssize_t nv = fn_bm_nv_f32(n) if floating is float else fn_bm_nv_f64(n)
     cdef Py_ssize_t step = 2 * (64 // sizeof(floating))
     cdef fn_bm_f64 st  # the larger of the two states
-    cdef double m = 0, m2 = 0
+    cdef double un = 0, um = 0, um2 = 0, cn, cm, cm2, bm, bm2
     cdef floating mh, ml, r
     cdef const floating *xn
     cdef bint nxt
     if lo >= hi:
         return
-    bm_begin(&st, x + lo * n, n)
-    bm_step(&st, x + lo * n, 0, nv)
-    bm_end(&st, x + lo * n, n, &m, &m2)
+    seg_moments(x + lo * n, n, &un, &um, &um2)
     for u in range(lo, hi):
-        unit_finalize(<double>n, m, m2, eps, rms, &mean_out[u], &rstd_out[u])
+        unit_finalize(un, um, um2, eps, rms, &mean_out[u], &rstd_out[u])
         split_mean(mean_out[u], &mh, &ml)
         r = <floating>rstd_out[u]
         nxt = u + 1 < hi
         xn = x + (u + 1) * n
+        cn = 0
+        cm = 0
+        cm2 = 0
+        bs = 0
+        bl = min(<Py_ssize_t>FN_BLK, n)
+        bnv = bl - bl % step
         done = 0
         if nxt:
-            bm_begin(&st, xn, n)
+            bm_begin(&st, xn, bl)
+        p = 0
         for ci in range(cb):
             c = (u % ncb) * cb + ci
-            pos = (u * cb + ci) * S
-            tgt = min(nv, (ci + 1) * S - ((ci + 1) * S) % step) if nxt else 0
-            if tgt < done:
-                tgt = done
-            if floating is float:
-                fn_apply_bm_f32(x + pos, y + pos, S, mh, ml, r if ew else r * w[c],
-                                0 if ew else b[c], w if ew else NULL, b if ew else NULL, act,
-                                stream, <fn_bm_f32 *>&st, xn, done, tgt)
-            else:
-                fn_apply_bm_f64(x + pos, y + pos, S, mh, ml, r if ew else r * w[c],
-                                0 if ew else b[c], w if ew else NULL, b if ew else NULL, act,
-                                stream, &st, xn, done, tgt)
-            done = tgt
+            ce = (ci + 1) * S
+            while p < ce:
+                q = min(ce, bs + bl)
+                tgt = max(done, min(bnv, (q - bs) - (q - bs) % step)) if nxt else done
+                if ew:
+                    apply_bm(x + u * n + p, y + u * n + p, q - p, mh, ml, r, 0,
+                             w + (p - ci * S), b + (p - ci * S), act, stream, &st, xn + bs,
+                             done, tgt)
+                else:
+                    apply_bm(x + u * n + p, y + u * n + p, q - p, mh, ml, r * w[c], b[c],
+                             <const floating *>NULL, <const floating *>NULL, act, stream, &st,
+                             xn + bs, done, tgt)
+                done = tgt
+                p = q
+                if p == bs + bl:
+                    if nxt:
+                        bm_end(&st, xn + bs, bl, &bm, &bm2)
+                        fn_chan_merge(&cn, &cm, &cm2, <double>bl, bm, bm2)
+                    bs += bl
+                    bl = min(<Py_ssize_t>FN_BLK, n - bs)
+                    bnv = bl - bl % step
+                    done = 0
+                    if nxt and bl > 0:
+                        bm_begin(&st, xn + bs, bl)
         if nxt:
-            bm_end(&st, xn, n, &m, &m2)
+            un = cn
+            um = cm
+            um2 = cm2
 
 
 cdef void planes_fused_run(const floating *x, floating *y, Py_ssize_t N, Py_ssize_t C,
@@ -489,7 +523,8 @@ cdef void planes_fused_run(const floating *x, floating *y, Py_ssize_t N, Py_ssiz
                            double *rstd_out, int act, const floating *res, floating *xs,
                            int n_threads, int stream) noexcept nogil:
     cdef Py_ssize_t U = (N // nb) * (C // cb), u
-    if nb == 1 and res == NULL and cb * S <= FN_BLK and act <= 1 and _pipeline:
+    if (nb == 1 and res == NULL and cb * S * <Py_ssize_t>sizeof(floating) <= PIPE_MAX_BYTES
+            and act <= 1 and _pipeline):
         if n_threads == 1 or U == 1:
             planes_team_pipelined(x, y, U, C, S, cb, w, b, ew, rms, eps, mean_out, rstd_out,
                                   act, stream)
