@@ -209,19 +209,23 @@ static inline void FN(fn_bm_begin)(FN(fn_bm) *s, const T *x, fn_idx n)
     s->K = FN(fn_pivot)(x, n);
 }
 
+/* One pair of vectors at p into the accumulators a0, a1, q0, q1 (pivot K, scratch d0, d1). */
+#define FN_BM_PAIR(p)                                                                         \
+    do {                                                                                      \
+        d0 = *(const FN(uvec) *)(p) - K;                                                      \
+        d1 = *(const FN(uvec) *)((p) + FN_VL) - K;                                            \
+        a0 += d0;                                                                             \
+        a1 += d1;                                                                             \
+        q0 += d0 * d0;                                                                        \
+        q1 += d1 * d1;                                                                        \
+    } while (0)
+
 FN_HOT static void FN(fn_bm_step)(FN(fn_bm) *s, const T *x, fn_idx i0, fn_idx i1)
 {
     FN(vec) a0 = s->a0, a1 = s->a1, q0 = s->q0, q1 = s->q1, d0, d1;
     T K = s->K;
     fn_idx i;
-    for (i = i0; i < i1; i += 2 * FN_VL) {
-        d0 = *(const FN(uvec) *)(x + i) - K;
-        d1 = *(const FN(uvec) *)(x + i + FN_VL) - K;
-        a0 += d0;
-        a1 += d1;
-        q0 += d0 * d0;
-        q1 += d1 * d1;
-    }
+    for (i = i0; i < i1; i += 2 * FN_VL) FN_BM_PAIR(x + i);
     s->a0 = a0;
     s->a1 = a1;
     s->q0 = q0;
@@ -757,12 +761,7 @@ FN_HOT static void FN(fn_apply_bm)(const T *x, T *y, fn_idx n, T mh, T ml, T a, 
         y[i] = act ? FN_RELU(e) : e;
     }
     for (; i + 2 * FN_VL <= n && j < j1; i += 2 * FN_VL, j += 2 * FN_VL) {
-        d0 = *(const FN(uvec) *)(xn + j) - K;
-        d1 = *(const FN(uvec) *)(xn + j + FN_VL) - K;
-        a0 += d0;
-        a1 += d1;
-        q0 += d0 * d0;
-        q1 += d1 * d1;
+        FN_BM_PAIR(xn + j);
         v = FN_APV(i);
         u = FN_APV(i + FN_VL);
         if (act) {
@@ -783,18 +782,11 @@ FN_HOT static void FN(fn_apply_bm)(const T *x, T *y, fn_idx n, T mh, T ml, T a, 
     }
 #undef FN_AP1
 #undef FN_APV
-    for (; j < j1; j += 2 * FN_VL) {
-        d0 = *(const FN(uvec) *)(xn + j) - K;
-        d1 = *(const FN(uvec) *)(xn + j + FN_VL) - K;
-        a0 += d0;
-        a1 += d1;
-        q0 += d0 * d0;
-        q1 += d1 * d1;
-    }
     s->a0 = a0;
     s->a1 = a1;
     s->q0 = q0;
     s->q1 = q1;
+    FN(fn_bm_step)(s, xn, j, j1);
 }
 
 /* Channels-last apply: y[r, c] = ((x[r, c] - mh[c]) - ml[c]) * a[c] + b[c]. Written with
@@ -1225,6 +1217,7 @@ FN_HOT static void FN(fn_rows_bwd_apply)(const T *dy, const T *x, T *dx, fn_idx 
 
 #undef FN_RELU
 #undef FN_CG
+#undef FN_BM_PAIR
 #undef T
 #undef FN
 #undef FN_CAT
