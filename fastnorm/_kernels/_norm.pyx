@@ -60,12 +60,8 @@ cdef extern from "_core.h" nogil:
         float K
     ctypedef struct fn_bm_f64:
         double K
-    fn_idx fn_bm_nv_f32(fn_idx n)
-    fn_idx fn_bm_nv_f64(fn_idx n)
     void fn_bm_begin_f32(fn_bm_f32 *s, const float *x, fn_idx n)
     void fn_bm_begin_f64(fn_bm_f64 *s, const double *x, fn_idx n)
-    void fn_bm_step_f32(fn_bm_f32 *s, const float *x, fn_idx i0, fn_idx i1)
-    void fn_bm_step_f64(fn_bm_f64 *s, const double *x, fn_idx i0, fn_idx i1)
     void fn_bm_end_f32(fn_bm_f32 *s, const float *x, fn_idx n, double *mean, double *m2)
     void fn_bm_end_f64(fn_bm_f64 *s, const double *x, fn_idx n, double *mean, double *m2)
     void fn_apply_bm_f32(const float *x, float *y, fn_idx n, float mh, float ml, float a,
@@ -423,13 +419,6 @@ cdef inline void bm_begin(void *s, const floating *x, Py_ssize_t n) noexcept nog
         fn_bm_begin_f64(<fn_bm_f64 *>s, x, n)
 
 
-cdef inline void bm_step(void *s, const floating *x, Py_ssize_t i0, Py_ssize_t i1) noexcept nogil:
-    if floating is float:
-        fn_bm_step_f32(<fn_bm_f32 *>s, x, i0, i1)
-    else:
-        fn_bm_step_f64(<fn_bm_f64 *>s, x, i0, i1)
-
-
 cdef inline void bm_end(void *s, const floating *x, Py_ssize_t n, double *mean,
                         double *m2) noexcept nogil:
     if floating is float:
@@ -487,7 +476,7 @@ cdef void planes_team_pipelined(const floating *x, floating *y, Py_ssize_t U, Py
     cdef Py_ssize_t lo = team_lo(U), hi = team_lo_next(U), L = hi - lo, k, kn
     cdef Py_ssize_t W = ways(L * n * <Py_ssize_t>sizeof(floating))
     cdef Py_ssize_t Q = (L + W - 1) // W
-    cdef Py_ssize_t step = 2 * (64 // sizeof(floating))
+    cdef Py_ssize_t step = 2 * (64 // sizeof(floating))  # fn_bm_step's pair of vectors
     cdef fn_bm_f64 st  # the larger of the two states
     cdef double un = 0, um = 0, um2 = 0, cn, cm, cm2, bm, bm2
     cdef floating mh, ml, r
