@@ -55,6 +55,7 @@ cdef extern from "_core.h" nogil:
     int fn_act_portable
     void fn_act_buf_f32(const float *s, float *d, fn_idx n, int act, int nt)
     void fn_copy_stream(const float *s, float *d, fn_idx n)
+    void fn_sfence()
 
     ctypedef struct fn_bm_f32:
         float K
@@ -546,8 +547,11 @@ cdef void planes_fused_run(const floating *x, floating *y, Py_ssize_t N, Py_ssiz
     if (nb == 1 and res == NULL and cb * S * <Py_ssize_t>sizeof(floating) <= PIPE_MAX_BYTES
             and act <= 1 and _pipeline):
         if n_threads == 1 or U == 1:
+            # no parallel region: its end would order the streaming stores for other threads
             planes_team_pipelined(x, y, U, C, S, cb, w, b, ew, rms, eps, mean_out, rstd_out,
                                   act, stream)
+            if stream:
+                fn_sfence()
         else:
             with parallel(num_threads=n_threads):
                 planes_team_pipelined(x, y, U, C, S, cb, w, b, ew, rms, eps, mean_out,
@@ -1169,10 +1173,12 @@ cdef int cols_forward_run(const floating *x, floating *y, Py_ssize_t G0, Py_ssiz
         if sd == NULL or sc == NULL:
             raise MemoryError()
         with nogil:
-            if fuse and nt == 1:
+            if fuse and nt == 1:  # no parallel region (see planes_fused_run)
                 for g in range(G0):
                     cols_unit_fused(x, y, g, R, C, cg, rb, K, sc, sd, w, b, eps, mean_out,
                                     rstd_out, act, stream)
+                if stream:
+                    fn_sfence()
             elif fuse:
                 with parallel(num_threads=nt):
                     t = threadid()
