@@ -29,19 +29,17 @@ from fastnorm._kernels import _norm as K
 
 # ---- timing ------------------------------------------------------------------------------------
 
-def copy_call(src, dst, threads):
-    """A parallel copy of src (flat) into dst, streamed from the size where the ops stream
-    their outputs (see parallel_copy)."""
-    stream = bool(D.stream(dst))
+def copy_call(src, dst, threads, stream=None):
+    """A parallel copy of src (flat) into dst: memcpy per thread, or streaming stores (stream
+    None: from the size where the ops stream their outputs; see parallel_copy)."""
+    stream = bool(D.stream(dst)) if stream is None else stream
     return lambda: K.parallel_copy(src, dst, threads, stream)
 
 
 def copy_time(src, dst, threads, budget=1.0):
-    """The floor: the faster of the two parallel copies (memcpy per thread, and streaming
-    stores from four pages at a time). Which one wins depends on the size and on whether the
-    arrays stay in the last-level cache between calls, so both are measured."""
-    return min(timeit(lambda: K.parallel_copy(src, dst, threads, False), budget=budget / 2),
-               timeit(lambda: K.parallel_copy(src, dst, threads, True), budget=budget / 2))
+    """The floor: the faster of the two parallel copies. Which one wins depends on the size and
+    on whether the arrays stay in the last-level cache between calls, so both are measured."""
+    return min(timeit(copy_call(src, dst, threads, s), budget=budget / 2) for s in (False, True))
 
 
 def timeit(f, min_sample=0.02, repeat=5, budget=1.0):

@@ -457,12 +457,12 @@ static inline fn_idx FN(fn_nt_head)(const T *p, fn_idx n)
 FN_HOT static void fn_copy_stream(const float *s, float *d, fn_idx n)
 {
     const fn_idx P = 1024;  /* 4 KiB */
-    fn_idx i = 0, j, h = FN(fn_nt_head)(d, n);
-    if (h < 0) {
+    fn_idx i = 0, j;
+    if ((uintptr_t)d % sizeof(float)) {
         memcpy(d, s, (size_t)n * sizeof(float));
         return;
     }
-    for (; i < h || (i < n && ((uintptr_t)(d + i) & 63)); i++) d[i] = s[i];
+    for (; i < n && ((uintptr_t)(d + i) & 63); i++) d[i] = s[i];  /* up to a whole line */
     for (; i + 4 * P <= n; i += 4 * P)
         for (j = i; j < i + P; j += FN_VL) {
             FN(vec) a = *(const FN(uvec) *)(s + j), b = *(const FN(uvec) *)(s + j + P),
