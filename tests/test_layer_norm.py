@@ -97,3 +97,26 @@ def test_zero_rows():
     dx, dw, db = fn.layer_norm_backward(x, x, mean, rstd, 8)
     assert dx.shape == (0, 8)
     np.testing.assert_array_equal(dw, 0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(70, 8300), (5, 70000)])
+def test_long_rows_backward_same_bits_at_any_thread_count(shape, dtype, rng):
+    """Long rows go by in blocks of rows, each thread over its own column chunks: dx, dweight
+    and dbias must not depend on how many threads share the chunks (70 rows: three blocks
+    of rows and a dweight flush inside the last one)."""
+    x = (3 + rng.standard_normal(shape)).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    w = (1 + 0.1 * rng.standard_normal(shape[1])).astype(dtype)
+    _, mean, rstd = fn.layer_norm_forward(x, shape[1], w)
+    runs = []
+    for t in (1, 2, 3, 4):
+        with fn.threads(t):
+            runs.append(fn.layer_norm_backward(dy, x, mean, rstd, shape[1], w))
+    for other in runs[1:]:
+        for a, b in zip(runs[0], other):
+            np.testing.assert_array_equal(a, b)
+    rdx, rdw, rdb = ref.layer_backward(dy, x, (shape[1],), w)
+    assert_close(runs[0][0], rdx, dtype, what="dx")
+    assert_close(runs[0][1], rdw, dtype, scale=shape[0], what="dweight")
+    assert_close(runs[0][2], rdb, dtype, scale=shape[0], what="dbias")

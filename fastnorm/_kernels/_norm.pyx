@@ -827,19 +827,25 @@ def planes_backward(const floating[::1] dy, const floating[::1] x, floating[::1]
 # Short rows (D * itemsize <= ROW_DW_BYTES): one pass per row, the row still in L1 for dx, with
 # dweight/dbias accumulated in T over at most 64 rows, then flushed into a float64 partial per
 # block of RB rows (RB fixed by the shape); partials are summed in block order.
-# Long rows: those accumulators would not stay in cache. Pass A runs over column chunks of
-# dw_cols: each sums all rows in order (dweight/dbias of the chunk, and per-(row, chunk) partial
-# row sums); pass B merges the row sums in chunk order and writes dx over (row, chunk) items.
-# x and dy are read twice, with no partial buffer larger than M * D / dw_cols.
+# Long rows: those accumulators would not stay in cache. The rows go by in blocks of about
+# LONG_BLOCK_BYTES of x and dy. Per block, pass A runs over column chunks of dw_cols, each
+# thread over its own run of chunks: every row of the block in order (dweight/dbias of the
+# chunk, and per-(row, chunk) partial row sums); the block's row sums are merged in chunk
+# order; pass B writes dx over the same chunks, last read first, so x and dy come back from
+# the thread's L2 and the last-level cache instead of memory. Chunks of 8 KiB read 2x slower
+# than long runs on some machines (every row jump restarts the hardware prefetch), hence 32 KiB.
+# The sums (over rows in order, flushed every FLUSH_ROWS rows) do not depend on the block size
+# or the thread count.
 
 DEF ROW_DW_BYTES = 32768
 DEF FLUSH_ROWS = 64
-DEF DW_BYTES = 8192
+DEF DW_BYTES = 32768
+DEF LONG_BLOCK_BYTES = 2097152
 
 
 cdef inline Py_ssize_t dw_cols(Py_ssize_t itemsize) noexcept nogil:
-    """Columns per chunk of the long-row pass A: DW_BYTES of each of w, dweight and dbias
-    (their T accumulators), so the three stay in L1 while every row of the chunk goes by."""
+    """Columns per chunk of the long rows' passes: DW_BYTES of each of w, dweight and dbias
+    (their T accumulators), so the three stay in L2 while every row of a block goes by."""
     return DW_BYTES // itemsize
 
 
@@ -920,11 +926,12 @@ def rows_backward(const floating[::1] dy, const floating[::1] x, floating[::1] d
     cdef double[:, ::1] dwb
     cdef double[:, ::1] dbb
     cdef floating[:, ::1] tsc
-    cdef double[:, ::1] tsd
+    cdef floating[:, ::1] acc
+    cdef double[:, ::1] accd
     cdef double[:, :, ::1] part
     cdef double[:, ::1] rq
     cdef floating *sc
-    cdef double *sdd
+    cdef bint direct
     dt = np.float32 if floating is float else np.float64
     if M == 0 or D == 0:
         dweight[:] = 0
@@ -949,84 +956,102 @@ def rows_backward(const floating[::1] dy, const floating[::1] x, floating[::1] d
                 dweight[j] = <floating>s1
                 dbias[j] = <floating>s2
         return
-    # long rows: pass A over column chunks (row sums per (row, chunk), dweight/dbias for the
-    # chunk), pass B over (row, chunk) items for dx
+    # long rows: blocks of rows, pass A over column chunks, pass B over the same chunks
     part = np.empty((M, ncol, 2), dtype=np.float64)
     rq = np.empty((M, 2), dtype=np.float64)
-    tsc = np.empty((nt, 2 * dw_cols(sizeof(floating))), dtype=dt)
-    tsd = np.empty((nt, 2 * dw_cols(sizeof(floating))), dtype=np.float64)
-    with nogil:
-        with parallel(num_threads=n_threads):
-            sc = &tsc[threadid(), 0]
-            sdd = &tsd[threadid(), 0]
-            for k in prange(ncol, schedule="static"):
-                cols_chunk_bwd_rows(&dy[0], &x[0], M, D, k, &w[0], &mean[0], &rstd[0],
-                                    &part[0, 0, 0], ncol, &dweight[0], &dbias[0], sc, sdd)
-        for i in prange(M, schedule="static", num_threads=n_threads):
+    direct = M <= FLUSH_ROWS
+    acc = np.empty((1 if direct else 2, D), dtype=dt)
+    accd = np.empty((1 if direct else 2, D), dtype=np.float64)
+    with nogil, parallel(num_threads=n_threads):
+        long_rows_bwd_team(&dy[0], &x[0], &dx[0], M, D, &w[0], &mean[0], &rstd[0],
+                           &part[0, 0, 0], &rq[0, 0], ncol, &dweight[0], &dbias[0],
+                           &acc[0, 0], &accd[0, 0], rms, dsp, stream)
+
+
+cdef void long_rows_bwd_team(const floating *dy, const floating *x, floating *dx, Py_ssize_t M,
+                             Py_ssize_t D, const floating *w, const double *mean,
+                             const double *rstd, double *part, double *rq, Py_ssize_t ncol,
+                             floating *dweight, floating *dbias, floating *acc, double *accd,
+                             bint rms, const floating *ds, int stream) noexcept nogil:
+    """The long-row backward, run by every thread of one parallel region: thread t owns the
+    column chunks [team_lo(ncol), team_lo_next(ncol)) in both passes of every row block.
+    acc (2, D) of T and accd (2, D) of float64: the dweight/dbias accumulators (unused when
+    M <= FLUSH_ROWS: dweight/dbias themselves)."""
+    cdef Py_ssize_t k0 = team_lo(ncol), k1 = team_lo_next(ncol)
+    cdef Py_ssize_t RB = max(<Py_ssize_t>1,
+                             LONG_BLOCK_BYTES // (2 * D * <Py_ssize_t>sizeof(floating)))
+    cdef Py_ssize_t b0 = 0, b1, i, k
+    cdef double s1, s2
+    while b0 < M:
+        b1 = min(M, b0 + RB)
+        for k in range(k0, k1):
+            cols_chunk_bwd_rows(dy, x, M, D, k, b0, b1, w, mean, rstd, part, ncol, dweight,
+                                dbias, acc, accd)
+        fn_team_barrier()
+        for i in range(b0 + team_lo(b1 - b0), b0 + team_lo_next(b1 - b0)):
             s1 = 0
             s2 = 0
             for k in range(ncol):
-                s1 = s1 + part[i, k, 0]
-                s2 = s2 + part[i, k, 1]
-            rq[i, 0] = 0 if rms else s1 / D
-            rq[i, 1] = -rstd[i] * rstd[i] * rstd[i] * s2 / D
-        # chunk-major (every row of a column chunk, then the next chunk): the chunk of w stays
-        # in L1 instead of coming again from L2 or memory for every row
-        for j in prange(M * ncol, schedule="static", num_threads=n_threads):
-            row_chunk_bwd_apply(&dy[0], &x[0], &dx[0], j % M, D, j // M, &w[0],
-                                mean[j % M], rstd[j % M], rq[j % M, 0], rq[j % M, 1], dsp,
-                                stream)
+                s1 = s1 + part[(i * ncol + k) * 2]
+                s2 = s2 + part[(i * ncol + k) * 2 + 1]
+            rq[2 * i] = 0 if rms else s1 / D
+            rq[2 * i + 1] = -rstd[i] * rstd[i] * rstd[i] * s2 / D
+        fn_team_barrier()
+        for k in range(k1 - 1, k0 - 1, -1):
+            for i in range(b1 - 1, b0 - 1, -1):
+                row_chunk_bwd_apply(dy, x, dx, i, D, k, w, mean[i], rstd[i], rq[2 * i],
+                                    rq[2 * i + 1], ds, stream)
+        b0 = b1
 
 
 cdef void cols_chunk_bwd_rows(const floating *dy, const floating *x, Py_ssize_t M, Py_ssize_t D,
-                              Py_ssize_t k, const floating *w, const double *mean,
-                              const double *rstd, double *part, Py_ssize_t ncol,
-                              floating *dweight, floating *dbias, floating *scr,
-                              double *acc) noexcept nogil:
-    """Pass A of the long-row layer-norm backward for column chunk k: per row i (in order) the
-    partial sums of g and g * xc over the chunk into part[i, k], and dweight/dbias of the
-    chunk, accumulated in T over FLUSH_ROWS rows, flushed into float64 (acc, 2 * dw_cols) and
-    rounded to T once at the end. With one flush (M <= FLUSH_ROWS) that float64 round trip
-    returns the T sums unchanged, so they are accumulated in dweight/dbias directly."""
+                              Py_ssize_t k, Py_ssize_t b0, Py_ssize_t b1, const floating *w,
+                              const double *mean, const double *rstd, double *part,
+                              Py_ssize_t ncol, floating *dweight, floating *dbias,
+                              floating *acc, double *accd) noexcept nogil:
+    """Pass A of the long-row layer-norm backward for column chunk k and rows [b0, b1): per
+    row i (in order) the partial sums of g and g * xc over the chunk into part[i, k], and
+    dweight/dbias of the chunk, accumulated in T over FLUSH_ROWS rows, flushed into float64
+    (accd) and rounded to T once after row M - 1. With one flush (M <= FLUSH_ROWS) that
+    float64 round trip returns the T sums unchanged, so they accumulate in dweight/dbias."""
     cdef Py_ssize_t cw = dw_cols(sizeof(floating))
-    cdef Py_ssize_t j0 = k * cw, ln = min(cw, D - j0), i, j, s0
+    cdef Py_ssize_t j0 = k * cw, ln = min(cw, D - j0), i, j
     cdef bint direct = M <= FLUSH_ROWS
-    cdef floating *dwa = dweight + j0 if direct else scr
-    cdef floating *dba = dbias + j0 if direct else scr + cw
-    cdef double *dwd = acc
-    cdef double *dbd = acc + cw
+    cdef floating *dwa = (dweight if direct else acc) + j0
+    cdef floating *dba = (dbias if direct else acc + D) + j0
+    cdef double *dwd = accd + j0
+    cdef double *dbd = accd + D + j0
     cdef double sg, sgx
     cdef floating mh, ml
-    if not direct:
-        for j in range(ln):
-            dwd[j] = 0
-            dbd[j] = 0
-    s0 = 0
-    while s0 < M:
-        for j in range(ln):
-            dwa[j] = 0
-            dba[j] = 0
-        for i in range(s0, min(M, s0 + FLUSH_ROWS)):
-            sg = 0
-            sgx = 0
-            split_mean(mean[i], &mh, &ml)
-            if floating is float:
-                fn_row_bwd_sums_ew_f32(dy + i * D + j0, x + i * D + j0, ln, mh, ml,
-                                       <float>rstd[i], w + j0, &sg, &sgx, dwa, dba)
-            else:
-                fn_row_bwd_sums_ew_f64(dy + i * D + j0, x + i * D + j0, ln, mh, ml, rstd[i],
-                                       w + j0, &sg, &sgx, dwa, dba)
-            part[(i * ncol + k) * 2] = sg
-            part[(i * ncol + k) * 2 + 1] = sgx
-        if direct:
-            return
+    for i in range(b0, b1):
+        if i % FLUSH_ROWS == 0:
+            for j in range(ln):
+                dwa[j] = 0
+                dba[j] = 0
+        sg = 0
+        sgx = 0
+        split_mean(mean[i], &mh, &ml)
+        if floating is float:
+            fn_row_bwd_sums_ew_f32(dy + i * D + j0, x + i * D + j0, ln, mh, ml,
+                                   <float>rstd[i], w + j0, &sg, &sgx, dwa, dba)
+        else:
+            fn_row_bwd_sums_ew_f64(dy + i * D + j0, x + i * D + j0, ln, mh, ml, rstd[i],
+                                   w + j0, &sg, &sgx, dwa, dba)
+        part[(i * ncol + k) * 2] = sg
+        part[(i * ncol + k) * 2 + 1] = sgx
+        if direct or ((i + 1) % FLUSH_ROWS != 0 and i != M - 1):
+            continue
+        if i < FLUSH_ROWS:
+            for j in range(ln):
+                dwd[j] = 0
+                dbd[j] = 0
         for j in range(ln):
             dwd[j] += dwa[j]
             dbd[j] += dba[j]
-        s0 += FLUSH_ROWS
-    for j in range(ln):
-        dweight[j0 + j] = <floating>dwd[j]
-        dbias[j0 + j] = <floating>dbd[j]
+        if i == M - 1:
+            for j in range(ln):
+                dweight[j0 + j] = <floating>dwd[j]
+                dbias[j0 + j] = <floating>dbd[j]
 
 
 cdef inline void row_chunk_bwd_apply(const floating *dy, const floating *x, floating *dx,
