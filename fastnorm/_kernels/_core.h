@@ -61,6 +61,18 @@ static inline void fn_sfence(void)
 #define FN_HOT
 #endif
 
+/* 1 on an Intel CPU: the interleaved-regions schedule of the pipelined units is tuned per
+   vendor (see ways() in _norm.pyx). */
+static inline int fn_cpu_intel(void)
+{
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+    __builtin_cpu_init();
+    return __builtin_cpu_is("intel");
+#else
+    return 0;
+#endif
+}
+
 /* Chan's merge of (nb, mb, m2b) into the running (n, mean, m2). From an empty running state it
    copies the partial exactly, so merging k partials in a fixed order gives one fixed result. */
 static inline void fn_chan_merge(double *n, double *mean, double *m2,

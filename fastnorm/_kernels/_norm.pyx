@@ -56,6 +56,7 @@ cdef extern from "_core.h" nogil:
     void fn_act_buf_f32(const float *s, float *d, fn_idx n, int act, int nt)
     void fn_copy_stream(const float *s, float *d, fn_idx n)
     void fn_sfence()
+    int fn_cpu_intel()
 
     ctypedef struct fn_bm_f32:
         float K
@@ -428,19 +429,33 @@ cdef inline void bm_end(void *s, const floating *x, Py_ssize_t n, double *mean,
         fn_bm_end_f64(<fn_bm_f64 *>s, x, n, mean, m2)
 
 
-# A thread's run of units is taken from WAYS regions in turn once it holds WAYS_BYTES: reads
-# and streamed writes from several DRAM pages at once keep more in flight than one stream,
-# which slows down past the last-level cache (as a four-page copy beats memcpy there).
-# Measured, layer norm (D = 1024) forward / copy, 2 threads, one region vs 4 / 8 / 16:
-# 128 MiB 1.68 vs 1.55 / 1.41 / 1.59, 1 GiB 1.61 vs 1.40 / 1.36 / 1.50; 32 MiB 1.10 either way.
+# On Intel, a thread's run of units is taken from WAYS regions in turn once it holds
+# WAYS_BYTES: reads and streamed writes from several DRAM pages at once keep more in flight
+# than one stream, which slows down past the last-level cache (as a four-page copy beats
+# memcpy there). Measured on a Xeon, layer norm (D = 1024) forward / copy, 2 threads, one
+# region vs 4 / 8 / 16: 128 MiB 1.68 vs 1.55 / 1.41 / 1.59, 1 GiB 1.61 vs 1.40 / 1.36 / 1.50;
+# 32 MiB 1.10 either way. On an AMD EPYC (Zen 4) every added region costs instead, one thread,
+# one region vs 2 / 4 / 8: 32 MiB 1.16 vs 1.05 / 1.57 / 2.05, 256 MiB 1.07 vs 1.36 / 1.61 /
+# 2.35; two threads 256 MiB 1.10 vs 1.12 / 1.33 / 1.60. So the regions are Intel's default
+# and one region everyone else's.
 # Pipelined units only: group norm's 25 KiB units one after the other gained nothing at 1 GiB
 # (1.67 vs 1.71), each unit's read being a long stream of its own.
 DEF WAYS = 8
 DEF WAYS_BYTES = 33554432
+cdef Py_ssize_t _ways = WAYS if fn_cpu_intel() else 1
+
+
+def _set_ways(Py_ssize_t n):
+    """Tests only: the number of regions (>= 1) for runs of WAYS_BYTES or more; returns the
+    previous one. The bits do not depend on it."""
+    global _ways
+    prev = _ways
+    _ways = max(1, n)
+    return prev
 
 
 cdef inline Py_ssize_t ways(Py_ssize_t run_bytes) noexcept nogil:
-    return WAYS if run_bytes >= WAYS_BYTES else 1
+    return _ways if run_bytes >= WAYS_BYTES else 1
 
 
 cdef inline Py_ssize_t ways_next(Py_ssize_t k, Py_ssize_t L, Py_ssize_t W,
