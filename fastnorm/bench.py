@@ -42,6 +42,27 @@ def copy_time(src, dst, threads, budget=1.0):
     return min(timeit(copy_call(src, dst, threads, s), budget=budget / 2) for s in (False, True))
 
 
+def copy_calls(src, dst, threads):
+    """The two floor copies as named calls for timeit_rounds; the floor is their minimum."""
+    return {"copy_memcpy": copy_call(src, dst, threads, False),
+            "copy_stream": copy_call(src, dst, threads, True)}
+
+
+def timeit_rounds(calls, rounds=3, budget=1.0):
+    """Seconds per call of each named callable (min over samples). The callables take turns,
+    round after round, each keeping its best: on a shared machine a slow spell (a neighbour
+    loading the memory bus) then lands on every one of them instead of one, so a ratio taken
+    from these times is not at the mercy of when each side happened to run."""
+    best = {}
+    for _ in range(rounds):
+        for name, f in calls.items():
+            best[name] = min(best.get(name, float("inf")),
+                             timeit(f, budget=budget / rounds))
+    if "copy_memcpy" in best:
+        best["copy"] = min(best.pop("copy_memcpy"), best.pop("copy_stream"))
+    return best
+
+
 def timeit(f, min_sample=0.02, repeat=5, budget=1.0):
     """Seconds per call: min over ``repeat`` samples of an inner loop lasting >= min_sample."""
     f()
@@ -265,36 +286,39 @@ def run(quick=False, dtypes=("float32",), thread_counts=None, progress=True):
                "threads": t, "bytes": int(x.nbytes)}
         with fn.threads(t):
             flat = x.reshape(-1)
-            dst = np.empty_like(flat)
-            row["copy"] = copy_time(flat, dst, t, budget=budget)
+            calls = copy_calls(flat, np.empty_like(flat), t)
             # fresh outputs (as torch and NumPy allocate theirs) for the speedups ...
-            f_fwd, f_bwd = _fastnorm_calls(op, x, layout, extra, w, b, dy)
-            row["fastnorm_fwd"] = timeit(f_fwd, budget=budget)
-            row["fastnorm_bwd"] = timeit(f_bwd, budget=budget) if f_bwd else None
+            calls["fastnorm_fwd"], calls["fastnorm_bwd"] = _fastnorm_calls(
+                op, x, layout, extra, w, b, dy)
             # ... and into a preallocated out= for the ratio to the copy, which also writes
             # into a buffer it already has: fresh memory from the OS costs a zeroing pass
             # (above glibc's 32 MiB mmap threshold, on every call) that is not the kernel's
-            o_fwd, o_bwd = _fastnorm_calls(op, x, layout, extra, w, b, dy, out=np.empty_like(x))
-            row["fastnorm_fwd_out"] = timeit(o_fwd, budget=budget)
-            row["fastnorm_bwd_out"] = timeit(o_bwd, budget=budget) if o_bwd else None
-            if t == 1 or not quick:
-                row["numpy_fwd"] = timeit(
-                    lambda: _numpy_forward(op, x, layout, extra, w, b), budget=budget,
-                    repeat=2)
+            calls["fastnorm_fwd_out"], calls["fastnorm_bwd_out"] = _fastnorm_calls(
+                op, x, layout, extra, w, b, dy, out=np.empty_like(x))
+            prev = None
             if torch is not None:
                 prev = torch.get_num_threads()
                 torch.set_num_threads(t)
-                try:
-                    t_fwd, t_bwd = _torch_calls(op, x, layout, extra, w, b, dy)
-                    row["torch_fwd"] = timeit(t_fwd, budget=budget)
-                    row["torch_bwd"] = timeit(t_bwd, budget=budget) if t_bwd else None
-                finally:
-                    torch.set_num_threads(prev)
+                calls["torch_fwd"], calls["torch_bwd"] = _torch_calls(op, x, layout, extra,
+                                                                      w, b, dy)
             if op in ("batch_eval", "instance", "layer", "group"):
                 sess = _onnx_call(op if op != "layer" or layout != "rows" else "layer", x,
                                   layout, extra, t)
                 if sess is not None:
-                    row["onnxruntime_fwd"] = timeit(sess, budget=budget)
+                    calls["onnxruntime_fwd"] = sess
+            calls = {k: f for k, f in calls.items() if f is not None}
+            try:
+                row.update(timeit_rounds(calls, rounds=2 if quick else 3,
+                                         budget=budget * len(calls) / 2))
+            finally:
+                if prev is not None:
+                    torch.set_num_threads(prev)
+            for k in ("fastnorm_bwd", "fastnorm_bwd_out"):
+                row.setdefault(k, None)
+            if t == 1 or not quick:
+                row["numpy_fwd"] = timeit(
+                    lambda: _numpy_forward(op, x, layout, extra, w, b), budget=budget,
+                    repeat=2)
         results.append(row)
     if progress:
         print("\r".ljust(62) + "\r", end="", file=sys.stderr, flush=True)
@@ -365,10 +389,12 @@ def scaling(quick=False, progress=True):
             flat = a.reshape(-1)
             dst = np.empty_like(flat)
             budget = 0.3 if quick else 1.0
-            cp = copy_time(flat, dst, t, budget=budget)
             o = np.empty_like(a)  # like the copy, write into an existing buffer
+            calls = copy_calls(flat, dst, t)
+            calls["op"] = lambda: f(a, o)
+            tm = timeit_rounds(calls, rounds=2 if quick else 3, budget=1.5 * budget)
             res.append({"name": name, "bytes": int(a.nbytes), "threads": t,
-                        "ratio": timeit(lambda: f(a, o), budget=budget) / cp})
+                        "ratio": tm["op"] / tm["copy"]})
             del a, flat, dst, o
     return res
 
