@@ -847,8 +847,11 @@ def planes_backward(const floating[::1] dy, const floating[::1] x, floating[::1]
 # thread over its own run of chunks: every row of the block in order (dweight/dbias of the
 # chunk, and per-(row, chunk) partial row sums); the block's row sums are merged in chunk
 # order; pass B writes dx over the same chunks, last read first, so x and dy come back from
-# the thread's L2 and the last-level cache instead of memory. Chunks of 8 KiB read 2x slower
-# than long runs on some machines (every row jump restarts the hardware prefetch), hence 32 KiB.
+# the thread's L2 instead of memory. Measured on an AMD EPYC (2 MiB L2, 32 MiB L3), layer norm
+# over (64, 56, 56), 32 rows, float32 bwd / copy at one thread: blocks of 2 MiB 4.1, 8 MiB 5.1,
+# all rows 5.4 (the last-level cache did not keep a block for the second pass; L2 does).
+# Chunks of 8 KiB read 2x slower than long runs there (every row jump restarts the hardware
+# prefetch), hence 32 KiB.
 # The sums (over rows in order, flushed every FLUSH_ROWS rows) do not depend on the block size
 # or the thread count.
 
@@ -975,8 +978,8 @@ def rows_backward(const floating[::1] dy, const floating[::1] x, floating[::1] d
     part = np.empty((M, ncol, 2), dtype=np.float64)
     rq = np.empty((M, 2), dtype=np.float64)
     direct = M <= FLUSH_ROWS
-    acc = np.empty((1 if direct else 2, D), dtype=dt)
-    accd = np.empty((1 if direct else 2, D), dtype=np.float64)
+    acc = np.empty((1, 1) if direct else (2, D), dtype=dt)
+    accd = np.empty((1, 1) if direct else (2, D), dtype=np.float64)
     with nogil, parallel(num_threads=n_threads):
         long_rows_bwd_team(&dy[0], &x[0], &dx[0], M, D, &w[0], &mean[0], &rstd[0],
                            &part[0, 0, 0], &rq[0, 0], ncol, &dweight[0], &dbias[0],
