@@ -978,8 +978,8 @@ def rows_backward(const floating[::1] dy, const floating[::1] x, floating[::1] d
     part = np.empty((M, ncol, 2), dtype=np.float64)
     rq = np.empty((M, 2), dtype=np.float64)
     direct = M <= FLUSH_ROWS
-    acc = np.empty((1, 1) if direct else (2, D), dtype=dt)
-    accd = np.empty((1, 1) if direct else (2, D), dtype=np.float64)
+    acc = np.empty((2, 1 if direct else D), dtype=dt)
+    accd = np.empty((2, 1 if direct else D), dtype=np.float64)
     with nogil, parallel(num_threads=n_threads):
         long_rows_bwd_team(&dy[0], &x[0], &dx[0], M, D, &w[0], &mean[0], &rstd[0],
                            &part[0, 0, 0], &rq[0, 0], ncol, &dweight[0], &dbias[0],
