@@ -513,6 +513,28 @@ def test_pipelined_units_same_bits(N, C, S, cb, ew, act, dtype, rng):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("N,C,S", [(5, 3, 37), (4, 2, 40000), (7, 4, 3136), (1, 2, 100)])
+def test_batch_planes_two_at_a_time_same_bits(N, C, S, dtype, rng):
+    """A batch-norm channel's planes are read two at a time (forward moments, backward sums),
+    an odd last plane alone: mean, rstd, y, dx, dweight and dbias are bitwise those of the
+    split schedule, which takes every plane on its own (planes of two FN_CHUNKs included)."""
+    x = (100 + rng.standard_normal(N * C * S)).astype(dtype)
+    dy = rng.standard_normal(N * C * S).astype(dtype)
+    w = rng.standard_normal(C).astype(dtype)
+    b = rng.standard_normal(C).astype(dtype)
+    got = []
+    for fuse in (True, False):
+        y, dx = np.empty_like(x), np.empty_like(x)
+        m, r = np.empty(C), np.empty(C)
+        dw, db = np.empty(C), np.empty(C)
+        K.planes_forward(x, y, N, C, S, N, 1, w, b, False, 1e-5, m, r, 0, 1, fuse)
+        K.planes_backward(dy, x, dx, N, C, S, N, 1, w, m, r, dw, db, 1, fuse)
+        got.append((y, m, r, dx, dw, db))
+    for a, o in zip(*got):
+        np.testing.assert_array_equal(a, o)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("n", [1, 15, 4097, 3 * 4096 * 4 + 21])
 def test_parallel_copy(n, dtype, rng):
     """The benchmarks' floor copies every element, memcpy or streaming (four-page blocks, a

@@ -281,6 +281,41 @@ static void FN(fn_seg_moments)(const T *x, fn_idx len, double *n, double *mean, 
     }
 }
 
+/* fn_seg_moments of two segments of equal length at once (a and b): block by block, both
+   blocks' pairs of vectors in one loop, each into its own accumulators, so each gets the bits
+   of its own fn_seg_moments. Two read streams instead of one: a batch-norm channel is N planes
+   of a few KiB at a stride of C planes, and one such plane after the other restarts the
+   hardware prefetch at every plane (measured on a Zen 4: a channel's planes one at a time
+   read at 0.66-0.75 of a copy's time, two at a time 0.56, in order 0.45). */
+FN_HOT static void FN(fn_seg_moments2)(const T *xa, const T *xb, fn_idx len, double *na,
+                                       double *meana, double *m2a, double *nb, double *meanb,
+                                       double *m2b)
+{
+    FN(fn_bm) sa, sb;
+    FN(vec) a0, a1, q0, q1, d0, d1;
+    T K;
+    fn_idx i, b, j, nv;
+    double bm, bm2;
+    for (i = 0; i < len; i += FN_BLK) {
+        b = len - i < FN_BLK ? len - i : FN_BLK;
+        nv = FN(fn_bm_nv)(b);
+        FN(fn_bm_begin)(&sa, xa + i, b);
+        FN(fn_bm_begin)(&sb, xb + i, b);
+        for (j = 0; j < nv; j += 2 * FN_VL) {
+            a0 = sa.a0; a1 = sa.a1; q0 = sa.q0; q1 = sa.q1; K = sa.K;
+            FN_BM_PAIR(xa + i + j);
+            sa.a0 = a0; sa.a1 = a1; sa.q0 = q0; sa.q1 = q1;
+            a0 = sb.a0; a1 = sb.a1; q0 = sb.q0; q1 = sb.q1; K = sb.K;
+            FN_BM_PAIR(xb + i + j);
+            sb.a0 = a0; sb.a1 = a1; sb.q0 = q0; sb.q1 = q1;
+        }
+        FN(fn_bm_end)(&sa, xa + i, b, &bm, &bm2);
+        fn_chan_merge(na, meana, m2a, (double)b, bm, bm2);
+        FN(fn_bm_end)(&sb, xb + i, b, &bm, &bm2);
+        fn_chan_merge(nb, meanb, m2b, (double)b, bm, bm2);
+    }
+}
+
 /* Column vectors a channels-last reduction keeps in registers at once. The block is swept row
    by row, so each row's group of vectors is read as one contiguous run: sweeping one column
    vector at a time down all rows read each 64-byte line with a stride of a whole row (C values),
@@ -911,6 +946,48 @@ FN_HOT static void FN(fn_seg_bwd_sums)(const T *dy, const T *x, fn_idx len, T mh
         }
         *sdy += (double)t1 + FN(fn_hsum)(&a0, &a1);
         *sdyx += (double)t2 + FN(fn_hsum)(&b0, &b1);
+    }
+}
+
+/* fn_seg_bwd_sums of two planes of one unit at once (dya/xa and dyb/xb, equal lengths, the
+   same mean): both planes' vectors in one loop, each into its own accumulators (its own bits),
+   four read streams instead of two (see fn_seg_moments2). */
+FN_HOT static void FN(fn_seg_bwd_sums2)(const T *dya, const T *xa, const T *dyb, const T *xb,
+                                        fn_idx len, T mh, T ml, double *sdya, double *sdyxa,
+                                        double *sdyb, double *sdyxb)
+{
+    FN(vec) a0, a1, b0, b1, c0, c1, e0, e1, g0, g1, h0, h1;
+    T t1, t2, u1, u2;
+    fn_idx i, n, nv;
+    for (; len > 0; len -= n, dya += n, xa += n, dyb += n, xb += n) {
+        n = len < FN_BLK ? len : FN_BLK;
+        nv = n - n % (2 * FN_VL);
+        a0 = a1 = b0 = b1 = c0 = c1 = e0 = e1 = (FN(vec)){0};
+        for (i = 0; i < nv; i += 2 * FN_VL) {
+            g0 = *(const FN(uvec) *)(dya + i);
+            g1 = *(const FN(uvec) *)(dya + i + FN_VL);
+            h0 = *(const FN(uvec) *)(dyb + i);
+            h1 = *(const FN(uvec) *)(dyb + i + FN_VL);
+            a0 += g0;
+            a1 += g1;
+            c0 += h0;
+            c1 += h1;
+            b0 += g0 * ((*(const FN(uvec) *)(xa + i) - mh) - ml);
+            b1 += g1 * ((*(const FN(uvec) *)(xa + i + FN_VL) - mh) - ml);
+            e0 += h0 * ((*(const FN(uvec) *)(xb + i) - mh) - ml);
+            e1 += h1 * ((*(const FN(uvec) *)(xb + i + FN_VL) - mh) - ml);
+        }
+        t1 = t2 = u1 = u2 = 0;
+        for (; i < n; i++) {
+            t1 += dya[i];
+            t2 += dya[i] * ((xa[i] - mh) - ml);
+            u1 += dyb[i];
+            u2 += dyb[i] * ((xb[i] - mh) - ml);
+        }
+        *sdya += (double)t1 + FN(fn_hsum)(&a0, &a1);
+        *sdyxa += (double)t2 + FN(fn_hsum)(&b0, &b1);
+        *sdyb += (double)u1 + FN(fn_hsum)(&c0, &c1);
+        *sdyxb += (double)u2 + FN(fn_hsum)(&e0, &e1);
     }
 }
 

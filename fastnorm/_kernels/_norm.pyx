@@ -74,6 +74,18 @@ cdef extern from "_core.h" nogil:
                          fn_bm_f64 *s, const double *xn, fn_idx j0, fn_idx j1)
     void fn_seg_moments_f32(const float *x, fn_idx n, double *cnt, double *mean, double *m2)
     void fn_seg_moments_f64(const double *x, fn_idx n, double *cnt, double *mean, double *m2)
+    void fn_seg_bwd_sums2_f32(const float *dya, const float *xa, const float *dyb,
+                              const float *xb, fn_idx n, float mh, float ml, double *sdya,
+                              double *sdyxa, double *sdyb, double *sdyxb)
+    void fn_seg_bwd_sums2_f64(const double *dya, const double *xa, const double *dyb,
+                              const double *xb, fn_idx n, double mh, double ml, double *sdya,
+                              double *sdyxa, double *sdyb, double *sdyxb)
+    void fn_seg_moments2_f32(const float *xa, const float *xb, fn_idx n, double *na,
+                             double *meana, double *m2a, double *nb, double *meanb,
+                             double *m2b)
+    void fn_seg_moments2_f64(const double *xa, const double *xb, fn_idx n, double *na,
+                             double *meana, double *m2a, double *nb, double *meanb,
+                             double *m2b)
     void fn_seg_col_moments_f32(const float *x, fn_idx rows, fn_idx C, fn_idx rb, float *scr,
                                 double *bm, double *bm2, double *n, double *mean, double *m2)
     void fn_seg_col_moments_f64(const double *x, fn_idx rows, fn_idx C, fn_idx rb, double *scr,
@@ -219,6 +231,22 @@ cdef inline void seg_moments(const floating *x, Py_ssize_t n, double *cnt, doubl
         fn_seg_moments_f64(x, n, cnt, mean, m2)
 
 
+cdef inline void seg_moments2(const floating *xa, const floating *xb, Py_ssize_t n, double *a,
+                              double *b) noexcept nogil:
+    """seg_moments of two segments of n values read side by side, from zero: a[0:3] and b[0:3]
+    (count, mean, M2), each with its own seg_moments' bits."""
+    a[0] = 0
+    a[1] = 0
+    a[2] = 0
+    b[0] = 0
+    b[1] = 0
+    b[2] = 0
+    if floating is float:
+        fn_seg_moments2_f32(xa, xb, n, &a[0], &a[1], &a[2], &b[0], &b[1], &b[2])
+    else:
+        fn_seg_moments2_f64(xa, xb, n, &a[0], &a[1], &a[2], &b[0], &b[1], &b[2])
+
+
 cdef inline void seg_col_moments(const floating *x, Py_ssize_t rows, Py_ssize_t C, Py_ssize_t rb,
                                  floating *scr, double *bm, double *bm2, double *n, double *mean,
                                  double *m2) noexcept nogil:
@@ -356,6 +384,29 @@ cdef inline void unit_finalize(double un, double um, double um2, double eps, bin
         rstd[0] = 1.0 / sqrt(um2 / un + eps)
 
 
+cdef void planes_pair_moments(const floating *x, Py_ssize_t S, Py_ssize_t p, Py_ssize_t q,
+                              Py_ssize_t K, double *a, double *b) noexcept nogil:
+    """Moments of plane p into a[0:3] and of plane q (q >= 0) into b[0:3], each chunk by chunk
+    (FN_CHUNK) merged in order as the one-plane loop does, the two planes read side by side."""
+    cdef Py_ssize_t k, ln
+    cdef double pa[3]
+    cdef double pb[3]
+    a[0] = 0
+    a[1] = 0
+    a[2] = 0
+    b[0] = 0
+    b[1] = 0
+    b[2] = 0
+    for k in range(K):
+        if q < 0:
+            plane_chunk_moments(x, S, p, k, NULL, pa)
+        else:
+            ln = min(FN_CHUNK, S - k * FN_CHUNK)
+            seg_moments2(x + p * S + k * FN_CHUNK, x + q * S + k * FN_CHUNK, ln, pa, pb)
+            fn_chan_merge(&b[0], &b[1], &b[2], pb[0], pb[1], pb[2])
+        fn_chan_merge(&a[0], &a[1], &a[2], pa[0], pa[1], pa[2])
+
+
 cdef void planes_unit_fused(const floating *x, floating *y, Py_ssize_t u, Py_ssize_t C,
                             Py_ssize_t S, Py_ssize_t nb, Py_ssize_t cb, const floating *w,
                             const floating *b, bint ew, bint rms, double eps, double *mean_out,
@@ -366,6 +417,8 @@ cdef void planes_unit_fused(const floating *x, floating *y, Py_ssize_t u, Py_ssi
     cdef Py_ssize_t n, c, k, p
     cdef double un = 0, um = 0, um2 = 0, pn, pm, pm2
     cdef double part[3]
+    cdef double pa[3]
+    cdef double pb[3]
     cdef floating mh, ml
     if nb == 1:
         # one sample: the unit's cb planes are adjacent, so its moments are those of one run of
@@ -373,6 +426,16 @@ cdef void planes_unit_fused(const floating *x, floating *y, Py_ssize_t u, Py_ssi
         for k in range(nchunks(cb * S, FN_CHUNK)):
             plane_chunk_moments(x, cb * S, u, k, res, part)
             fn_chan_merge(&un, &um, &um2, part[0], part[1], part[2])
+    elif cb == 1 and res == NULL:
+        # a batch-norm channel: its planes two at a time, side by side (seg_moments2), merged
+        # in the order one plane after the other would merge them
+        for n in range(n0, n0 + nb - 1, 2):
+            planes_pair_moments(x, S, n * C + c0, (n + 1) * C + c0, K, pa, pb)
+            fn_chan_merge(&un, &um, &um2, pa[0], pa[1], pa[2])
+            fn_chan_merge(&un, &um, &um2, pb[0], pb[1], pb[2])
+        if nb % 2:
+            planes_pair_moments(x, S, (n0 + nb - 1) * C + c0, -1, K, pa, pb)
+            fn_chan_merge(&un, &um, &um2, pa[0], pa[1], pa[2])
     else:
         for n in range(n0, n0 + nb):
             for c in range(c0, c0 + cb):
@@ -736,6 +799,36 @@ cdef inline void plane_chunk_bwd_apply(const floating *dy, const floating *x, fl
                       r, mh[u], ml[u], cB[u], stream)
 
 
+cdef void planes_pair_bwd_sums(const floating *dy, const floating *x, Py_ssize_t S,
+                               Py_ssize_t p, Py_ssize_t q, Py_ssize_t K, floating mh,
+                               floating ml, double *psum) noexcept nogil:
+    """psum[2p:2p+2] and psum[2q:2q+2] of planes p and q of one unit, chunk by chunk as
+    plane_chunk_bwd_sums adds them, the two planes read side by side."""
+    cdef Py_ssize_t k, off, ln
+    cdef double s[4]
+    psum[2 * p] = 0
+    psum[2 * p + 1] = 0
+    psum[2 * q] = 0
+    psum[2 * q + 1] = 0
+    for k in range(K):
+        off = k * FN_CHUNK
+        ln = min(FN_CHUNK, S - off)
+        s[0] = 0
+        s[1] = 0
+        s[2] = 0
+        s[3] = 0
+        if floating is float:
+            fn_seg_bwd_sums2_f32(dy + p * S + off, x + p * S + off, dy + q * S + off,
+                                 x + q * S + off, ln, mh, ml, &s[0], &s[1], &s[2], &s[3])
+        else:
+            fn_seg_bwd_sums2_f64(dy + p * S + off, x + p * S + off, dy + q * S + off,
+                                 x + q * S + off, ln, mh, ml, &s[0], &s[1], &s[2], &s[3])
+        psum[2 * p] += s[0]
+        psum[2 * p + 1] += s[1]
+        psum[2 * q] += s[2]
+        psum[2 * q + 1] += s[3]
+
+
 cdef void planes_unit_bwd_fused(const floating *dy, const floating *x, floating *dx,
                                 Py_ssize_t u, Py_ssize_t C, Py_ssize_t S, Py_ssize_t nb,
                                 Py_ssize_t cb, const floating *w, const floating *mh,
@@ -746,7 +839,14 @@ cdef void planes_unit_bwd_fused(const floating *dy, const floating *x, floating 
     cdef Py_ssize_t n0 = (u // ncb) * nb, c0 = (u % ncb) * cb
     cdef Py_ssize_t n, c, k, p
     cdef double part[2]
-    for n in range(n0, n0 + nb):
+    cdef Py_ssize_t n1 = n0
+    if cb == 1:
+        # a batch-norm channel: its planes two at a time, side by side (fn_seg_bwd_sums2)
+        while n1 + 1 < n0 + nb:
+            planes_pair_bwd_sums(dy, x, S, n1 * C + c0, (n1 + 1) * C + c0, K, mh[u], ml[u],
+                                 psum)
+            n1 += 2
+    for n in range(n1, n0 + nb):
         for c in range(c0, c0 + cb):
             p = n * C + c
             psum[2 * p] = 0
