@@ -93,10 +93,31 @@ def check_layout(layout):
     return layout.upper()
 
 
-def param_array(a, name, shape, ct, fill):
-    """weight/bias/running stats -> C-contiguous array of dtype ct and the given shape."""
+_DEFAULTS = {}
+_DEFAULT_MAX_BYTES = 16 << 20
+
+
+def _default(shape, ct, fill):
+    """A cached read-only array of fill (a weight or bias left as None). For layer norm over
+    (C, H, W) it is as large as a sample: making it anew on every call (fresh pages, faulted in
+    and zeroed) cost a quarter of a copy of the whole tensor in the backward."""
+    key = (tuple(shape), np.dtype(ct).str, fill)
+    a = _DEFAULTS.get(key)
     if a is None:
-        return np.full(shape, fill, dtype=ct)
+        a = np.full(shape, fill, dtype=ct)
+        a.setflags(write=False)
+        if a.nbytes <= _DEFAULT_MAX_BYTES:  # kept: at most 32 of at most 16 MiB
+            if len(_DEFAULTS) >= 32:
+                _DEFAULTS.clear()
+            _DEFAULTS[key] = a
+    return a
+
+
+def param_array(a, name, shape, ct, fill):
+    """weight/bias/running stats -> C-contiguous array of dtype ct and the given shape
+    (read-only when a is None)."""
+    if a is None:
+        return _default(shape, ct, fill)
     if (type(a) is np.ndarray and a.dtype == ct and a.shape == shape
             and a.flags.c_contiguous and a.flags.aligned):
         return a

@@ -571,3 +571,17 @@ def test_pipelined_ways_same_bits(nways, rng):
                 np.testing.assert_array_equal(a, b)
     finally:
         K._set_ways(prev)
+
+
+def test_default_weight_is_cached_and_read_only(rng):
+    """A weight or bias left as None is a cached read-only array (a layer norm over (C, H, W)
+    would otherwise make one as large as a sample on every call); results are unchanged."""
+    from fastnorm import _dispatch as D
+    a = D.param_array(None, "weight", (3, 4), np.float32, 1)
+    assert a is D.param_array(None, "weight", (3, 4), np.float32, 1)
+    assert not a.flags.writeable and a.dtype == np.float32 and np.all(a == 1)
+    assert D.param_array(None, "bias", (3, 4), np.float32, 0) is not a
+    x = rng.standard_normal((2, 3, 4)).astype(np.float32)
+    y1 = fn.layer_norm(x, (3, 4))
+    y2 = fn.layer_norm(x, (3, 4), np.ones((3, 4), np.float32), np.zeros((3, 4), np.float32))
+    np.testing.assert_array_equal(y1, y2)
