@@ -1092,13 +1092,14 @@ cdef void long_rows_bwd_team(const floating *dy, const floating *x, floating *dx
                              floating *dweight, floating *dbias, floating *acc, double *accd,
                              bint rms, const floating *ds, int stream) noexcept nogil:
     """The long-row backward, run by every thread of one parallel region: thread t owns the
-    column chunks [team_lo(ncol), team_lo_next(ncol)) in both passes of every row block.
+    column chunks [team_lo(ncol), team_lo_next(ncol)) in both passes of every row block (with
+    fewer chunks than threads, pass B is shared out by (row, chunk) items instead).
     acc (2, D) of T and accd (2, D) of float64: the dweight/dbias accumulators (unused when
     M <= FLUSH_ROWS: dweight/dbias themselves)."""
     cdef Py_ssize_t k0 = team_lo(ncol), k1 = team_lo_next(ncol)
     cdef Py_ssize_t RB = max(<Py_ssize_t>1,
                              LONG_BLOCK_BYTES // (2 * D * <Py_ssize_t>sizeof(floating)))
-    cdef Py_ssize_t b0 = 0, b1, i, k
+    cdef Py_ssize_t b0 = 0, b1, i, k, j, nitems
     cdef double s1, s2
     while b0 < M:
         b1 = min(M, b0 + RB)
@@ -1115,8 +1116,18 @@ cdef void long_rows_bwd_team(const floating *dy, const floating *x, floating *dx
             rq[2 * i] = 0 if rms else s1 / D
             rq[2 * i + 1] = -rstd[i] * rstd[i] * rstd[i] * s2 / D
         fn_team_barrier()
-        for k in range(k1 - 1, k0 - 1, -1):
-            for i in range(b1 - 1, b0 - 1, -1):
+        if ncol >= fn_team_size():
+            for k in range(k1 - 1, k0 - 1, -1):
+                for i in range(b1 - 1, b0 - 1, -1):
+                    row_chunk_bwd_apply(dy, x, dx, i, D, k, w, mean[i], rstd[i], rq[2 * i],
+                                        rq[2 * i + 1], ds, stream)
+        else:
+            # fewer chunks than threads: dx (no sums, so any split gives the same bits) over
+            # the block's (row, chunk) items, so every thread has a share
+            nitems = (b1 - b0) * ncol
+            for j in range(team_lo_next(nitems) - 1, team_lo(nitems) - 1, -1):
+                i = b0 + j // ncol
+                k = j % ncol
                 row_chunk_bwd_apply(dy, x, dx, i, D, k, w, mean[i], rstd[i], rq[2 * i],
                                     rq[2 * i + 1], ds, stream)
         b0 = b1
