@@ -231,16 +231,21 @@ cdef inline void seg_moments(const floating *x, Py_ssize_t n, double *cnt, doubl
         fn_seg_moments_f64(x, n, cnt, mean, m2)
 
 
-cdef inline void seg_moments2(const floating *xa, const floating *xb, Py_ssize_t n, double *a,
-                              double *b) noexcept nogil:
-    """seg_moments of two segments of n values read side by side, from zero: a[0:3] and b[0:3]
-    (count, mean, M2), each with its own seg_moments' bits."""
+cdef inline void zero_pair(double *a, double *b) noexcept nogil:
+    """Two empty moment triples (count, mean, M2)."""
     a[0] = 0
     a[1] = 0
     a[2] = 0
     b[0] = 0
     b[1] = 0
     b[2] = 0
+
+
+cdef inline void seg_moments2(const floating *xa, const floating *xb, Py_ssize_t n, double *a,
+                              double *b) noexcept nogil:
+    """seg_moments of two segments of n values read side by side, from zero: a[0:3] and b[0:3]
+    (count, mean, M2), each with its own seg_moments' bits."""
+    zero_pair(a, b)
     if floating is float:
         fn_seg_moments2_f32(xa, xb, n, &a[0], &a[1], &a[2], &b[0], &b[1], &b[2])
     else:
@@ -391,12 +396,7 @@ cdef void planes_pair_moments(const floating *x, Py_ssize_t S, Py_ssize_t p, Py_
     cdef Py_ssize_t k, ln
     cdef double pa[3]
     cdef double pb[3]
-    a[0] = 0
-    a[1] = 0
-    a[2] = 0
-    b[0] = 0
-    b[1] = 0
-    b[2] = 0
+    zero_pair(a, b)
     for k in range(K):
         if q < 0:
             plane_chunk_moments(x, S, p, k, NULL, pa)
