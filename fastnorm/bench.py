@@ -295,19 +295,18 @@ def run(quick=False, dtypes=("float32",), thread_counts=None, progress=True):
             # (above glibc's 32 MiB mmap threshold, on every call) that is not the kernel's
             calls["fastnorm_fwd_out"], calls["fastnorm_bwd_out"] = _fastnorm_calls(
                 op, x, layout, extra, w, b, dy, out=np.empty_like(x))
-            prev = None
-            if torch is not None:
-                prev = torch.get_num_threads()
-                torch.set_num_threads(t)
-                calls["torch_fwd"], calls["torch_bwd"] = _torch_calls(op, x, layout, extra,
-                                                                      w, b, dy)
             if op in ("batch_eval", "instance", "layer", "group"):
                 sess = _onnx_call(op if op != "layer" or layout != "rows" else "layer", x,
                                   layout, extra, t)
                 if sess is not None:
                     calls["onnxruntime_fwd"] = sess
-            calls = {k: f for k, f in calls.items() if f is not None}
+            prev = torch.get_num_threads() if torch is not None else None
             try:
+                if torch is not None:
+                    torch.set_num_threads(t)
+                    calls["torch_fwd"], calls["torch_bwd"] = _torch_calls(op, x, layout,
+                                                                          extra, w, b, dy)
+                calls = {k: f for k, f in calls.items() if f is not None}
                 row.update(timeit_rounds(calls, rounds=2 if quick else 3,
                                          budget=budget * len(calls) / 2))
             finally:
