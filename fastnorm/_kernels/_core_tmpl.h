@@ -697,6 +697,14 @@ static inline __attribute__((always_inline)) FN(vec) FN(fn_vrelu)(FN(vec) v)
     return (FN(vec))((iv)v & ~(iv)(v < (T)0));
 }
 
+/* The normalize of one value or one vector v (the same operators serve both): per channel
+   ((v - mh) - ml) * a + b, element-wise (((v - mh) - ml) * r) * g + b. Every apply loop
+   (fn_seg_apply, fn_seg_apply_ew, fn_apply_bm) uses these two, so a value gets the same bits
+   whichever loop normalizes it. */
+#define FN_NORM_CH(v, mh, ml, a, b) ((((v) - (mh)) - (ml)) * (a) + (b))
+#define FN_NORM_EW(v, mh, ml, r, g, b) (((((v) - (mh)) - (ml)) * (r)) * (g) + (b))
+#define FN_LDV(p) (*(const FN(uvec) *)(p))
+
 /* y = ((x - mh) - ml) * a + b over a contiguous segment (one channel of one sample), then the
    activation (0 none, 1 relu, 2 silu, 3 gelu); nt: non-temporal stores. */
 FN_HOT static void FN(fn_seg_apply)(const T *x, T *y, fn_idx n, T mh, T ml, T a, T b, int act,
@@ -716,21 +724,21 @@ FN_HOT static void FN(fn_seg_apply)(const T *x, T *y, fn_idx n, T mh, T ml, T a,
             fn_act_buf_f32(buf, y + i, m, act, nt);
         }
 #else
-        for (i = 0; i < n; i++) y[i] = FN(fn_act)(((x[i] - mh) - ml) * a + b, act);
+        for (i = 0; i < n; i++) y[i] = FN(fn_act)(FN_NORM_CH(x[i], mh, ml, a, b), act);
 #endif
         return;
     }
     for (; i < h; i++) {
-        u = ((x[i] - mh) - ml) * a + b;
+        u = FN_NORM_CH(x[i], mh, ml, a, b);
         y[i] = act ? FN_RELU(u) : u;
     }
     for (; i + FN_VL <= n; i += FN_VL) {
-        v = ((*(const FN(uvec) *)(x + i) - mh) - ml) * a + b;
+        v = FN_NORM_CH(FN_LDV(x + i), mh, ml, a, b);
         if (act) v = FN(fn_vrelu)(v);
         FN(fn_vst)(y + i, v, nt);
     }
     for (; i < n; i++) {
-        u = ((x[i] - mh) - ml) * a + b;
+        u = FN_NORM_CH(x[i], mh, ml, a, b);
         y[i] = act ? FN_RELU(u) : u;
     }
 }
@@ -754,22 +762,21 @@ FN_HOT static void FN(fn_seg_apply_ew)(const T *x, T *y, fn_idx n, T mh, T ml, T
             fn_act_buf_f32(buf, y + i, m, act, nt);
         }
 #else
-        for (i = 0; i < n; i++) y[i] = FN(fn_act)((((x[i] - mh) - ml) * r) * g[i] + b[i], act);
+        for (i = 0; i < n; i++) y[i] = FN(fn_act)(FN_NORM_EW(x[i], mh, ml, r, g[i], b[i]), act);
 #endif
         return;
     }
     for (; i < h; i++) {
-        u = (((x[i] - mh) - ml) * r) * g[i] + b[i];
+        u = FN_NORM_EW(x[i], mh, ml, r, g[i], b[i]);
         y[i] = act ? FN_RELU(u) : u;
     }
     for (; i + FN_VL <= n; i += FN_VL) {
-        v = (((*(const FN(uvec) *)(x + i) - mh) - ml) * r) * *(const FN(uvec) *)(g + i)
-            + *(const FN(uvec) *)(b + i);
+        v = FN_NORM_EW(FN_LDV(x + i), mh, ml, r, FN_LDV(g + i), FN_LDV(b + i));
         if (act) v = FN(fn_vrelu)(v);
         FN(fn_vst)(y + i, v, nt);
     }
     for (; i < n; i++) {
-        u = (((x[i] - mh) - ml) * r) * g[i] + b[i];
+        u = FN_NORM_EW(x[i], mh, ml, r, g[i], b[i]);
         y[i] = act ? FN_RELU(u) : u;
     }
 }
@@ -787,10 +794,9 @@ FN_HOT static void FN(fn_apply_bm)(const T *x, T *y, fn_idx n, T mh, T ml, T a, 
     T K = s->K, e;
     fn_idx i = 0, j = j0, h = nt ? FN(fn_nt_head)(y, n) : 0;
     if (h < 0) { nt = 0; h = 0; }
-#define FN_AP1(k) (g ? (((x[k] - mh) - ml) * a) * g[k] + bb[k] : ((x[k] - mh) - ml) * a + b)
-#define FN_APV(k) (g ? (((*(const FN(uvec) *)(x + (k)) - mh) - ml) * a) \
-                        * *(const FN(uvec) *)(g + (k)) + *(const FN(uvec) *)(bb + (k)) \
-                     : ((*(const FN(uvec) *)(x + (k)) - mh) - ml) * a + b)
+#define FN_AP1(k) (g ? FN_NORM_EW(x[k], mh, ml, a, g[k], bb[k]) : FN_NORM_CH(x[k], mh, ml, a, b))
+#define FN_APV(k) (g ? FN_NORM_EW(FN_LDV(x + (k)), mh, ml, a, FN_LDV(g + (k)), FN_LDV(bb + (k))) \
+                     : FN_NORM_CH(FN_LDV(x + (k)), mh, ml, a, b))
     for (; i < h; i++) {
         e = FN_AP1(i);
         y[i] = act ? FN_RELU(e) : e;
@@ -1295,6 +1301,9 @@ FN_HOT static void FN(fn_rows_bwd_apply)(const T *dy, const T *x, T *dx, fn_idx 
 #undef FN_RELU
 #undef FN_CG
 #undef FN_BM_PAIR
+#undef FN_NORM_CH
+#undef FN_NORM_EW
+#undef FN_LDV
 #undef T
 #undef FN
 #undef FN_CAT
