@@ -921,12 +921,24 @@ FN_HOT static void FN(fn_rows_apply)(const T *x, T *y, fn_idx rows, fn_idx C, co
 
 /* ---- backward --------------------------------------------------------------------------- */
 
+/* One pair of vectors of dy (at d) and x (at xx) into the sums of g (s0, s1) and of
+   g * ((x - mh) - ml) (t0, t1); shared by fn_seg_bwd_sums and fn_seg_bwd_sums2 so both give
+   a plane the same bits. */
+#define FN_BWD_PAIR(d, xx, s0, s1, t0, t1)                                                    \
+    do {                                                                                      \
+        FN(vec) g0_ = FN_LDV(d), g1_ = FN_LDV((d) + FN_VL);                                   \
+        s0 += g0_;                                                                            \
+        s1 += g1_;                                                                            \
+        t0 += g0_ * ((FN_LDV(xx) - mh) - ml);                                                 \
+        t1 += g1_ * ((FN_LDV((xx) + FN_VL) - mh) - ml);                                       \
+    } while (0)
+
 /* Adds sum(dy) and sum(dy * (x - m)) over a contiguous segment to *sdy, *sdyx (float64),
    block by block, each block summed in vector lanes of T. */
 FN_HOT static void FN(fn_seg_bwd_sums)(const T *dy, const T *x, fn_idx len, T mh, T ml,
                                        double *sdy, double *sdyx)
 {
-    FN(vec) a0, a1, b0, b1, g0, g1;
+    FN(vec) a0, a1, b0, b1;
     T t1, t2;
     fn_idx i, n, nv;
     const T *d, *xx;
@@ -936,14 +948,7 @@ FN_HOT static void FN(fn_seg_bwd_sums)(const T *dy, const T *x, fn_idx len, T mh
         d = dy;
         xx = x;
         a0 = a1 = b0 = b1 = (FN(vec)){0};
-        for (i = 0; i < nv; i += 2 * FN_VL) {
-            g0 = *(const FN(uvec) *)(d + i);
-            g1 = *(const FN(uvec) *)(d + i + FN_VL);
-            a0 += g0;
-            a1 += g1;
-            b0 += g0 * ((*(const FN(uvec) *)(xx + i) - mh) - ml);
-            b1 += g1 * ((*(const FN(uvec) *)(xx + i + FN_VL) - mh) - ml);
-        }
+        for (i = 0; i < nv; i += 2 * FN_VL) FN_BWD_PAIR(d + i, xx + i, a0, a1, b0, b1);
         t1 = 0;
         t2 = 0;
         for (; i < n; i++) {
@@ -962,7 +967,7 @@ FN_HOT static void FN(fn_seg_bwd_sums2)(const T *dya, const T *xa, const T *dyb,
                                         fn_idx len, T mh, T ml, double *sdya, double *sdyxa,
                                         double *sdyb, double *sdyxb)
 {
-    FN(vec) a0, a1, b0, b1, c0, c1, e0, e1, g0, g1, h0, h1;
+    FN(vec) a0, a1, b0, b1, c0, c1, e0, e1;
     T t1, t2, u1, u2;
     fn_idx i, n, nv;
     for (; len > 0; len -= n, dya += n, xa += n, dyb += n, xb += n) {
@@ -970,18 +975,8 @@ FN_HOT static void FN(fn_seg_bwd_sums2)(const T *dya, const T *xa, const T *dyb,
         nv = n - n % (2 * FN_VL);
         a0 = a1 = b0 = b1 = c0 = c1 = e0 = e1 = (FN(vec)){0};
         for (i = 0; i < nv; i += 2 * FN_VL) {
-            g0 = *(const FN(uvec) *)(dya + i);
-            g1 = *(const FN(uvec) *)(dya + i + FN_VL);
-            h0 = *(const FN(uvec) *)(dyb + i);
-            h1 = *(const FN(uvec) *)(dyb + i + FN_VL);
-            a0 += g0;
-            a1 += g1;
-            c0 += h0;
-            c1 += h1;
-            b0 += g0 * ((*(const FN(uvec) *)(xa + i) - mh) - ml);
-            b1 += g1 * ((*(const FN(uvec) *)(xa + i + FN_VL) - mh) - ml);
-            e0 += h0 * ((*(const FN(uvec) *)(xb + i) - mh) - ml);
-            e1 += h1 * ((*(const FN(uvec) *)(xb + i + FN_VL) - mh) - ml);
+            FN_BWD_PAIR(dya + i, xa + i, a0, a1, b0, b1);
+            FN_BWD_PAIR(dyb + i, xb + i, c0, c1, e0, e1);
         }
         t1 = t2 = u1 = u2 = 0;
         for (; i < n; i++) {
@@ -1304,6 +1299,7 @@ FN_HOT static void FN(fn_rows_bwd_apply)(const T *dy, const T *x, T *dx, fn_idx 
 #undef FN_NORM_CH
 #undef FN_NORM_EW
 #undef FN_LDV
+#undef FN_BWD_PAIR
 #undef T
 #undef FN
 #undef FN_CAT
