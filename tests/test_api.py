@@ -490,22 +490,23 @@ def test_channel_backward_fast_path_equals_full_path(shape, dtype, layout, rng, 
     (2, 2, 20000, 2, False, 0),    # units past PIPE_MAX_BYTES: unit by unit
 ])
 def test_pipelined_units_same_bits(N, C, S, cb, ew, act, dtype, rng):
-    """One-sample units run pipelined (a unit's apply fused with the next unit's statistics):
-    y, mean and rstd are bitwise those of the unit-by-unit schedule and of the split one."""
+    """One-sample units run pipelined (a unit's apply fused with the next unit's statistics;
+    forced, and as the CPU, dtype and size decide): y, mean and rstd are bitwise those of the
+    unit-by-unit schedule and of the split one."""
     x = (3 + rng.standard_normal(N * C * S)).astype(dtype)
     w = rng.standard_normal(S if ew else C).astype(dtype)
     b = rng.standard_normal(S if ew else C).astype(dtype)
     U = N * (C // cb)
     got = []
-    for fuse, pipe in ((True, True), (True, False), (False, False)):
+    for fuse, pipe in ((True, 2), (True, 0), (True, 1), (False, 0)):
         for t in (1, 2):
             y = np.empty_like(x)
             m, r = np.empty(U), np.empty(U)
-            K._set_pipeline(pipe)
+            prev = K._set_pipeline(pipe)
             try:
                 K.planes_forward(x, y, N, C, S, 1, cb, w, b, ew, 1e-5, m, r, act, t, fuse)
             finally:
-                K._set_pipeline(True)
+                K._set_pipeline(prev)
             got.append((y, m, r))
     for other in got[1:]:
         for a, o in zip(got[0], other):
@@ -561,12 +562,13 @@ def test_pipelined_ways_same_bits(nways, rng):
     try:
         for t in (1, 2):
             with fn.threads(t):
-                got = fn.layer_norm_forward(x, 1024, w, w)
-                K._set_pipeline(False)
+                pipe = K._set_pipeline(2)
                 try:
+                    got = fn.layer_norm_forward(x, 1024, w, w)
+                    K._set_pipeline(0)
                     ref = fn.layer_norm_forward(x, 1024, w, w)
                 finally:
-                    K._set_pipeline(True)
+                    K._set_pipeline(pipe)
             for a, b in zip(got, ref):
                 np.testing.assert_array_equal(a, b)
     finally:

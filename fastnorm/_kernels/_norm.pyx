@@ -467,14 +467,34 @@ cdef void planes_unit_fused(const floating *x, floating *y, Py_ssize_t u, Py_ssi
 # 32 MiB with planes of 512 / 1024 / 2048 values 1.38 / 1.34 / 1.18 vs 1.20 / 1.10 / 1.10.
 # Larger units gain nothing (planes of 4096 values 1.12 vs 1.11) or lose (group norm
 # (32, 64, 56, 56), units of 6272 values: 1.10 vs 1.16): a unit that large streams well alone.
+# That was an Intel Xeon. On an AMD EPYC (Zen 4) the pipelined loop gains only on float32 in
+# cache and loses past it, most with an element-wise weight (layer norm (M, 1024) forward /
+# copy, pipelined vs unit by unit, one thread; "w" with weight and bias): float32 4 MiB 2.13 vs
+# 2.25, w 2.41 vs 2.52; 32 MiB 1.09 vs 1.07, w 1.66 vs 1.18; 256 MiB w 1.45 vs 1.07; float64
+# 0.5 MiB w 2.41 vs 2.18, 64 MiB 1.10 vs 0.95, w 1.79 vs 1.62; group norm of 24.5 MiB 1.35 vs
+# 1.10. So off Intel only float32 runs of up to PIPE_SMALL_BYTES are pipelined.
 DEF PIPE_MAX_BYTES = 16384
-cdef bint _pipeline = True
+DEF PIPE_SMALL_BYTES = 4194304
+cdef int _pipeline = 1
+cdef bint _pipe_any = fn_cpu_intel()
 
 
-def _set_pipeline(bint on):
-    """Tests only: False runs every unit unit by unit (the bits must not change)."""
+def _set_pipeline(int mode):
+    """Tests and A/B only: 0 runs every unit unit by unit, 2 pipelines every unit that can be,
+    1 (the default) decides by CPU, dtype and size; returns the previous mode. The bits do not
+    depend on it."""
     global _pipeline
-    _pipeline = on
+    prev = _pipeline
+    _pipeline = mode
+    return prev
+
+
+cdef inline bint pipelined(Py_ssize_t nbytes, Py_ssize_t itemsize) noexcept nogil:
+    """Whether units of one sample (each within PIPE_MAX_BYTES) totalling nbytes run
+    pipelined."""
+    if _pipeline != 1:
+        return _pipeline == 2
+    return _pipe_any or (itemsize == 4 and nbytes <= PIPE_SMALL_BYTES)
 
 
 cdef inline void bm_begin(void *s, const floating *x, Py_ssize_t n) noexcept nogil:
@@ -623,7 +643,8 @@ cdef void planes_fused_run(const floating *x, floating *y, Py_ssize_t N, Py_ssiz
                            int n_threads, int stream) noexcept nogil:
     cdef Py_ssize_t U = (N // nb) * (C // cb), u
     if (nb == 1 and res == NULL and cb * S * <Py_ssize_t>sizeof(floating) <= PIPE_MAX_BYTES
-            and act <= 1 and _pipeline):
+            and act <= 1 and pipelined(U * cb * S * <Py_ssize_t>sizeof(floating),
+                                       sizeof(floating))):
         if n_threads == 1 or U == 1:
             # no parallel region: its end would order the streaming stores for other threads
             planes_team_pipelined(x, y, U, C, S, cb, w, b, ew, rms, eps, mean_out, rstd_out,
