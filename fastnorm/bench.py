@@ -108,6 +108,11 @@ def _phys_shape(shape, layout):
     return shape
 
 
+def _layer_affine(ns, dtype):
+    """Layer norm's element-wise weight and bias for the benchmarks: ones and zeros."""
+    return np.ones(ns, dtype=dtype), np.zeros(ns, dtype=dtype)
+
+
 def _numpy_forward(op, x, layout, extra, w, b, eps=1e-5):
     """The formula as a NumPy user writes it (no care for precision): the baseline."""
     if op == "layer":
@@ -115,7 +120,8 @@ def _numpy_forward(op, x, layout, extra, w, b, eps=1e-5):
         ax = tuple(range(x.ndim - k, x.ndim))
         m = x.mean(axis=ax, keepdims=True)
         v = x.var(axis=ax, keepdims=True)
-        return (x - m) / np.sqrt(v + eps)
+        lw, lb = _layer_affine(extra["ns"], x.dtype)
+        return (x - m) / np.sqrt(v + eps) * lw + lb
     cax = 1 if layout == "NCHW" else x.ndim - 1
     shape = [1] * x.ndim
     shape[cax] = -1
@@ -142,10 +148,13 @@ def _fastnorm_calls(op, x, layout, extra, w, b, dy, out=None):
     write into it, as the copy they are compared with writes into its own buffer."""
     lay = "NCHW" if layout == "rows" else layout
     if op == "layer":
+        # weight and bias of normalized_shape, as a LayerNorm module has (and PyTorch's and
+        # ONNX Runtime's calls get)
         ns = extra["ns"]
-        _, m, r = fn.layer_norm_forward(x, ns)
-        return (lambda: fn.layer_norm_forward(x, ns, out=out),
-                lambda: fn.layer_norm_backward(dy, x, m, r, ns, out=out))
+        lw, lb = _layer_affine(ns, x.dtype)
+        _, m, r = fn.layer_norm_forward(x, ns, lw, lb)
+        return (lambda: fn.layer_norm_forward(x, ns, lw, lb, out=out),
+                lambda: fn.layer_norm_backward(dy, x, m, r, ns, lw, out=out))
     if op == "batch_eval":
         rm = np.zeros(w.shape[0])
         rv = np.ones(w.shape[0])
@@ -376,11 +385,15 @@ def scaling(quick=False, progress=True):
         N = max(1, n // (C * 3136))
         img = (N, C, 56, 56) if n >= C * 3136 else (1, C, max(1, n // (C * 8)), 8)
         rows = (max(1, n // 1024), 1024)
+        cw, cb = np.ones(C, np.float32), np.zeros(C, np.float32)
+        lw, lb = _layer_affine((1024,), np.float32)
         for name, shape, f in (
-                ("group (32) NCHW fwd", img, lambda a, o: fn.group_norm_forward(a, 32, out=o)),
+                ("group (32) NCHW fwd", img,
+                 lambda a, o: fn.group_norm_forward(a, 32, cw, cb, out=o)),
                 ("batch NHWC fwd", img[:1] + img[2:] + img[1:2],
-                 lambda a, o: fn.batch_norm_forward(a, layout="NHWC", out=o)),
-                ("layer (D=1024) fwd", rows, lambda a, o: fn.layer_norm_forward(a, 1024, out=o))):
+                 lambda a, o: fn.batch_norm_forward(a, cw, cb, layout="NHWC", out=o)),
+                ("layer (D=1024) fwd", rows,
+                 lambda a, o: fn.layer_norm_forward(a, 1024, lw, lb, out=o))):
             if progress:
                 print(f"\rscaling: {name} {nbytes >> 10} KiB ...".ljust(60), end="",
                       file=sys.stderr, flush=True)
