@@ -452,7 +452,10 @@ cdef void planes_unit_fused(const floating *x, floating *y, Py_ssize_t u, Py_ssi
     for n in range(n0, n0 + nb):
         for c in range(c0, c0 + cb):
             p = n * C + c
-            for k in range(K):
+            # last chunk first: it was read last and may still be in L2 (layer norm over
+            # (64, 56, 56) with weight and bias, forward / copy, float32 one thread, medians of
+            # three: 1.75 -> 1.70, float64 two threads 1.66 -> 1.57)
+            for k in range(K - 1, -1, -1):
                 plane_chunk_apply(x, y, S, p, k, c, ew, mh, ml, <floating>rstd_out[u], w, b,
                                   act, stream, res, xs)
 
