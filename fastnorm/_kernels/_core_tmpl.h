@@ -744,9 +744,10 @@ FN_HOT static void FN(fn_seg_apply)(const T *x, T *y, fn_idx n, T mh, T ml, T a,
 }
 
 /* Element-wise affine (layer norm): y = ((x - mh) - ml) * r * g[i] + b[i], then the
-   activation. */
+   activation. pf > 0: along the way, x[i + pf] is prefetched into L2 (the next unit, pf values
+   on, while this one's apply keeps the core from reading ahead). */
 FN_HOT static void FN(fn_seg_apply_ew)(const T *x, T *y, fn_idx n, T mh, T ml, T r,
-                                       const T *g, const T *b, int act, int nt)
+                                       const T *g, const T *b, int act, int nt, fn_idx pf)
 {
     fn_idx i = 0, h = nt ? FN(fn_nt_head)(y, n) : 0;
     FN(vec) v;
@@ -758,7 +759,7 @@ FN_HOT static void FN(fn_seg_apply_ew)(const T *x, T *y, fn_idx n, T mh, T ml, T
         fn_idx m;
         for (i = 0; i < n; i += m) {
             m = n - i < FN_ACT_CHUNK ? n - i : FN_ACT_CHUNK;
-            FN(fn_seg_apply_ew)(x + i, buf, m, mh, ml, r, g + i, b + i, 0, 0);
+            FN(fn_seg_apply_ew)(x + i, buf, m, mh, ml, r, g + i, b + i, 0, 0, pf);
             fn_act_buf_f32(buf, y + i, m, act, nt);
         }
 #else
@@ -771,6 +772,7 @@ FN_HOT static void FN(fn_seg_apply_ew)(const T *x, T *y, fn_idx n, T mh, T ml, T
         y[i] = act ? FN_RELU(u) : u;
     }
     for (; i + FN_VL <= n; i += FN_VL) {
+        if (pf) __builtin_prefetch(x + i + pf, 0, 2);
         v = FN_NORM_EW(FN_LDV(x + i), mh, ml, r, FN_LDV(g + i), FN_LDV(b + i));
         if (act) v = FN(fn_vrelu)(v);
         FN(fn_vst)(y + i, v, nt);
@@ -1164,7 +1166,7 @@ static void FN(fn_seg_apply_res)(const T *x, const T *r, T *s, T *y, fn_idx len,
         FN(fn_seg_add)(x + i, r + i, buf, m);
         FN(fn_seg_store)(buf, s + i, m, nt);
         if (g)
-            FN(fn_seg_apply_ew)(buf, y + i, m, mh, ml, a, g + i, bb + i, act, nt);
+            FN(fn_seg_apply_ew)(buf, y + i, m, mh, ml, a, g + i, bb + i, act, nt, 0);
         else
             FN(fn_seg_apply)(buf, y + i, m, mh, ml, a, b, act, nt);
     }

@@ -95,9 +95,11 @@ cdef extern from "_core.h" nogil:
     void fn_seg_apply_f64(const double *x, double *y, fn_idx n, double mh, double ml, double a,
                           double b, int act, int stream)
     void fn_seg_apply_ew_f32(const float *x, float *y, fn_idx n, float mh, float ml, float r,
-                             const float *g, const float *b, int act, int stream)
+                             const float *g, const float *b, int act, int stream,
+                             fn_idx pf)
     void fn_seg_apply_ew_f64(const double *x, double *y, fn_idx n, double mh, double ml,
-                             double r, const double *g, const double *b, int act, int stream)
+                             double r, const double *g, const double *b, int act, int stream,
+                             fn_idx pf)
     void fn_rows_apply_f32(const float *x, float *y, fn_idx rows, fn_idx C, const float *mh,
                            const float *ml, const float *a, const float *b, int act, int stream)
     void fn_rows_apply_f64(const double *x, double *y, fn_idx rows, fn_idx C, const double *mh,
@@ -271,11 +273,11 @@ cdef inline void seg_apply(const floating *x, floating *y, Py_ssize_t n, floatin
 
 cdef inline void seg_apply_ew(const floating *x, floating *y, Py_ssize_t n, floating mh,
                               floating ml, floating r, const floating *g, const floating *b,
-                              int act, int stream) noexcept nogil:
+                              int act, int stream, Py_ssize_t pf) noexcept nogil:
     if floating is float:
-        fn_seg_apply_ew_f32(x, y, n, mh, ml, r, g, b, act, stream)
+        fn_seg_apply_ew_f32(x, y, n, mh, ml, r, g, b, act, stream, pf)
     else:
-        fn_seg_apply_ew_f64(x, y, n, mh, ml, r, g, b, act, stream)
+        fn_seg_apply_ew_f64(x, y, n, mh, ml, r, g, b, act, stream, pf)
 
 
 cdef inline void rows_apply(const floating *x, floating *y, Py_ssize_t rows, Py_ssize_t C,
@@ -353,6 +355,17 @@ cdef inline void plane_chunk_moments(const floating *x, Py_ssize_t S, Py_ssize_t
         seg_moments(x + off, ln, &out[0], &out[1], &out[2])
 
 
+# Layer norm rows unit by unit: the moments of a row read it from memory, then its apply with
+# the element-wise weight runs from L1 and L2 with no read of memory in flight. Rows of up to
+# PF_ROW_BYTES have their successor prefetched into L2 during the apply. Measured on an AMD EPYC
+# (Zen 4), layer norm with weight and bias, forward / copy, without vs with, one thread, two
+# threads (same process, min of 5 interleaved rounds): 64 MiB float64 rows of 1024 1.62 -> 1.22,
+# 1.35 -> 1.07; float32 rows of 2048 1.66 -> 1.34, 1.68 -> 1.32; rows of 4 KiB unchanged (1.15
+# vs 1.14); 4 MiB float64 rows of 1024, in cache, 2.34 -> 2.41. Rows of 16 KiB gained nothing
+# past the cache and lost 5% in it.
+DEF PF_ROW_BYTES = 8192
+
+
 cdef inline void plane_chunk_apply(const floating *x, floating *y, Py_ssize_t S, Py_ssize_t p,
                                    Py_ssize_t k, Py_ssize_t c, bint ew, floating mh, floating ml,
                                    floating r, const floating *w, const floating *b,
@@ -373,7 +386,9 @@ cdef inline void plane_chunk_apply(const floating *x, floating *y, Py_ssize_t S,
                                  w + off if ew else NULL, b + off, act, stream)
         return
     if ew:
-        seg_apply_ew(x + q, y + q, ln, mh, ml, r, w + off, b + off, act, stream)
+        # rows of up to PF_ROW_BYTES: the apply prefetches the next row (see PF_ROW_BYTES)
+        seg_apply_ew(x + q, y + q, ln, mh, ml, r, w + off, b + off, act, stream,
+                     S if S * <Py_ssize_t>sizeof(floating) <= PF_ROW_BYTES else 0)
     else:
         seg_apply(x + q, y + q, ln, mh, ml, r * w[c], b[c], act, stream)
 
