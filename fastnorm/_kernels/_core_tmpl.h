@@ -1097,10 +1097,11 @@ FN_HOT static void FN(fn_row_bwd_sums_ew)(const T *dy, const T *x, fn_idx len, T
 
 /* Layer-norm row dx: dx = (dy * w[i] - Q) * r + ((x - mh) - ml) * B, Q = mean(dy * w)
    (RMS norm: Q = mh = ml = 0). ds, when given, is added: the gradient that reaches x + residual
-   from the residual stream itself. */
+   from the residual stream itself. pf > 0: dy[i + pf] and x[i + pf] are prefetched into L2
+   along the way (the next row). */
 FN_HOT static void FN(fn_row_bwd_apply_ew)(const T *dy, const T *x, T *dx, fn_idx n,
                                            const T *w, T Q, T r, T mh, T ml, T B, const T *ds,
-                                           int nt)
+                                           int nt, fn_idx pf)
 {
     fn_idx i = 0, h = nt ? FN(fn_nt_head)(dx, n) : 0;
     FN(vec) v;
@@ -1108,6 +1109,10 @@ FN_HOT static void FN(fn_row_bwd_apply_ew)(const T *dy, const T *x, T *dx, fn_id
     for (; i < h; i++)
         dx[i] = ((dy[i] * w[i] - Q) * r + ((x[i] - mh) - ml) * B) + (ds ? ds[i] : (T)0);
     for (; i + FN_VL <= n; i += FN_VL) {
+        if (pf) {
+            __builtin_prefetch(dy + i + pf, 0, 2);
+            __builtin_prefetch(x + i + pf, 0, 2);
+        }
         v = (*(const FN(uvec) *)(dy + i) * *(const FN(uvec) *)(w + i) - Q) * r
             + ((*(const FN(uvec) *)(x + i) - mh) - ml) * B;
         if (ds) v = v + *(const FN(uvec) *)(ds + i);
