@@ -9,6 +9,8 @@
 typedef T FN(vec) __attribute__((vector_size(64)));
 typedef T FN(uvec) __attribute__((vector_size(64), aligned(sizeof(T)), may_alias));
 #define FN_VL ((fn_idx)(64 / sizeof(T)))
+/* an unaligned vector load */
+#define FN_LDV(p) (*(const FN(uvec) *)(p))
 
 /* Sum of the lanes of two accumulators (or one, b == NULL), in float64, as a fixed pairwise
    tree: t[j] = a[j] (+ b[j]), then t[j] += t[j + h] for h = VL/2, ..., 1. Short segments (a
@@ -52,20 +54,28 @@ static inline double FN(fn_hsum1)(const FN(vec) *a)
     return FN(fn_hsum)(a, NULL);
 }
 
-/* A pivot near the mean of x[0:n]: the mean of its first (up to) 16 values, summed as a tree. */
+/* A pivot near the mean of x[0:n]: the mean of its first (up to) 16 values, summed in float64
+   as the tree t[j] += t[j + h], h = 8, 4, 2, 1, which is fn_hsum's order: in registers (every
+   short unit pays for it once per block; through memory, store-to-load forwarding made it a
+   tenth of a 256-value row's time). */
 static inline T FN(fn_pivot)(const T *x, fn_idx n)
 {
-    double t[16];
-    fn_idx j, h;
+    FN(vec) a;
+    fn_idx j;
     if (n < 16) {
         double s = 0;
         for (j = 0; j < n; j++) s += (double)x[j];
         return (T)(s / (double)n);
     }
-    for (j = 0; j < 16; j++) t[j] = (double)x[j];
-    for (h = 8; h >= 1; h /= 2)
-        for (j = 0; j < h; j++) t[j] += t[j + h];
-    return (T)(t[0] * (1.0 / 16.0));
+    a = FN_LDV(x);
+#if FN_IS_F32
+    return (T)(FN(fn_hsum)(&a, NULL) * (1.0 / 16.0));
+#else
+    {
+        FN(vec) b = FN_LDV(x + 8);
+        return (T)(FN(fn_hsum)(&a, &b) * (1.0 / 16.0));
+    }
+#endif
 }
 
 /* ---- activation epilogue (inference forwards) ------------------------------------------- */
@@ -703,7 +713,6 @@ static inline __attribute__((always_inline)) FN(vec) FN(fn_vrelu)(FN(vec) v)
    whichever loop normalizes it. */
 #define FN_NORM_CH(v, mh, ml, a, b) ((((v) - (mh)) - (ml)) * (a) + (b))
 #define FN_NORM_EW(v, mh, ml, r, g, b) (((((v) - (mh)) - (ml)) * (r)) * (g) + (b))
-#define FN_LDV(p) (*(const FN(uvec) *)(p))
 
 /* y = ((x - mh) - ml) * a + b over a contiguous segment (one channel of one sample), then the
    activation (0 none, 1 relu, 2 silu, 3 gelu); nt: non-temporal stores. */
