@@ -18,6 +18,8 @@ CASES = [
     ((300, 20), (20,)),            # dweight partials flushed every 64 rows
     ((3, 9000), (9000,)),          # long rows: dweight by column chunks
     ((70, 8300), (8300,)),         # long rows, more than 64: flushed per chunk, tail chunk
+    ((40, 1024), (1024,)),         # rows of 4 / 8 KiB: the next row prefetched (past the end too)
+    ((24, 2000), (2000,)),         # rows of 8000 / 16000 bytes, a tail in every row
 ]
 
 
