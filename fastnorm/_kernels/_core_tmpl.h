@@ -717,7 +717,7 @@ static inline __attribute__((always_inline)) FN(vec) FN(fn_vrelu)(FN(vec) v)
 /* y = ((x - mh) - ml) * a + b over a contiguous segment (one channel of one sample), then the
    activation (0 none, 1 relu, 2 silu, 3 gelu); nt: non-temporal stores. */
 FN_HOT static void FN(fn_seg_apply)(const T *x, T *y, fn_idx n, T mh, T ml, T a, T b, int act,
-                                    int nt)
+                                    int nt, fn_idx pf)
 {
     fn_idx i = 0, h = nt ? FN(fn_nt_head)(y, n) : 0;
     FN(vec) v;
@@ -729,7 +729,7 @@ FN_HOT static void FN(fn_seg_apply)(const T *x, T *y, fn_idx n, T mh, T ml, T a,
         fn_idx m;
         for (i = 0; i < n; i += m) {
             m = n - i < FN_ACT_CHUNK ? n - i : FN_ACT_CHUNK;
-            FN(fn_seg_apply)(x + i, buf, m, mh, ml, a, b, 0, 0);
+            FN(fn_seg_apply)(x + i, buf, m, mh, ml, a, b, 0, 0, pf);
             fn_act_buf_f32(buf, y + i, m, act, nt);
         }
 #else
@@ -742,6 +742,7 @@ FN_HOT static void FN(fn_seg_apply)(const T *x, T *y, fn_idx n, T mh, T ml, T a,
         y[i] = act ? FN_RELU(u) : u;
     }
     for (; i + FN_VL <= n; i += FN_VL) {
+        if (pf) __builtin_prefetch(x + i + pf, 0, 2);
         v = FN_NORM_CH(FN_LDV(x + i), mh, ml, a, b);
         if (act) v = FN(fn_vrelu)(v);
         FN(fn_vst)(y + i, v, nt);
@@ -1182,7 +1183,7 @@ static void FN(fn_seg_apply_res)(const T *x, const T *r, T *s, T *y, fn_idx len,
         if (g)
             FN(fn_seg_apply_ew)(buf, y + i, m, mh, ml, a, g + i, bb + i, act, nt, 0);
         else
-            FN(fn_seg_apply)(buf, y + i, m, mh, ml, a, b, act, nt);
+            FN(fn_seg_apply)(buf, y + i, m, mh, ml, a, b, act, nt, 0);
     }
 }
 
