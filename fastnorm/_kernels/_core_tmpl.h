@@ -1011,14 +1011,19 @@ FN_HOT static void FN(fn_seg_bwd_sums2)(const T *dya, const T *xa, const T *dyb,
    (a unit of one element, a constant dy) happens before the scaling by r, so it cancels
    exactly instead of leaving r * ulp(dy) behind. */
 FN_HOT static void FN(fn_seg_bwd_apply)(const T *dy, const T *x, T *dx, fn_idx n, T P, T Q,
-                                        T R, T mh, T ml, T B, int nt)
+                                        T R, T mh, T ml, T B, int nt, fn_idx pf)
 {
     fn_idx i = 0, h = nt ? FN(fn_nt_head)(dx, n) : 0;
     if (h < 0) { nt = 0; h = 0; }
     for (; i < h; i++) dx[i] = (dy[i] * P - Q) * R + ((x[i] - mh) - ml) * B;
-    for (; i + FN_VL <= n; i += FN_VL)
+    for (; i + FN_VL <= n; i += FN_VL) {
+        if (pf) {
+            __builtin_prefetch(dy + i + pf, 0, 2);
+            __builtin_prefetch(x + i + pf, 0, 2);
+        }
         FN(fn_vst)(dx + i, (*(const FN(uvec) *)(dy + i) * P - Q) * R
                                + ((*(const FN(uvec) *)(x + i) - mh) - ml) * B, nt);
+    }
     for (; i < n; i++) dx[i] = (dy[i] * P - Q) * R + ((x[i] - mh) - ml) * B;
 }
 
