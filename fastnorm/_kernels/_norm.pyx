@@ -681,6 +681,10 @@ cdef void planes_fused_run(const floating *x, floating *y, Py_ssize_t N, Py_ssiz
                            double *rstd_out, int act, const floating *res, floating *xs,
                            int n_threads, int stream) noexcept nogil:
     cdef Py_ssize_t U = (N // nb) * (C // cb), u
+    cdef Py_ssize_t run = cb * S * <Py_ssize_t>sizeof(floating)
+    # unit by unit: short runs past the caches prefetch the next unit's (see PF_RUN_BYTES)
+    cdef Py_ssize_t pf = (cb * S if run <= PF_RUN_BYTES
+                          and N * C * S * <Py_ssize_t>sizeof(floating) >= PF_TOTAL_BYTES else 0)
     if (nb == 1 and res == NULL and cb * S * <Py_ssize_t>sizeof(floating) <= PIPE_MAX_BYTES
             and act <= 1 and pipelined(U * cb * S * <Py_ssize_t>sizeof(floating),
                                        sizeof(floating))):
@@ -695,9 +699,6 @@ cdef void planes_fused_run(const floating *x, floating *y, Py_ssize_t N, Py_ssiz
                 planes_team_pipelined(x, y, U, C, S, cb, w, b, ew, rms, eps, mean_out,
                                       rstd_out, act, stream)
         return
-    cdef Py_ssize_t run = cb * S * <Py_ssize_t>sizeof(floating)
-    cdef Py_ssize_t pf = (cb * S if run <= PF_RUN_BYTES
-                          and N * C * S * <Py_ssize_t>sizeof(floating) >= PF_TOTAL_BYTES else 0)
     for u in prange(U, schedule="static", num_threads=n_threads):
         planes_unit_fused(x, y, u, C, S, nb, cb, w, b, ew, rms, eps, mean_out, rstd_out, act,
                           res, xs, stream, pf)
