@@ -369,13 +369,40 @@ cdef inline void plane_chunk_moments(const floating *x, Py_ssize_t S, Py_ssize_t
 DEF PF_ROW_BYTES = 8192
 
 
+# Units whose runs of memory are short (a plane of a batch-norm channel, an instance-norm
+# plane, a group of a few small planes: at most PF_RUN_BYTES) apply with a prefetch of the
+# same offset one unit on (the same plane of the next channel, or the next unit), in tensors
+# past the caches (PF_TOTAL_BYTES): the next unit's statistics then start from L2 instead of
+# restarting the hardware prefetch on every run. Measured on an AMD EPYC (Zen 4), (32, 64, 56,
+# 56), forward / copy, without vs with, 1T, 2T (same process, min of 4 interleaved rounds,
+# twice): batch float32 1.61 / 1.69 -> 1.27 / 1.34, 1.49 / 1.39 -> 1.44 / 1.35; float64 1.36 /
+# 1.39 -> 1.18 / 1.27; instance float32 1.63 -> 1.37; group float32 (runs of 24.5 KiB) 1.71 /
+# 1.78 -> 1.38 / 1.33. Runs of 49 KiB and more lost (group float64: 1.08 / 1.17 -> 1.23 /
+# 1.37; (8, 32, 128, 128) group float32 1.74 -> 1.94), and so did tensors in cache (by 3-6%).
+# Element-wise layer-norm rows have their own window (PF_ROW_BYTES).
+DEF PF_RUN_BYTES = 32768
+DEF PF_TOTAL_BYTES = 8388608
+
+
+cdef inline Py_ssize_t apply_pf(Py_ssize_t N, Py_ssize_t C, Py_ssize_t S, Py_ssize_t cb,
+                                bint ew, Py_ssize_t itemsize) noexcept nogil:
+    """How far ahead (in values) the apply of a unit of cb planes prefetches x, 0 for not at
+    all: layer-norm rows (element-wise affine) of up to PF_ROW_BYTES; per-channel units whose
+    runs are at most PF_RUN_BYTES in tensors of PF_TOTAL_BYTES or more."""
+    if ew:
+        return S if S * itemsize <= PF_ROW_BYTES else 0
+    if cb * S * itemsize <= PF_RUN_BYTES and N * C * S * itemsize >= PF_TOTAL_BYTES:
+        return cb * S
+    return 0
+
+
 cdef inline void plane_chunk_apply(const floating *x, floating *y, Py_ssize_t S, Py_ssize_t p,
                                    Py_ssize_t k, Py_ssize_t c, bint ew, floating mh, floating ml,
                                    floating r, const floating *w, const floating *b,
                                    int act, int stream, const floating *res,
                                    floating *xs, Py_ssize_t pf=0) noexcept nogil:
     """Apply to chunk k of plane p. With a residual, xs = x + res is stored and normalized.
-    pf > 0 (per-channel affine): the apply prefetches x pf values on."""
+    pf > 0: the apply prefetches x pf values on (apply_pf)."""
     cdef Py_ssize_t off = k * FN_CHUNK
     cdef Py_ssize_t ln = min(FN_CHUNK, S - off)
     cdef Py_ssize_t q = p * S + off
@@ -390,9 +417,7 @@ cdef inline void plane_chunk_apply(const floating *x, floating *y, Py_ssize_t S,
                                  w + off if ew else NULL, b + off, act, stream)
         return
     if ew:
-        # rows of up to PF_ROW_BYTES: the apply prefetches the next row (see PF_ROW_BYTES)
-        seg_apply_ew(x + q, y + q, ln, mh, ml, r, w + off, b + off, act, stream,
-                     S if S * <Py_ssize_t>sizeof(floating) <= PF_ROW_BYTES else 0)
+        seg_apply_ew(x + q, y + q, ln, mh, ml, r, w + off, b + off, act, stream, pf)
     else:
         seg_apply(x + q, y + q, ln, mh, ml, r * w[c], b[c], act, stream, pf)
 
@@ -479,21 +504,6 @@ cdef void planes_unit_fused(const floating *x, floating *y, Py_ssize_t u, Py_ssi
             for k in range(K - 1, -1, -1):
                 plane_chunk_apply(x, y, S, p, k, c, ew, mh, ml, <floating>rstd_out[u], w, b,
                                   act, stream, res, xs, pf)
-
-
-# Units whose runs of memory are short (a plane of a batch-norm channel, an instance-norm
-# plane, a group of a few small planes: at most PF_RUN_BYTES) apply with a prefetch of the
-# same offset one unit on (the same plane of the next channel, or the next unit), in tensors
-# past the caches (PF_TOTAL_BYTES): the next unit's statistics then start from L2 instead of
-# restarting the hardware prefetch on every run. Measured on an AMD EPYC (Zen 4), (32, 64, 56,
-# 56), forward / copy, without vs with, 1T, 2T (same process, min of 4 interleaved rounds,
-# twice): batch float32 1.61 / 1.69 -> 1.27 / 1.34, 1.49 / 1.39 -> 1.44 / 1.35; float64 1.36 /
-# 1.39 -> 1.18 / 1.27; instance float32 1.63 -> 1.37; group float32 (runs of 24.5 KiB) 1.71 /
-# 1.78 -> 1.38 / 1.33. Runs of 49 KiB and more lost (group float64: 1.08 / 1.17 -> 1.23 /
-# 1.37; (8, 32, 128, 128) group float32 1.74 -> 1.94), and so did tensors in cache (by 3-6%).
-# Element-wise layer-norm rows have their own window (PF_ROW_BYTES).
-DEF PF_RUN_BYTES = 32768
-DEF PF_TOTAL_BYTES = 8388608
 
 
 # Pipelined units (planes_team_pipelined): a thread writes the y of its unit in the same loop
@@ -681,10 +691,7 @@ cdef void planes_fused_run(const floating *x, floating *y, Py_ssize_t N, Py_ssiz
                            double *rstd_out, int act, const floating *res, floating *xs,
                            int n_threads, int stream) noexcept nogil:
     cdef Py_ssize_t U = (N // nb) * (C // cb), u
-    cdef Py_ssize_t run = cb * S * <Py_ssize_t>sizeof(floating)
-    # unit by unit: short runs past the caches prefetch the next unit's (see PF_RUN_BYTES)
-    cdef Py_ssize_t pf = (cb * S if run <= PF_RUN_BYTES
-                          and N * C * S * <Py_ssize_t>sizeof(floating) >= PF_TOTAL_BYTES else 0)
+    cdef Py_ssize_t pf = apply_pf(N, C, S, cb, ew, sizeof(floating))
     if (nb == 1 and res == NULL and cb * S * <Py_ssize_t>sizeof(floating) <= PIPE_MAX_BYTES
             and act <= 1 and pipelined(U * cb * S * <Py_ssize_t>sizeof(floating),
                                        sizeof(floating))):
@@ -721,6 +728,9 @@ def planes_forward(const floating[::1] x, floating[::1] y, Py_ssize_t N, Py_ssiz
     cdef Py_ssize_t U = (N // nb) * ncb, K = nchunks(S, FN_CHUNK)
     cdef Py_ssize_t P = N * C, items = P * K
     cdef Py_ssize_t i, u, p, k, n, c, n0, c0
+    # the split schedule's (plane, chunk) items: only layer-norm rows prefetch (the per-channel
+    # window was measured unit by unit)
+    cdef Py_ssize_t pf = apply_pf(N, C, S, cb, ew, sizeof(floating)) if ew else 0
     cdef double[:, ::1] part
     cdef floating[::1] cmh, cml, cr
     cdef const floating *rp = NULL
@@ -755,7 +765,7 @@ def planes_forward(const floating[::1] x, floating[::1] y, Py_ssize_t N, Py_ssiz
             c = p % C
             u = ((p // C) // nb) * ncb + c // cb
             plane_chunk_apply(&x[0], &y[0], S, p, i % K, c, ew, cmh[u], cml[u], cr[u], &w[0],
-                              &b[0], act, stream, rp, xp)
+                              &b[0], act, stream, rp, xp, pf)
 
 
 cdef void planes_unit_moments(const double *part, Py_ssize_t u, Py_ssize_t C, Py_ssize_t K,
