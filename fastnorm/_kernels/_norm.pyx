@@ -1060,30 +1060,43 @@ cdef inline Py_ssize_t rowblock_rows(Py_ssize_t M, Py_ssize_t D) noexcept nogil:
     return max(rb, (M + MAX_ROWBLOCKS - 1) // MAX_ROWBLOCKS)
 
 
-# The dx of a short row runs from L1 with no read of memory in flight; rows of 8 to 16 KiB
-# prefetch the next row's dy and x into L2 meanwhile. Measured on an AMD EPYC (Zen 4), layer norm
-# backward with weight, 64 MiB, bwd / copy without vs with, one thread, two threads (same
-# process, min of 4 interleaved rounds): float64 rows of 1024 3.48 -> 3.31, 4.25 -> 3.70;
-# float32 rows of 2048 3.81 -> 3.45, 2.91 -> 2.76; float64 rows of 2048 3.35 -> 3.22, 2.57 ->
-# 2.54. Rows of 4 KiB lost (float32 rows of 1024, 32 MiB: 2.78 -> 3.08), of 2 KiB were mixed.
-DEF PF_BWD_MIN_BYTES = 8192
+# The dx of a short row runs from L1 with no read of memory in flight; rows of up to 16 KiB
+# prefetch into L2 meanwhile the dy and x of the row that begins PF_BWD_AHEAD_BYTES or more
+# further on (the next row for rows of 8 KiB and more, two rows on for rows of 4 KiB, ...).
+# Measured on an AMD EPYC (Zen 4), layer norm backward with weight, 32-64 MiB, one thread,
+# bwd / copy without vs with (same process, min of 4-6 interleaved rounds): float32 rows of 1024
+# 2.84 -> 2.03 and 3.57 -> 2.82 (two runs), of 512 2.33 -> 2.00, of 256 2.41 -> 2.15; float64
+# rows of 512 3.02 -> 2.57, 2.84 -> 2.48;
+# float64 rows of 1024 3.48 -> 3.31, 4.25 -> 3.70 at two threads; float32 rows of 2048 3.81 ->
+# 3.45. Prefetching only the next row lost on rows of 4 KiB (2.78 -> 3.08): it came too late.
+# Rows past 16 KiB: no gain measured; rows of 512 B: 2.38 -> 2.46 (per-row work bound), so
+# rows of 1 KiB and more.
+DEF PF_BWD_AHEAD_BYTES = 8192
+DEF PF_BWD_MIN_BYTES = 1024
 DEF PF_BWD_MAX_BYTES = 16384
+
+
+cdef inline Py_ssize_t row_bwd_pf(Py_ssize_t D, Py_ssize_t itemsize) noexcept nogil:
+    """Prefetch distance (values) of a short row's dx pass: whole rows, >= PF_BWD_AHEAD_BYTES."""
+    cdef Py_ssize_t rowb = D * itemsize
+    if rowb < PF_BWD_MIN_BYTES or rowb > PF_BWD_MAX_BYTES:
+        return 0
+    return D * ((PF_BWD_AHEAD_BYTES + rowb - 1) // rowb)
 
 
 cdef inline void row_bwd(const floating *dy, const floating *x, floating *dx, Py_ssize_t i,
                          Py_ssize_t D, const floating *w, double m, double r, floating *dwa,
-                         floating *dba, bint rms, const floating *ds, int stream) noexcept nogil:
+                         floating *dba, bint rms, const floating *ds, int stream,
+                         Py_ssize_t pf) noexcept nogil:
     """One row: sums, then dx while the row is in L1. RMS norm: nothing is subtracted, so the
     mean(g) term is absent (m = 0, Q = 0)."""
     cdef double sg = 0, sgx = 0, Q
     cdef floating mh, ml
     cdef const floating *dsi = ds + i * D if ds != NULL else NULL
-    cdef Py_ssize_t rowb = D * <Py_ssize_t>sizeof(floating)
-    cdef Py_ssize_t pf = D if PF_BWD_MIN_BYTES <= rowb <= PF_BWD_MAX_BYTES else 0
     split_mean(m, &mh, &ml)
     if floating is float:
-        fn_row_bwd_sums_ew_f32(dy + i * D, x + i * D, D, mh, ml, <float>r, w, &sg, &sgx, dwa,
-                               dba)
+        fn_row_bwd_sums_ew_f32(dy + i * D, x + i * D, D, mh, ml, <float>r, w, &sg, &sgx,
+                               dwa, dba)
     else:
         fn_row_bwd_sums_ew_f64(dy + i * D, x + i * D, D, mh, ml, r, w, &sg, &sgx, dwa, dba)
     Q = 0 if rms else sg / D
@@ -1098,7 +1111,8 @@ cdef inline void row_bwd(const floating *dy, const floating *x, floating *dx, Py
 cdef void rows_block_bwd(const floating *dy, const floating *x, floating *dx, Py_ssize_t q,
                          Py_ssize_t M, Py_ssize_t D, Py_ssize_t RB, const floating *w,
                          const double *mean, const double *rstd, double *dwb, double *dbb,
-                         floating *scr, bint rms, const floating *ds, int stream) noexcept nogil:
+                         floating *scr, bint rms, const floating *ds, int stream,
+                         Py_ssize_t pf) noexcept nogil:
     cdef Py_ssize_t i, j, i0, i1 = min(M, (q + 1) * RB), s0
     cdef floating *dwa = scr
     cdef floating *dba = scr + D
@@ -1111,7 +1125,7 @@ cdef void rows_block_bwd(const floating *dy, const floating *x, floating *dx, Py
             dwa[j] = 0
             dba[j] = 0
         for i in range(s0, min(i1, s0 + FLUSH_ROWS)):
-            row_bwd(dy, x, dx, i, D, w, mean[i], rstd[i], dwa, dba, rms, ds, stream)
+            row_bwd(dy, x, dx, i, D, w, mean[i], rstd[i], dwa, dba, rms, ds, stream, pf)
         for j in range(D):
             dwb[j] += dwa[j]
             dbb[j] += dba[j]
@@ -1134,7 +1148,7 @@ def rows_backward(const floating[::1] dy, const floating[::1] x, floating[::1] d
     cdef const floating *dsp = &ds[0] if ds is not None else NULL
     cdef Py_ssize_t Q = (M + RB - 1) // RB, ncol = nchunks(D, dw_cols(sizeof(floating)))
     cdef Py_ssize_t nt = max(1, n_threads)
-    cdef Py_ssize_t q, j, i, k, j0
+    cdef Py_ssize_t q, j, i, k, j0, pf
     cdef double s1, s2
     cdef double[:, ::1] dwb
     cdef double[:, ::1] dbb
@@ -1151,6 +1165,7 @@ def rows_backward(const floating[::1] dy, const floating[::1] x, floating[::1] d
         dbias[:] = 0
         return
     if D * <Py_ssize_t>sizeof(floating) <= ROW_DW_BYTES:
+        pf = row_bwd_pf(D, sizeof(floating))
         dwb = np.empty((Q, D), dtype=np.float64)
         dbb = np.empty((Q, D), dtype=np.float64)
         tsc = np.empty((nt, 2 * D), dtype=dt)
@@ -1159,7 +1174,8 @@ def rows_backward(const floating[::1] dy, const floating[::1] x, floating[::1] d
                 sc = &tsc[threadid(), 0]
                 for q in prange(Q, schedule="static"):
                     rows_block_bwd(&dy[0], &x[0], &dx[0], q, M, D, RB, &w[0], &mean[0],
-                                   &rstd[0], &dwb[q, 0], &dbb[q, 0], sc, rms, dsp, stream)
+                                   &rstd[0], &dwb[q, 0], &dbb[q, 0], sc, rms, dsp, stream,
+                                   pf)
             for j in prange(D, schedule="static", num_threads=n_threads):
                 s1 = 0
                 s2 = 0
