@@ -488,25 +488,32 @@ def test_channel_backward_fast_path_equals_full_path(shape, dtype, layout, rng, 
     (4, 1, 4000, 1, True, 0),      # float32 rows of two blocks, the last one short
     (2, 4, 3136, 1, False, 0),     # instance norm 56 x 56 planes
     (2, 2, 20000, 2, False, 0),    # units past PIPE_MAX_BYTES: unit by unit
+    (301, 1, 64, 1, True, 0),      # short rows in groups of UNIT_GROUP, the last one partial
+    (13, 1, 128, 1, True, 1),      # rows of 128 (float64: 1 KiB, still grouped), relu
+    (7, 12, 20, 3, False, 0),      # group norm units of 60 values in groups
 ])
 def test_pipelined_units_same_bits(N, C, S, cb, ew, act, dtype, rng):
     """One-sample units run pipelined (a unit's apply fused with the next unit's statistics;
-    forced, and as the CPU, dtype and size decide): y, mean and rstd are bitwise those of the
+    forced, and as the CPU, dtype and size decide), short ones in groups (statistics of a group
+    of units, then their applies) or not: y, mean and rstd are bitwise those of the
     unit-by-unit schedule and of the split one."""
     x = (3 + rng.standard_normal(N * C * S)).astype(dtype)
     w = rng.standard_normal(S if ew else C).astype(dtype)
     b = rng.standard_normal(S if ew else C).astype(dtype)
     U = N * (C // cb)
     got = []
-    for fuse, pipe in ((True, 2), (True, 0), (True, 1), (False, 0)):
+    for fuse, pipe, grouped in ((True, 2, True), (True, 0, False), (True, 0, True),
+                                (True, 1, True), (True, 1, False), (False, 0, True)):
         for t in (1, 2):
             y = np.empty_like(x)
             m, r = np.empty(U), np.empty(U)
             prev = K._set_pipeline(pipe)
+            prev_g = K._set_grouped(grouped)
             try:
                 K.planes_forward(x, y, N, C, S, 1, cb, w, b, ew, 1e-5, m, r, act, t, fuse)
             finally:
                 K._set_pipeline(prev)
+                K._set_grouped(prev_g)
             got.append((y, m, r))
     for other in got[1:]:
         for a, o in zip(got[0], other):
