@@ -1,0 +1,165 @@
+/* The floors under fastnorm's ratios to a copy: the least any kernel with a given data
+   dependency can cost on this machine, measured with the least arithmetic that dependency
+   allows (float32, streaming stores, static split between OpenMP threads).
+
+     gcc -O3 -march=native -fopenmp bench/floor_probe.c -o floor_probe
+     ./floor_probe MiB threads unit_bytes        e.g. ./floor_probe 24 1 819200
+
+   Units are rounded down to a multiple of 128 bytes. Printed as time / copy of the same array
+   at the same thread count (the copy: the same loop as the applies, streamed), best of 15
+   rounds:
+     fwd unit   per unit of unit_bytes: sum of x, then y = x * a + b (layer, instance, group norm,
+                batch norm channels-first: the unit is re-read from cache)
+     fwd whole  sum of all of x, then y = x * a + b (batch norm channels-last: x is read twice)
+     bwd unit   per unit: sums of dy and dy * x, then dx = dy * a + x * b
+     bwd whole  sums over all of dy and x, then dx (batch norm channels-last backward)
+   Nothing here is fastnorm's code; it is the shape of its passes with nothing else in them. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <omp.h>
+#if defined(__SSE2__)
+#include <immintrin.h>
+#endif
+
+/* 16 floats: the probe's vector, in GCC's vector extension (unaligned loads) */
+typedef float v16 __attribute__((vector_size(64)));
+typedef float v16u __attribute__((vector_size(64), aligned(4)));
+#define LD(p) (*(const v16u *)(p))
+
+/* a streaming store of 16 floats at a 64-byte aligned y */
+static inline void st16(float *y, const v16 *p)
+{
+    v16 v = *p;
+#if defined(__AVX512F__)
+    _mm512_stream_ps(y, (__m512)v);
+#elif defined(__AVX__)
+    union { v16 v; __m256 h[2]; } u = {v};
+    _mm256_stream_ps(y, u.h[0]);
+    _mm256_stream_ps(y + 8, u.h[1]);
+#elif defined(__SSE2__)
+    union { v16 v; __m128 q[4]; } u = {v};
+    for (int k = 0; k < 4; k++) _mm_stream_ps(y + 4 * k, u.q[k]);
+#else
+    memcpy(y, &v, sizeof v);
+#endif
+}
+
+static void fence(void)
+{
+#if defined(__SSE2__)
+    _mm_sfence();
+#endif
+}
+
+static float hsum(const v16 *a)
+{
+    float s = 0;
+    for (int k = 0; k < 16; k++) s += (*a)[k];
+    return s;
+}
+
+static float sum1(const float *x, long n)
+{
+    v16 a = {0}, b = {0};
+    for (long i = 0; i < n; i += 32) {
+        a += LD(x + i);
+        b += LD(x + i + 16);
+    }
+    a += b;
+    return hsum(&a);
+}
+
+static float sum2(const float *d, const float *x, long n, float *sd)
+{
+    v16 a = {0}, b = {0}, dv;
+    for (long i = 0; i < n; i += 16) {
+        dv = LD(d + i);
+        a += dv;
+        b += dv * LD(x + i);
+    }
+    *sd = hsum(&a);
+    return hsum(&b);
+}
+
+/* y = x * a + b, streamed */
+static void apply1(const float *x, float *y, long n, float a, float b)
+{
+    for (long i = 0; i < n; i += 16) {
+        v16 v = LD(x + i) * a + b;
+        st16(y + i, &v);
+    }
+}
+
+/* y = d * a + x * b, streamed */
+static void apply2(const float *d, const float *x, float *y, long n, float a, float b)
+{
+    for (long i = 0; i < n; i += 16) {
+        v16 v = LD(d + i) * a + LD(x + i) * b;
+        st16(y + i, &v);
+    }
+}
+
+int main(int argc, char **argv)
+{
+    long mib = argc > 1 ? atol(argv[1]) : 24, nt = argc > 2 ? atol(argv[2]) : 1;
+    long unit = (argc > 3 ? atol(argv[3]) : 4096) / (long)sizeof(float);
+    long n = mib * 1024 * 1024 / (long)sizeof(float);
+    double best[5] = {1e30, 1e30, 1e30, 1e30, 1e30};
+    volatile float sink = 0;
+    unit -= unit % 32;
+    n -= n % (unit * nt);
+    if (unit <= 0 || n <= 0) {
+        fprintf(stderr, "usage: floor_probe MiB threads unit_bytes (unit >= 128 bytes)\n");
+        return 1;
+    }
+    float *x = aligned_alloc(64, n * sizeof(float)), *d = aligned_alloc(64, n * sizeof(float));
+    float *y = aligned_alloc(64, n * sizeof(float));
+    for (long i = 0; i < n; i++) {
+        x[i] = (float)(i % 1000) * 1e-3f;
+        d[i] = 1.0f;
+        y[i] = 0;
+    }
+    omp_set_num_threads((int)nt);
+    for (int r = 0; r < 15; r++) {
+        for (int c = 0; c < 5; c++) {
+            double t = omp_get_wtime();
+#pragma omp parallel
+            {
+                long per = n / nt, lo = omp_get_thread_num() * per, j;
+                float s = 0, q = 0;
+                if (c == 0) {
+                    apply1(x + lo, y + lo, per, 1.0f, 0.0f);
+                } else if (c == 1) {
+                    for (j = lo; j < lo + per; j += unit)
+                        apply1(x + j, y + j, unit, sum1(x + j, unit), 1.0f);
+                } else if (c == 2) {
+                    s = sum1(x + lo, per);
+#pragma omp barrier
+                    apply1(x + lo, y + lo, per, s, 1.0f);
+                } else if (c == 3) {
+                    for (j = lo; j < lo + per; j += unit) {
+                        q = sum2(d + j, x + j, unit, &s);
+                        apply2(d + j, x + j, y + j, unit, s, q);
+                    }
+                } else {
+                    q = sum2(d + lo, x + lo, per, &s);
+#pragma omp barrier
+                    apply2(d + lo, x + lo, y + lo, per, s, q);
+                }
+                fence();
+                sink = sink + s + q;
+            }
+            t = omp_get_wtime() - t;
+            if (t < best[c]) best[c] = t;
+        }
+    }
+    printf("%ld MiB, %ld thread(s), units of %ld bytes: time / copy\n", mib, nt,
+           unit * (long)sizeof(float));
+    printf("fwd unit %.2f  fwd whole %.2f  bwd unit %.2f  bwd whole %.2f\n", best[1] / best[0],
+           best[2] / best[0], best[3] / best[0], best[4] / best[0]);
+    free(x);
+    free(d);
+    free(y);
+    return 0;
+}
