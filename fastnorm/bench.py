@@ -48,16 +48,27 @@ def copy_calls(src, dst, threads):
             "copy_stream": copy_call(src, dst, threads, True)}
 
 
-def timeit_rounds(calls, rounds=3, budget=1.0):
+def timeit_rounds(calls, rounds=3, budget=1.0, max_rounds=None, settle=0.03, watch=None):
     """Seconds per call of each named callable (min over samples). The callables take turns,
     round after round, each keeping its best: on a shared machine a slow spell (a neighbour
     loading the memory bus) then lands on every one of them instead of one, so a ratio taken
-    from these times is not at the mercy of when each side happened to run."""
+    from these times is not at the mercy of when each side happened to run. After ``rounds``,
+    more rounds (up to ``max_rounds``) while the last one still lowered the best of a call
+    named in ``watch`` (default: every call) by more than ``settle``: a spell that outlasted
+    the first rounds gets more chances to end."""
     best = {}
-    for _ in range(rounds):
+    r = 0
+    while True:
+        improved = False
         for name, f in calls.items():
-            best[name] = min(best.get(name, float("inf")),
-                             timeit(f, budget=budget / rounds))
+            t = timeit(f, budget=budget / rounds)
+            prev = best.get(name, float("inf"))
+            if watch is None or name in watch:
+                improved |= t < prev * (1 - settle)
+            best[name] = min(prev, t)
+        r += 1
+        if r >= rounds and (not improved or r >= (max_rounds or rounds)):
+            break
     if "copy_memcpy" in best:
         best["copy"] = min(best.pop("copy_memcpy"), best.pop("copy_stream"))
     return best
@@ -316,7 +327,12 @@ def run(quick=False, dtypes=("float32",), thread_counts=None, progress=True):
                     calls["torch_fwd"], calls["torch_bwd"] = _torch_calls(op, x, layout,
                                                                           extra, w, b, dy)
                 calls = {k: f for k, f in calls.items() if f is not None}
+                # more rounds while the ratios to the copy still move (not for the
+                # peers: their allocations make them noisier than the kernels)
                 row.update(timeit_rounds(calls, rounds=2 if quick else 3,
+                                         max_rounds=None if quick else 6,
+                                         watch=("copy_memcpy", "copy_stream",
+                                                "fastnorm_fwd_out", "fastnorm_bwd_out"),
                                          budget=budget * len(calls) / 2))
             finally:
                 if prev is not None:
@@ -404,7 +420,8 @@ def scaling(quick=False, progress=True):
             o = np.empty_like(a)  # like the copy, write into an existing buffer
             calls = copy_calls(flat, dst, t)
             calls["op"] = lambda: f(a, o)
-            tm = timeit_rounds(calls, rounds=2 if quick else 3, budget=1.5 * budget)
+            tm = timeit_rounds(calls, rounds=2 if quick else 3, budget=1.5 * budget,
+                               max_rounds=None if quick else 6)
             res.append({"name": name, "bytes": int(a.nbytes), "threads": t,
                         "ratio": tm["op"] / tm["copy"]})
             del a, flat, dst, o

@@ -594,3 +594,31 @@ def test_default_weight_is_cached_and_read_only(rng):
     y1 = fn.layer_norm(x, (3, 4))
     y2 = fn.layer_norm(x, (3, 4), np.ones((3, 4), np.float32), np.zeros((3, 4), np.float32))
     np.testing.assert_array_equal(y1, y2)
+
+
+def test_bench_rounds_go_on_while_the_best_still_moves(monkeypatch):
+    """The report's timing takes more rounds (up to max_rounds) while the last round still
+    lowered a watched call's best by more than 3%, and stops at ``rounds`` otherwise."""
+    from fastnorm import bench
+    seq = {"a": [5.0, 4.0, 3.0, 2.9, 2.9, 2.9, 2.9, 2.9], "b": [1.0] * 8}
+    made = {}
+
+    def fake_timeit(f, budget=1.0):
+        name = f()
+        made[name] = made.get(name, 0) + 1
+        return seq[name][made[name] - 1]
+
+    monkeypatch.setattr(bench, "timeit", fake_timeit)
+    calls = {"a": lambda: "a", "b": lambda: "b"}
+    # rounds 3 (-25%) and 4 (-3.3%) still improve a; round 5 does not: stop after it
+    best = bench.timeit_rounds(calls, rounds=2, max_rounds=6)
+    assert made == {"a": 5, "b": 5} and best == {"a": 2.9, "b": 1.0}
+    made.clear()
+    assert bench.timeit_rounds(calls, rounds=2, max_rounds=3)["a"] == 3.0
+    assert made["a"] == 3
+    made.clear()
+    bench.timeit_rounds(calls, rounds=2, max_rounds=6, watch=("b",))
+    assert made["a"] == 2
+    made.clear()
+    bench.timeit_rounds(calls, rounds=2)
+    assert made["a"] == 2
