@@ -495,29 +495,31 @@ def test_channel_backward_fast_path_equals_full_path(shape, dtype, layout, rng, 
 def test_pipelined_units_same_bits(N, C, S, cb, ew, act, dtype, rng):
     """One-sample units run pipelined (a unit's apply fused with the next unit's statistics;
     forced, and as the CPU, dtype and size decide), short ones in groups (statistics of a group
-    of units, then their applies) or not: y, mean and rstd are bitwise those of the
-    unit-by-unit schedule and of the split one."""
+    of units, then their applies; layer-norm rows in a C loop) or not: y, mean and rstd are
+    bitwise those of the unit-by-unit schedule and of the split one, for layer and RMS norm."""
     x = (3 + rng.standard_normal(N * C * S)).astype(dtype)
     w = rng.standard_normal(S if ew else C).astype(dtype)
     b = rng.standard_normal(S if ew else C).astype(dtype)
     U = N * (C // cb)
-    got = []
-    for fuse, pipe, grouped in ((True, 2, True), (True, 0, False), (True, 0, True),
-                                (True, 1, True), (True, 1, False), (False, 0, True)):
-        for t in (1, 2):
-            y = np.empty_like(x)
-            m, r = np.empty(U), np.empty(U)
-            prev = K._set_pipeline(pipe)
-            prev_g = K._set_grouped(grouped)
-            try:
-                K.planes_forward(x, y, N, C, S, 1, cb, w, b, ew, 1e-5, m, r, act, t, fuse)
-            finally:
-                K._set_pipeline(prev)
-                K._set_grouped(prev_g)
-            got.append((y, m, r))
-    for other in got[1:]:
-        for a, o in zip(got[0], other):
-            np.testing.assert_array_equal(a, o)
+    for rms in (False, True):
+        got = []
+        for fuse, pipe, grouped in ((True, 2, True), (True, 0, False), (True, 0, True),
+                                    (True, 1, True), (True, 1, False), (False, 0, True)):
+            for t in (1, 2):
+                y = np.empty_like(x)
+                m, r = np.empty(U), np.empty(U)
+                prev = K._set_pipeline(pipe)
+                prev_g = K._set_grouped(grouped)
+                try:
+                    K.planes_forward(x, y, N, C, S, 1, cb, w, b, ew, 1e-5, m, r, act, t, fuse,
+                                     rms=rms)
+                finally:
+                    K._set_pipeline(prev)
+                    K._set_grouped(prev_g)
+                got.append((y, m, r))
+        for other in got[1:]:
+            for a, o in zip(got[0], other):
+                np.testing.assert_array_equal(a, o)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

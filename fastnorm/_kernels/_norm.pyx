@@ -94,6 +94,12 @@ cdef extern from "_core.h" nogil:
                           float b, int act, int stream, fn_idx pf)
     void fn_seg_apply_f64(const double *x, double *y, fn_idx n, double mh, double ml, double a,
                           double b, int act, int stream, fn_idx pf)
+    void fn_rows_group_fwd_f32(const float *x, float *y, fn_idx nr, fn_idx n, const float *g,
+                               const float *b, double eps, int rms, double *mean_out,
+                               double *rstd_out, int act, int nt, fn_idx pf)
+    void fn_rows_group_fwd_f64(const double *x, double *y, fn_idx nr, fn_idx n,
+                               const double *g, const double *b, double eps, int rms,
+                               double *mean_out, double *rstd_out, int act, int nt, fn_idx pf)
     void fn_seg_apply_ew_f32(const float *x, float *y, fn_idx n, float mh, float ml, float r,
                              const float *g, const float *b, int act, int stream,
                              fn_idx pf)
@@ -539,7 +545,7 @@ cdef void planes_unit_fused(const floating *x, floating *y, Py_ssize_t u, Py_ssi
 # threads: float32 rows of 64, 64 MiB 5.99 -> 4.47, 4.57 -> 3.41; rows of 128, 64 MiB 3.33 ->
 # 2.57, 2.40 -> 2.31, 2 MiB 5.98 -> 5.56, 5.92 -> 5.15; float64 rows of 128, 2 MiB 3.73 ->
 # 3.21, 3.40 -> 3.17, 64 MiB 1.95 -> 1.91, 1.50 -> 1.52.
-DEF UNIT_GROUP = 8
+DEF UNIT_GROUP = 8  # FN_GROUP in _core_tmpl.h
 DEF GROUP_UNIT_BYTES = 1024
 cdef bint _grouped = True
 
@@ -744,6 +750,14 @@ cdef void planes_fused_run(const floating *x, floating *y, Py_ssize_t N, Py_ssiz
         # the apply prefetches the same row of the next group (planes_units_grouped)
         if pf:
             pf = UNIT_GROUP * cb * S
+        if ew and cb == 1 and S <= FN_BLK:  # layer-norm rows: the C loop
+            for g in prange((U + UNIT_GROUP - 1) // UNIT_GROUP, schedule="static",
+                            num_threads=n_threads):
+                rows_group_fwd(x + g * UNIT_GROUP * S, y + g * UNIT_GROUP * S,
+                               min(U - g * UNIT_GROUP, UNIT_GROUP), S, w, b, eps, rms,
+                               mean_out + g * UNIT_GROUP, rstd_out + g * UNIT_GROUP, act,
+                               stream, pf)
+            return
         for g in prange((U + UNIT_GROUP - 1) // UNIT_GROUP, schedule="static",
                         num_threads=n_threads):
             planes_units_grouped(x, y, g * UNIT_GROUP, min(U, (g + 1) * UNIT_GROUP), C, S, cb,
@@ -752,6 +766,16 @@ cdef void planes_fused_run(const floating *x, floating *y, Py_ssize_t N, Py_ssiz
     for u in prange(U, schedule="static", num_threads=n_threads):
         planes_unit_fused(x, y, u, C, S, nb, cb, w, b, ew, rms, eps, mean_out, rstd_out, act,
                           res, xs, stream, pf)
+
+
+cdef inline void rows_group_fwd(const floating *x, floating *y, Py_ssize_t nr, Py_ssize_t n,
+                                const floating *w, const floating *b, double eps, bint rms,
+                                double *mean_out, double *rstd_out, int act, int stream,
+                                Py_ssize_t pf) noexcept nogil:
+    if floating is float:
+        fn_rows_group_fwd_f32(x, y, nr, n, w, b, eps, rms, mean_out, rstd_out, act, stream, pf)
+    else:
+        fn_rows_group_fwd_f64(x, y, nr, n, w, b, eps, rms, mean_out, rstd_out, act, stream, pf)
 
 
 cdef void planes_units_grouped(const floating *x, floating *y, Py_ssize_t u0, Py_ssize_t u1,
