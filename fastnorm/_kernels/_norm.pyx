@@ -530,9 +530,11 @@ cdef void planes_unit_fused(const floating *x, floating *y, Py_ssize_t u, Py_ssi
 # 1.10. So off Intel only float32 runs of up to PIPE_SMALL_BYTES are pipelined.
 # Units of one sample of at most GROUP_UNIT_BYTES (layer-norm rows of 64-256 values, small
 # groups) go in groups of UNIT_GROUP: the moments of the group's units, then their statistics,
-# then their applies (planes_units_grouped). One unit at a time, each unit's division and
-# square roots stand between its moments and its apply, and at a few hundred values a unit the
-# chain is what the thread waits on. Measured on an AMD EPYC (Zen 4), layer norm with weight
+# then their applies (planes_units_grouped). One unit at a time, each unit's lane sums,
+# divisions and square root stand between its moments and its apply; in groups the core can
+# overlap one unit's chain with the other units' work (the divider's throughput is not the
+# cost: dropping the two divisions of each merge into an empty state, exactly 1 and 0 there,
+# gained nothing measurable). Measured on an AMD EPYC (Zen 4), layer norm with weight
 # and bias, forward / copy into out=, one thread, unit by unit vs groups of 4 / 8 / 16 / 32
 # (same process, min of 4 interleaved rounds, the same bits): float32 rows of 64, 64 MiB 5.49
 # vs 4.50 / 4.51 / 4.42 / 4.49, 1 MiB 11.03 vs 10.15 / 9.54 / 9.54 / 9.47; float32 rows of 128,
@@ -1169,9 +1171,9 @@ cdef inline Py_ssize_t rowblock_rows(Py_ssize_t M, Py_ssize_t D) noexcept nogil:
 # Measured on an AMD EPYC (Zen 4), layer norm backward with weight, 32-64 MiB, one thread,
 # bwd / copy without vs with (same process, min of 4-6 interleaved rounds): float32 rows of 1024
 # 2.84 -> 2.03 and 3.57 -> 2.82 (two runs), of 512 2.33 -> 2.00, of 256 2.41 -> 2.15; float64
-# rows of 512 3.02 -> 2.57, 2.84 -> 2.48;
-# float64 rows of 1024 3.48 -> 3.31, 4.25 -> 3.70 at two threads; float32 rows of 2048 3.81 ->
-# 3.45. Prefetching only the next row lost on rows of 4 KiB (2.78 -> 3.08): it came too late.
+# rows of 512 3.02 -> 2.57, 2.84 -> 2.48; float64 rows of 1024 (the next row) 3.48 -> 3.31,
+# 4.25 -> 3.70 at two threads; float32 rows of 2048 3.81 -> 3.45. Prefetching only the next row
+# lost on rows of 4 KiB (2.78 -> 3.08): it came too late.
 # Rows past 16 KiB: no gain measured; rows of 512 B: 2.38 -> 2.46 (per-row work bound), so
 # rows of 1 KiB and more.
 DEF PF_BWD_AHEAD_BYTES = 8192
@@ -1198,8 +1200,8 @@ cdef inline void row_bwd(const floating *dy, const floating *x, floating *dx, Py
     cdef const floating *dsi = ds + i * D if ds != NULL else NULL
     split_mean(m, &mh, &ml)
     if floating is float:
-        fn_row_bwd_sums_ew_f32(dy + i * D, x + i * D, D, mh, ml, <float>r, w, &sg, &sgx,
-                               dwa, dba)
+        fn_row_bwd_sums_ew_f32(dy + i * D, x + i * D, D, mh, ml, <float>r, w, &sg, &sgx, dwa,
+                               dba)
     else:
         fn_row_bwd_sums_ew_f64(dy + i * D, x + i * D, D, mh, ml, r, w, &sg, &sgx, dwa, dba)
     Q = 0 if rms else sg / D
