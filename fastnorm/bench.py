@@ -457,30 +457,52 @@ def _grid(lines):
     return "\n".join(out)
 
 
-def table(results):
-    """One table: rows per (op, layout, dtype, threads), ratios measured in the same run.
-    'xT/1T' is the speedup of fastnorm's forward (and, in brackets, of the copy) over the same
-    row at one thread."""
+def _cells(results):
+    """The numbers of one run's table, per (name, layout, dtype, threads): fwd/copy, bwd/copy,
+    fwd GB/s, vs numpy, fwd vs torch, bwd vs torch, ort/copy, fastnorm's and the copy's
+    speedup over one thread (None where not measured). Every ratio is taken within the run."""
     one = {(r["name"], r["layout"], r["dtype"]): r for r in results if r["threads"] == 1}
+    out = {}
+    for r in results:
+        fwd, bwd, cp = r["fastnorm_fwd"], r.get("fastnorm_bwd"), r["copy"]
+        fwo, bwo = r.get("fastnorm_fwd_out", fwd), r.get("fastnorm_bwd_out", bwd)
+        base = one.get((r["name"], r["layout"], r["dtype"]))
+        sx = sc = None
+        if base is not None and r["threads"] > 1:
+            sx = base.get("fastnorm_fwd_out", base["fastnorm_fwd"]) / fwo
+            sc = base["copy"] / cp
+        out[(r["name"], r["layout"], r["dtype"], r["threads"])] = [
+            _ratio(fwo, cp), _ratio(bwo, cp), 2 * r["bytes"] / fwo / 1e9,
+            _ratio(r.get("numpy_fwd"), fwd), _ratio(r.get("torch_fwd"), fwd),
+            _ratio(r.get("torch_bwd"), bwd), _ratio(r.get("onnxruntime_fwd"), cp), sx, sc]
+    return out
+
+
+def _median(vals):
+    vals = sorted(v for v in vals if v is not None)
+    if not vals:
+        return None
+    m = len(vals) // 2
+    return vals[m] if len(vals) % 2 else (vals[m - 1] + vals[m]) / 2
+
+
+def table(results, runs=None):
+    """One table: rows per (op, layout, dtype, threads), ratios measured in the same run; with
+    ``runs`` (several runs' results, ``results`` among them), each number is the median over
+    the runs of that number. 'xT/1T' is the speedup of fastnorm's forward (and, in brackets,
+    of the copy) over the same row at one thread."""
+    per_run = [_cells(rs) for rs in (runs or [results])]
     hdr = ("op", "layout", "dtype", "thr", "fwd/copy", "bwd/copy", "fwd GB/s", "vs numpy",
            "fwd vs torch", "bwd vs torch", "ort/copy", "xT/1T (copy)")
     lines = [hdr]
     for r in results:
-        fwd, bwd, cp = r["fastnorm_fwd"], r.get("fastnorm_bwd"), r["copy"]
-        fwo, bwo = r.get("fastnorm_fwd_out", fwd), r.get("fastnorm_bwd_out", bwd)
-        gbs = 2 * r["bytes"] / fwo / 1e9
-        base = one.get((r["name"], r["layout"], r["dtype"]))
-        scale = "-"
-        if base is not None and r["threads"] > 1:
-            scale = f"{base.get('fastnorm_fwd_out', base['fastnorm_fwd']) / fwo:.2f} " \
-                    f"({base['copy'] / cp:.2f})"
+        key = (r["name"], r["layout"], r["dtype"], r["threads"])
+        v = [_median(c[key][i] for c in per_run if key in c) for i in range(9)]
+        scale = "-" if v[7] is None else f"{v[7]:.2f} ({v[8]:.2f})"
         lines.append((
             r["name"], r["layout"], r["dtype"], str(r["threads"]),
-            _fmt(_ratio(fwo, cp)), _fmt(_ratio(bwo, cp)), _fmt(gbs, "{:.1f}"),
-            _fmt(_ratio(r.get("numpy_fwd"), fwd), "{:.1f}x"),
-            _fmt(_ratio(r.get("torch_fwd"), fwd), "{:.2f}x"),
-            _fmt(_ratio(r.get("torch_bwd"), bwd), "{:.2f}x"),
-            _fmt(_ratio(r.get("onnxruntime_fwd"), cp)), scale,
+            _fmt(v[0]), _fmt(v[1]), _fmt(v[2], "{:.1f}"), _fmt(v[3], "{:.1f}x"),
+            _fmt(v[4], "{:.2f}x"), _fmt(v[5], "{:.2f}x"), _fmt(v[6]), scale,
         ))
     return _grid(lines)
 
@@ -519,10 +541,21 @@ def main(argv=None):
     p.add_argument("--plot", metavar="PATH", help="bar chart of the ratios (needs matplotlib)")
     p.add_argument("--scaling", action="store_true",
                    help="also the ratio to copy from 256 KiB to 1 GiB tensors (needs ~3 GB)")
+    p.add_argument("--runs", type=int, default=1, metavar="N",
+                   help="measure the table (and scaling) N times, one run after the other, and "
+                        "print the median of each number (on a shared, noisy machine)")
     args = p.parse_args(argv)
-    results = run(args.quick, tuple(args.dtype or ["float32"]), args.threads)
+    if args.runs < 1:
+        p.error("--runs must be at least 1")
+    runs, scals = [], []
+    for _ in range(args.runs):
+        runs.append(run(args.quick, tuple(args.dtype or ["float32"]), args.threads))
+        if args.scaling:
+            scals.append(scaling(args.quick))
+    results = runs[0]
     lat = latency()
-    scal = scaling(args.quick) if args.scaling else []
+    scal = [dict(r, ratio=_median(s[i]["ratio"] for s in scals)) for i, r in enumerate(scals[0])] \
+        if scals else []
     cc = copy_check()
     print("\r".ljust(62) + "\r", end="", file=sys.stderr, flush=True)
     cfg = fn.show_config(file=open(os.devnull, "w"))
@@ -537,7 +570,9 @@ def main(argv=None):
           "the same tensor into its own buffer, same thread count.\n'vs X': X time / fastnorm "
           "time, both allocating their outputs (> 1: fastnorm faster). xT/1T: forward speedup "
           "over one thread (the copy's in brackets).\n")
-    print(table(results))
+    if args.runs > 1:
+        print(f"median of {args.runs} runs of every number (each a ratio within its run)\n")
+    print(table(results, runs))
     print(f"\ncopy floor check: parallel copy at 1 thread / numpy.copyto = {cc:.2f}")
     print("\nper-call latency on small tensors, microseconds (fastnorm with out= in brackets):\n")
     lines = [("tensor", "fastnorm", "torch", "torch/fastnorm")]
@@ -555,7 +590,8 @@ def main(argv=None):
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"config": cfg, "results": results, "latency": lat, "scaling": scal,
-                       "copy_vs_numpy_copyto": cc}, f, indent=1)
+                       "copy_vs_numpy_copyto": cc, "runs": runs, "scaling_runs": scals},
+                      f, indent=1)
     if args.plot:
         plot(results, args.plot)
     return results

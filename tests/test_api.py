@@ -624,3 +624,25 @@ def test_bench_rounds_go_on_while_the_best_still_moves(monkeypatch):
     made.clear()
     bench.timeit_rounds(calls, rounds=2)
     assert made["a"] == 2
+
+
+def test_bench_table_median_of_runs():
+    """With several runs the report prints, for every number, the median over the runs of
+    that number, each a ratio taken within its own run (not a ratio of median times)."""
+    from fastnorm import bench
+
+    def row(t, fwd, copy, torch=None):
+        return {"name": "op", "layout": "NCHW", "dtype": "float32", "threads": t,
+                "bytes": 10**9, "fastnorm_fwd": fwd, "fastnorm_fwd_out": fwd, "copy": copy,
+                "fastnorm_bwd": None, "fastnorm_bwd_out": None, "torch_fwd": torch}
+
+    runs = [[row(1, 2.0, 1.0, 4.0), row(2, 0.8, 0.5)],    # fwd/copy 2.0, 1.6; 2T/1T 2.5
+            [row(1, 3.0, 2.0, 3.0), row(2, 3.0, 1.0)],    # 1.5, 3.0; 1.0
+            [row(1, 10.0, 1.0), row(2, 5.0, 1.0)]]        # 10.0, 5.0; 2.0 (no torch)
+    lines = bench.table(runs[0], runs).splitlines()
+    one = lines[2].split()
+    two = lines[3].split()
+    assert one[4] == "2.00" and two[4] == "3.00"   # medians of (2, 1.5, 10) and (1.6, 3, 5)
+    assert one[8] == "1.50x"                        # of (2.0, 1.0): the runs with torch
+    assert two[-2:] == ["2.00", "(2.00)"]           # of (2.5, 1, 2) and the copy's (2, 2, 1)
+    assert bench.table(runs[1]).splitlines()[2].split()[4] == "1.50"
