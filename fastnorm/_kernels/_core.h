@@ -87,6 +87,21 @@ static inline void fn_chan_merge(double *n, double *mean, double *m2,
     *n = nn;
 }
 
+/* Statistics of a unit from its merged moments (n, mean, m2): mean and 1 / sqrt(var + eps).
+   RMS norm: nothing is subtracted, mean(x^2) = M2 / n + mean^2 and the saved mean is 0. The one
+   place this is computed, so every schedule's statistics have the same bits. */
+static inline void fn_unit_finalize(double n, double mean, double m2, double eps, int rms,
+                                    double *mean_out, double *rstd_out)
+{
+    if (rms) {
+        *mean_out = 0;
+        *rstd_out = 1.0 / sqrt(m2 / n + mean * mean + eps);
+    } else {
+        *mean_out = mean;
+        *rstd_out = 1.0 / sqrt(m2 / n + eps);
+    }
+}
+
 /* Merge a block of per-column partials that all share the count nb. */
 static inline void fn_chan_merge_vec(double *n, double *mean, double *m2, fn_idx C,
                                      double nb, const double *mb, const double *m2b)

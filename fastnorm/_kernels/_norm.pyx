@@ -49,6 +49,10 @@ cdef extern from "_core.h" nogil:
     ctypedef Py_ssize_t fn_idx
     int FN_BLK
     void fn_chan_merge(double *n, double *mean, double *m2, double nb, double mb, double m2b)
+    void fn_unit_finalize(double n, double mean, double m2, double eps, int rms,
+                          double *mean_out, double *rstd_out)
+    void fn_split_mean_f32(double m, float *mh, float *ml)
+    void fn_split_mean_f64(double m, double *mh, double *ml)
     void fn_chan_merge_vec(double *n, double *mean, double *m2, fn_idx C, double nb,
                            const double *mb, const double *m2b)
     const char *fn_simd_level()
@@ -335,9 +339,10 @@ cdef inline void rows_bwd_apply(const floating *dy, const floating *x, floating 
 
 
 cdef inline void split_mean(double m, floating *mh, floating *ml) noexcept nogil:
-    # m == mh + ml to within float32 rounding of ml; see _core.h
-    mh[0] = <floating>m
-    ml[0] = <floating>(m - <double>mh[0])
+    if floating is float:
+        fn_split_mean_f32(m, mh, ml)
+    else:
+        fn_split_mean_f64(m, mh, ml)
 
 
 cdef inline Py_ssize_t nchunks(Py_ssize_t length, Py_ssize_t chunk) noexcept nogil:
@@ -390,16 +395,25 @@ DEF PF_RUN_BYTES = 32768
 DEF PF_TOTAL_BYTES = 8388608
 
 
+cdef inline Py_ssize_t run_pf(Py_ssize_t N, Py_ssize_t C, Py_ssize_t S, Py_ssize_t cb,
+                              Py_ssize_t streams, Py_ssize_t itemsize) noexcept nogil:
+    """Prefetch distance (values) of a per-channel unit's runs of cb planes read by a pass over
+    `streams` arrays (1: the forward's x; 2: the backward's dy and x): one unit on, when the
+    runs of all the streams together are at most PF_RUN_BYTES in tensors of PF_TOTAL_BYTES or
+    more; else 0."""
+    if streams * cb * S * itemsize <= PF_RUN_BYTES and N * C * S * itemsize >= PF_TOTAL_BYTES:
+        return cb * S
+    return 0
+
+
 cdef inline Py_ssize_t apply_pf(Py_ssize_t N, Py_ssize_t C, Py_ssize_t S, Py_ssize_t cb,
                                 bint ew, Py_ssize_t itemsize) noexcept nogil:
     """How far ahead (in values) the apply of a unit of cb planes prefetches x, 0 for not at
-    all: layer-norm rows (element-wise affine) of up to PF_ROW_BYTES; per-channel units whose
-    runs are at most PF_RUN_BYTES in tensors of PF_TOTAL_BYTES or more."""
+    all: layer-norm rows (element-wise affine) of up to PF_ROW_BYTES; per-channel units as
+    run_pf decides."""
     if ew:
         return S if S * itemsize <= PF_ROW_BYTES else 0
-    if cb * S * itemsize <= PF_RUN_BYTES and N * C * S * itemsize >= PF_TOTAL_BYTES:
-        return cb * S
-    return 0
+    return run_pf(N, C, S, cb, 1, itemsize)
 
 
 cdef inline void plane_chunk_apply(const floating *x, floating *y, Py_ssize_t S, Py_ssize_t p,
@@ -430,13 +444,8 @@ cdef inline void plane_chunk_apply(const floating *x, floating *y, Py_ssize_t S,
 
 cdef inline void unit_finalize(double un, double um, double um2, double eps, bint rms,
                                double *mean, double *rstd) noexcept nogil:
-    """Statistics of a unit from its merged moments. RMS norm: mean(x^2) = M2/n + mean^2."""
-    if rms:
-        mean[0] = 0
-        rstd[0] = 1.0 / sqrt(um2 / un + um * um + eps)
-    else:
-        mean[0] = um
-        rstd[0] = 1.0 / sqrt(um2 / un + eps)
+    """Statistics of a unit from its merged moments (fn_unit_finalize)."""
+    fn_unit_finalize(un, um, um2, eps, rms, mean, rstd)
 
 
 cdef void planes_pair_moments(const floating *x, Py_ssize_t S, Py_ssize_t p, Py_ssize_t q,
@@ -1079,8 +1088,7 @@ def planes_backward(const floating[::1] dy, const floating[::1] x, floating[::1]
     # Measured as the forward's (see PF_RUN_BYTES), bwd / copy without vs with, 1T, 2T: batch
     # float32 2.72 -> 2.42, 2.30 -> 2.21; instance float32 2.75 -> 2.21, 2.11 -> 1.66; runs of
     # 24.5 KiB of each array lost (instance float64 1.82 -> 2.15, 1.75 -> 1.89).
-    cdef Py_ssize_t pf = (cb * S if 2 * cb * S * <Py_ssize_t>sizeof(floating) <= PF_RUN_BYTES
-                          and N * C * S * <Py_ssize_t>sizeof(floating) >= PF_TOTAL_BYTES else 0)
+    cdef Py_ssize_t pf = run_pf(N, C, S, cb, 2, sizeof(floating))
     if fuse:
         with nogil:
             for u in prange(U, schedule="static", num_threads=n_threads):
