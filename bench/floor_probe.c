@@ -13,6 +13,10 @@
      fwd whole  sum of all of x, then y = x * a + b (batch norm channels-last: x is read twice)
      bwd unit   per unit: sums of dy and dy * x, then dx = dy * a + x * b
      bwd whole  sums over all of dy and x, then dx (batch norm channels-last backward)
+     fwd ew     per unit as fwd unit, with an element-wise weight and bias of the unit's size:
+                y = x * w * a + b[i] (layer norm over (C, H, W) with its (C, H, W) affine)
+     bwd ew     per unit as bwd unit, with the element-wise weight in the sums (w * dy) and in
+                dx, and dweight += dy * x, dbias += dy over every unit (per thread)
    Nothing here is fastnorm's code; it is the shape of its passes with nothing else in them. */
 #include <stdio.h>
 #include <stdlib.h>
@@ -91,6 +95,43 @@ static void apply1(const float *x, float *y, long n, float a, float b)
     }
 }
 
+/* y = x * w * a + b[i], streamed */
+static void apply1w(const float *x, const float *w, const float *b, float *y, long n, float a)
+{
+    for (long i = 0; i < n; i += 16) {
+        v16 v = LD(x + i) * LD(w + i) * a + LD(b + i);
+        st16(y + i, &v);
+    }
+}
+
+/* sums of w * dy and w * dy * x; dw += dy * x, db += dy */
+static float sum2w(const float *d, const float *x, const float *w, float *dw, float *db, long n,
+                   float *sd)
+{
+    v16 a = {0}, b = {0}, dv, xv, g;
+    for (long i = 0; i < n; i += 16) {
+        dv = LD(d + i);
+        xv = LD(x + i);
+        g = dv * LD(w + i);
+        a += g;
+        b += g * xv;
+        *(v16u *)(dw + i) = LD(dw + i) + dv * xv;
+        *(v16u *)(db + i) = LD(db + i) + dv;
+    }
+    *sd = hsum(&a);
+    return hsum(&b);
+}
+
+/* y = d * w * a + x * b, streamed */
+static void apply2w(const float *d, const float *x, const float *w, float *y, long n, float a,
+                    float b)
+{
+    for (long i = 0; i < n; i += 16) {
+        v16 v = LD(d + i) * LD(w + i) * a + LD(x + i) * b;
+        st16(y + i, &v);
+    }
+}
+
 /* y = d * a + x * b, streamed */
 static void apply2(const float *d, const float *x, float *y, long n, float a, float b)
 {
@@ -105,7 +146,7 @@ int main(int argc, char **argv)
     long mib = argc > 1 ? atol(argv[1]) : 24, nt = argc > 2 ? atol(argv[2]) : 1;
     long unit = (argc > 3 ? atol(argv[3]) : 4096) / (long)sizeof(float);
     long n = mib * 1024 * 1024 / (long)sizeof(float);
-    double best[5] = {1e30, 1e30, 1e30, 1e30, 1e30};
+    double best[7] = {1e30, 1e30, 1e30, 1e30, 1e30, 1e30, 1e30};
     volatile float sink = 0;
     unit -= unit % 32;
     n -= n % (unit * nt);
@@ -115,14 +156,22 @@ int main(int argc, char **argv)
     }
     float *x = aligned_alloc(64, n * sizeof(float)), *d = aligned_alloc(64, n * sizeof(float));
     float *y = aligned_alloc(64, n * sizeof(float));
+    /* the element-wise weight and bias (shared), and dweight, dbias per thread */
+    float *w = aligned_alloc(64, unit * sizeof(float)), *b = aligned_alloc(64, unit * sizeof(float));
+    float *acc = aligned_alloc(64, 2 * nt * unit * sizeof(float));
     for (long i = 0; i < n; i++) {
         x[i] = (float)(i % 1000) * 1e-3f;
         d[i] = 1.0f;
         y[i] = 0;
     }
+    for (long i = 0; i < unit; i++) {
+        w[i] = 1.0f + (float)(i % 7) * 1e-3f;
+        b[i] = (float)(i % 5) * 1e-3f;
+    }
+    memset(acc, 0, 2 * nt * unit * sizeof(float));
     omp_set_num_threads((int)nt);
     for (int r = 0; r < 15; r++) {
-        for (int c = 0; c < 5; c++) {
+        for (int c = 0; c < 7; c++) {
             double t = omp_get_wtime();
 #pragma omp parallel
             {
@@ -142,10 +191,19 @@ int main(int argc, char **argv)
                         q = sum2(d + j, x + j, unit, &s);
                         apply2(d + j, x + j, y + j, unit, s, q);
                     }
-                } else {
+                } else if (c == 4) {
                     q = sum2(d + lo, x + lo, per, &s);
 #pragma omp barrier
                     apply2(d + lo, x + lo, y + lo, per, s, q);
+                } else if (c == 5) {
+                    for (j = lo; j < lo + per; j += unit)
+                        apply1w(x + j, w, b, y + j, unit, sum1(x + j, unit));
+                } else {
+                    float *dw = acc + 2 * omp_get_thread_num() * unit, *db = dw + unit;
+                    for (j = lo; j < lo + per; j += unit) {
+                        q = sum2w(d + j, x + j, w, dw, db, unit, &s);
+                        apply2w(d + j, x + j, w, y + j, unit, s, q);
+                    }
                 }
                 fence();
                 sink = sink + s + q;
@@ -156,10 +214,15 @@ int main(int argc, char **argv)
     }
     printf("%ld MiB, %ld thread(s), units of %ld bytes: time / copy\n", mib, nt,
            unit * (long)sizeof(float));
-    printf("fwd unit %.2f  fwd whole %.2f  bwd unit %.2f  bwd whole %.2f\n", best[1] / best[0],
-           best[2] / best[0], best[3] / best[0], best[4] / best[0]);
+    printf("fwd unit %.2f  fwd whole %.2f  bwd unit %.2f  bwd whole %.2f  fwd ew %.2f  "
+           "bwd ew %.2f\n", best[1] / best[0], best[2] / best[0], best[3] / best[0],
+           best[4] / best[0], best[5] / best[0], best[6] / best[0]);
+    sink = sink + acc[0];
     free(x);
     free(d);
     free(y);
+    free(w);
+    free(b);
+    free(acc);
     return 0;
 }
