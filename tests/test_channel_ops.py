@@ -213,9 +213,11 @@ def test_nan_and_inf_propagate():
 
 
 # Channel counts that put every remainder case of the channels-last column reductions to work
-# (groups of eight column vectors, then 1-7 vectors, then single columns), float32 vectors
-# holding 16 values and float64 vectors 8.
-@pytest.mark.parametrize("C", [1, 7, 8, 16, 24, 40, 64, 72, 128, 136, 144, 200, 259])
+# (groups of eight column vectors, then 1-7 vectors, then single columns) and of the applies
+# (rows of 1-8 whole vectors with their coefficients in registers, longer rows, tails), float32
+# vectors holding 16 values and float64 vectors 8.
+@pytest.mark.parametrize("C", [1, 7, 8, 16, 24, 40, 48, 56, 64, 72, 80, 96, 112, 128, 136, 144,
+                               200, 259])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_channels_last_column_groups(C, dtype, rng):
     x = (rng.standard_normal((3, 5, 7, C)) * 2 + 100).astype(dtype)
