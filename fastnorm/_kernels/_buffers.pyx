@@ -142,13 +142,30 @@ cdef Block _take(size_t nbytes):
 def empty(shape, dtype):
     """np.empty(shape, dtype); outputs of at least the cache threshold come from reusable
     blocks (C-contiguous, 2 MiB aligned)."""
+    return _empty(shape, dtype, _min_bytes)
+
+
+# A kernel's temporary of this size or more (the layer-norm backward's float64 partials of
+# dweight and dbias: megabytes for rows of a few thousand values) also comes from the blocks:
+# glibc hands such an allocation back to the OS when it is freed, often enough that every
+# call faulted its pages in again (float32 (8192, 4096) backward: 480 page faults a call).
+DEF SCRATCH_MIN_BYTES = 262144
+
+
+def scratch(shape, dtype):
+    """np.empty(shape, dtype) for a temporary that dies with the call: from the reusable
+    blocks from SCRATCH_MIN_BYTES on (or from the output threshold, if that is lower)."""
+    return _empty(shape, dtype, min(<size_t>SCRATCH_MIN_BYTES, _min_bytes))
+
+
+cdef object _empty(shape, dtype, size_t min_bytes):
     dt = np.dtype(dtype)
     cdef Py_ssize_t count = 1, s
     shape = (shape,) if isinstance(shape, int) else tuple(shape)
     for s in shape:
         count *= s
     cdef size_t nbytes = <size_t>count * <size_t>dt.itemsize
-    if nbytes < _min_bytes or _limit < nbytes:
+    if nbytes < min_bytes or _limit < nbytes:
         return np.empty(shape, dtype=dt)
     return np.frombuffer(_take(nbytes), dtype=dt, count=count).reshape(shape)
 

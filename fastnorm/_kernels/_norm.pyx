@@ -31,7 +31,8 @@ given. Work buffers are allocated here, before the GIL is released, never inside
 """
 import numpy as np
 
-from fastnorm._kernels._buffers import empty as _buf_empty, is_fresh as _buf_is_fresh
+from fastnorm._kernels._buffers import (empty as _buf_empty, is_fresh as _buf_is_fresh,
+                                        scratch as _buf_scratch)
 cimport numpy as cnp
 from cython.parallel cimport prange, parallel, threadid
 from libc.math cimport sqrt
@@ -171,8 +172,9 @@ DEF CACHED_BYTES = 33554432
 DEF FN_CHUNK = 32768
 # Row blocks per channels-last chunk.
 DEF CHUNK_BLOCKS = 16
-# Layer-norm backward: rows per dweight partial hold about this many elements ...
-DEF ROWBLOCK_ELEMS = 262144
+# Layer-norm backward: rows per dweight partial hold about this many elements (at most; see
+# rowblock_rows) ...
+DEF ROWBLOCK_ELEMS = 1048576
 # ... and there are at most this many partials (bounds the float64 buffer to 256 * D * 16 bytes).
 DEF MAX_ROWBLOCKS = 256
 
@@ -1143,9 +1145,10 @@ def planes_backward(const floating[::1] dy, const floating[::1] x, floating[::1]
 # thread over its own run of chunks: every row of the block in order (dweight/dbias of the
 # chunk, and per-(row, chunk) partial row sums); the block's row sums are merged in chunk
 # order; pass B writes dx over the same chunks, last read first, so x and dy come back from
-# the thread's L2 instead of memory. Measured on an AMD EPYC (2 MiB L2, 32 MiB L3), layer norm
-# over (64, 56, 56), 32 rows, float32 bwd / copy at one thread: blocks of 2 MiB 4.1, 8 MiB 5.1,
-# all rows 5.4 (the last-level cache did not keep a block for the second pass; L2 does).
+# the thread's L2 (or, past its 1 MiB, from L3) instead of memory. Measured on an AMD EPYC
+# (1 MiB L2 per core, 32 MiB L3), layer norm over (64, 56, 56), 32 rows, float32 bwd / copy at
+# one thread: blocks of 2 MiB 4.1, 8 MiB 5.1, all rows 5.4 (the last-level cache, shared with
+# other tenants, did not keep a larger block for the second pass).
 # Chunks of 8 KiB read 2x slower than long runs there (every row jump restarts the hardware
 # prefetch), hence 32 KiB.
 # The sums (over rows in order, flushed every FLUSH_ROWS rows) do not depend on the block size
@@ -1167,7 +1170,15 @@ cdef inline Py_ssize_t rowblock_rows(Py_ssize_t M, Py_ssize_t D) noexcept nogil:
     """Rows per dweight partial: fixed by the shape alone (so the sums do not depend on the
     thread count). At most ROWBLOCK_ELEMS values, and small enough that even a few hundred
     rows make 16 blocks to share between threads (512 rows of 256 used to be one block: one
-    thread), but not under 8 rows."""
+    thread), but not under 8 rows.
+    Every block adds a float64 partial of dweight and of dbias (2 * D * 8 bytes, summed at the
+    end): with 256 Ki values per block, 128 MiB of float32 rows of 4096 carried 8 MiB of them,
+    fresh from the OS on many calls (a seventh of the time went to clearing pages) and read
+    again for the sum. With 1 Mi values (16 to 32 partials for most large shapes), measured on
+    an AMD EPYC (Zen 4), bwd / copy, same process, one thread, two threads: float32 (8192,
+    4096) 4.00 -> 3.27, 3.53 -> 2.73; float32 (16384, 2048) 3.45 -> 2.89; float64 (4096,
+    4096) 3.99 -> 3.51, 2.94 -> 2.53; (8192, 1024) unchanged within the noise (float32 2.53
+    vs 2.47, float64 2.86 vs 2.85 at one thread, 3.06 vs 3.14 at two)."""
     cdef Py_ssize_t rb = max(<Py_ssize_t>1, (ROWBLOCK_ELEMS + D - 1) // D) if D > 0 else 1
     rb = min(rb, max(<Py_ssize_t>8, (M + 15) // 16))
     return max(rb, (M + MAX_ROWBLOCKS - 1) // MAX_ROWBLOCKS)
@@ -1279,8 +1290,8 @@ def rows_backward(const floating[::1] dy, const floating[::1] x, floating[::1] d
         return
     if D * <Py_ssize_t>sizeof(floating) <= ROW_DW_BYTES:
         pf = row_bwd_pf(D, sizeof(floating))
-        dwb = np.empty((Q, D), dtype=np.float64)
-        dbb = np.empty((Q, D), dtype=np.float64)
+        dwb = _buf_scratch((Q, D), np.float64)
+        dbb = _buf_scratch((Q, D), np.float64)
         tsc = np.empty((nt, 2 * D), dtype=dt)
         with nogil:
             with parallel(num_threads=n_threads):
