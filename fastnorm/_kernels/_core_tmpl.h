@@ -348,6 +348,18 @@ FN_HOT static void FN(fn_seg_moments2)(const T *xa, const T *xb, fn_idx len, dou
    which for C = 64 float64 was eight strided passes over the block. */
 #define FN_CG 8
 
+/* A row wider than one group is swept group by group, each sweep reading part of every row:
+   no run of memory long enough for the hardware prefetch, so the first sweep of a block fetches
+   the same row of the next block (rows rows on) into L2, whole. Measured on an AMD EPYC (Zen 4),
+   batch norm channels-last, one thread, same process, blocks of 32 rows without vs with:
+   float32 (32, 28, 28, 256) forward 2.89 -> 2.41 copies, backward 4.36 -> 3.43; float64
+   (32, 28, 28, 128) 2.55 -> 2.07, 5.00 -> 4.11 (into L1 instead: 2.47, 3.62, 2.34, 4.28). */
+static inline __attribute__((always_inline)) void FN(fn_pf_row)(const T *p, fn_idx C)
+{
+    fn_idx o;
+    for (o = 0; o < C * (fn_idx)sizeof(T); o += 64) __builtin_prefetch((const char *)p + o, 0, 2);
+}
+
 /* Per column c of x[rows, C], for the NV column vectors from c0: s[c] = sum(d),
    q[c] = sum(d^2) with d = (x - sh[c]) - sl[c] (sl may be NULL: d = x - sh). NV is a
    constant after inlining, so the accumulators live in registers. */
@@ -363,6 +375,7 @@ static inline __attribute__((always_inline)) void FN(fn_col_sums_grp)(
         as[j] = aq[j] = (FN(vec)){0};
     for (r = 0; r < rows; r++) {
         row = x + r * C + c0;
+        if (c0 == 0 && C > NV * FN_VL) FN(fn_pf_row)(x + (r + rows) * C, C);
         for (j = 0; j < NV; j++) {  /* the shifts come from L1: registers hold the sums */
             d = *(const FN(uvec) *)(row + j * FN_VL) - *(const FN(uvec) *)(sh + c0 + j * FN_VL);
             if (sl) d = d - *(const FN(uvec) *)(sl + c0 + j * FN_VL);
@@ -1269,6 +1282,10 @@ static inline __attribute__((always_inline)) void FN(fn_rows_bwd_sums_grp)(
         a[j] = b[j] = (FN(vec)){0};
     for (r = 0; r < rows; r++) {
         o = r * C + c0;
+        if (c0 == 0 && C > NV * FN_VL) {  /* as fn_col_sums_grp */
+            FN(fn_pf_row)(dy + (r + rows) * C, C);
+            FN(fn_pf_row)(x + (r + rows) * C, C);
+        }
         for (j = 0; j < NV; j++) {
             g = *(const FN(uvec) *)(dy + o + j * FN_VL);
             a[j] += g;
