@@ -1178,8 +1178,9 @@ cdef inline Py_ssize_t rowblock_rows(Py_ssize_t M, Py_ssize_t D) noexcept nogil:
     thread), but not under 8 rows.
     Every block adds a float64 partial of dweight and of dbias (2 * D * 8 bytes, summed at the
     end): with 256 Ki values per block, 128 MiB of float32 rows of 4096 carried 8 MiB of them,
-    fresh from the OS on many calls (a seventh of the time went to clearing pages) and read
-    again for the sum. With 1 Mi values (16 to 32 partials for most large shapes), measured on
+    fresh from the OS on many calls (480 page faults a call; now they come from the reusable
+    blocks, _buffers.scratch) and read again for the sum. With 1 Mi values (16 to 32 partials
+    for most large shapes), measured on
     an AMD EPYC (Zen 4), bwd / copy, same process, one thread, two threads: float32 (8192,
     4096) 4.00 -> 3.27, 3.53 -> 2.73; float32 (16384, 2048) 3.45 -> 2.89; float64 (4096,
     4096) 3.99 -> 3.51, 2.94 -> 2.53; (8192, 1024) unchanged within the noise (float32 2.53
