@@ -1296,8 +1296,10 @@ def rows_backward(const floating[::1] dy, const floating[::1] x, floating[::1] d
         return
     if D * <Py_ssize_t>sizeof(floating) <= ROW_DW_BYTES:
         pf = row_bwd_pf(D, sizeof(floating))
-        dwb = _buf_scratch((Q, D), np.float64)
-        dbb = _buf_scratch((Q, D), np.float64)
+        # both partials in one reusable block: one slot of the cache, one rounding to 2 MiB
+        parts = _buf_scratch((2, Q, D), np.float64)
+        dwb = parts[0]
+        dbb = parts[1]
         tsc = np.empty((nt, 2 * D), dtype=dt)
         with nogil:
             with parallel(num_threads=n_threads):
