@@ -1794,7 +1794,8 @@ cdef void cols_split_backward(const floating *dy, const floating *x, floating *d
         g = i // K
         r0 = (i % K) * chr_
         o = (g * R + r0) * C
-        rows_bwd_apply(dy + o, x + o, dx + o, min(chr_, R - r0), C, coef + g * 6 * C + 2 * C,
+        rows_bwd_apply(dy + o, x + o, dx + o, min(chr_, R - r0), C,
+                       coef + g * 6 * C + 2 * C if cg > 1 else NULL,
                        coef + g * 6 * C + 3 * C, coef + g * 6 * C + 4 * C, coef + g * 6 * C,
                        coef + g * 6 * C + C, coef + g * 6 * C + 5 * C, stream)
 
@@ -1828,7 +1829,8 @@ cdef void cols_unit_bwd_fused(const floating *dy, const floating *x, floating *d
     cdef Py_ssize_t chr_ = rb * CHUNK_BLOCKS, off
     for k in range(K - 1, -1, -1):
         off = (g * R + k * chr_) * C
-        rows_bwd_apply(dy + off, x + off, dx + off, min(chr_, R - k * chr_), C, coef + 2 * C,
+        rows_bwd_apply(dy + off, x + off, dx + off, min(chr_, R - k * chr_), C,
+                       coef + 2 * C if cg > 1 else NULL,
                        coef + 3 * C, coef + 4 * C, coef, coef + C, coef + 5 * C, stream)
 
 
