@@ -349,15 +349,33 @@ FN_HOT static void FN(fn_seg_moments2)(const T *xa, const T *xb, fn_idx len, dou
 #define FN_CG 8
 
 /* A row wider than one group is swept group by group, each sweep reading part of every row:
-   no run of memory long enough for the hardware prefetch, so the first sweep of a block fetches
-   the same row of the next block (a block's rows further on) into L2, whole. Measured on an AMD EPYC (Zen 4),
-   batch norm channels-last, one thread, same process, blocks of 32 rows without vs with:
-   float32 (32, 28, 28, 256) forward 2.89 -> 2.41 copies, backward 4.36 -> 3.43; float64
-   (32, 28, 28, 128) 2.55 -> 2.07, 5.00 -> 4.11 (into L1 instead: 2.47, 3.62, 2.34, 4.28). */
+   no run of memory long enough for the hardware prefetch, so each sweep fetches its own part of
+   the same row of the next block (a block's rows further on) into L2. Measured on an AMD EPYC
+   (Zen 4), batch norm channels-last, one thread, same process, blocks of 32 rows without vs with
+   the whole row fetched by the first sweep: float32 (32, 28, 28, 256) forward 2.89 -> 2.41
+   copies, backward 4.36 -> 3.43; float64 (32, 28, 28, 128) 2.55 -> 2.07, 5.00 -> 4.11 (into L1
+   instead: 2.47, 3.62, 2.34, 4.28). Whole rows from the first sweep came in bursts (two
+   tensors' full rows per row of that sweep, none during the others), and the L2 did not keep
+   up: spread over the sweeps, the column sums alone of (25088, 256) float32 (time / memcpy of
+   the same array, one thread) went 0.63-0.65 -> 0.49-0.52 forward and 1.17-1.25 -> 0.86-1.02
+   backward (0.77-0.86 for 64 columns, one sweep); the whole ops, alternating builds, float32
+   (32, 28, 28, 256) batch norm forward 2.34 / 2.04 -> 1.81 / 1.71, backward 3.49 / 3.58 ->
+   3.05 / 3.18, group norm backward 3.51 / 3.78 / 3.35 -> 3.02 / 3.06 / 3.11; float64
+   (32, 28, 28, 128) batch norm backward 3.47 / 3.26 -> 2.87 / 2.99. */
 static inline __attribute__((always_inline)) void FN(fn_pf_row)(const T *p, fn_idx C)
 {
     fn_idx o;
     for (o = 0; o < C * (fn_idx)sizeof(T); o += 64) __builtin_prefetch((const char *)p + o, 0, 2);
+}
+
+/* The part of row p that the group of NV column vectors from c0 reads (to the row's end for the
+   last group, single columns included). */
+static inline __attribute__((always_inline)) void FN(fn_pf_cols)(const T *p, fn_idx C, fn_idx c0,
+                                                               const int NV)
+{
+    fn_idx c1 = c0 + NV * FN_VL;
+    if (c1 >= C - C % FN_VL) c1 = C;
+    FN(fn_pf_row)(p + c0, c1 - c0);
 }
 
 /* Per column c of x[rows, C], for the NV column vectors from c0: s[c] = sum(d),
@@ -375,7 +393,7 @@ static inline __attribute__((always_inline)) void FN(fn_col_sums_grp)(
         as[j] = aq[j] = (FN(vec)){0};
     for (r = 0; r < rows; r++) {
         row = x + r * C + c0;
-        if (c0 == 0 && C > NV * FN_VL) FN(fn_pf_row)(x + (r + rows) * C, C);
+        if (C > NV * FN_VL) FN(fn_pf_cols)(x + (r + rows) * C, C, c0, NV);
         for (j = 0; j < NV; j++) {  /* the shifts come from L1: registers hold the sums */
             d = *(const FN(uvec) *)(row + j * FN_VL) - *(const FN(uvec) *)(sh + c0 + j * FN_VL);
             if (sl) d = d - *(const FN(uvec) *)(sl + c0 + j * FN_VL);
@@ -1282,9 +1300,9 @@ static inline __attribute__((always_inline)) void FN(fn_rows_bwd_sums_grp)(
         a[j] = b[j] = (FN(vec)){0};
     for (r = 0; r < rows; r++) {
         o = r * C + c0;
-        if (c0 == 0 && C > NV * FN_VL) {  /* as fn_col_sums_grp */
-            FN(fn_pf_row)(dy + (r + rows) * C, C);
-            FN(fn_pf_row)(x + (r + rows) * C, C);
+        if (C > NV * FN_VL) {  /* as fn_col_sums_grp */
+            FN(fn_pf_cols)(dy + (r + rows) * C, C, c0, NV);
+            FN(fn_pf_cols)(x + (r + rows) * C, C, c0, NV);
         }
         for (j = 0; j < NV; j++) {
             g = *(const FN(uvec) *)(dy + o + j * FN_VL);
