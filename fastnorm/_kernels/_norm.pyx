@@ -180,6 +180,14 @@ DEF MAX_ROWBLOCKS = 256
 
 
 
+# SERIAL_NOTE: with one thread the kernels' loops run outside any parallel region. A team of
+# one still costs one: libgomp wakes the waiters of every barrier with a futex call whether or
+# not anyone waits (measured here: an empty `parallel for num_threads(1)` takes 0.33 us, an
+# `if(0)` one the same), which is a tenth of a small tensor's call (batch-norm inference on
+# (1, 64, 14, 14): about 3.6 us). Same loop bodies in the same order: the same bits. Streaming
+# stores are fenced at the end, as a region's end would order them.
+
+
 def openmp_enabled():
     return bool(fn_openmp_enabled())
 
@@ -769,6 +777,15 @@ cdef void planes_fused_run(const floating *x, floating *y, Py_ssize_t N, Py_ssiz
         if pf:
             pf = UNIT_GROUP * cb * S
         if ew and cb == 1 and S <= FN_BLK:  # layer-norm rows: the C loop
+            if n_threads == 1:  # no parallel region (SERIAL_NOTE)
+                for g in range((U + UNIT_GROUP - 1) // UNIT_GROUP):
+                    rows_group_fwd(x + g * UNIT_GROUP * S, y + g * UNIT_GROUP * S,
+                                   min(U - g * UNIT_GROUP, UNIT_GROUP), S, w, b, eps, rms,
+                                   mean_out + g * UNIT_GROUP, rstd_out + g * UNIT_GROUP, act,
+                                   stream, pf)
+                if stream:
+                    fn_sfence()
+                return
             for g in prange((U + UNIT_GROUP - 1) // UNIT_GROUP, schedule="static",
                             num_threads=n_threads):
                 rows_group_fwd(x + g * UNIT_GROUP * S, y + g * UNIT_GROUP * S,
@@ -776,10 +793,25 @@ cdef void planes_fused_run(const floating *x, floating *y, Py_ssize_t N, Py_ssiz
                                mean_out + g * UNIT_GROUP, rstd_out + g * UNIT_GROUP, act,
                                stream, pf)
             return
+        if n_threads == 1:
+            for g in range((U + UNIT_GROUP - 1) // UNIT_GROUP):
+                planes_units_grouped(x, y, g * UNIT_GROUP, min(U, (g + 1) * UNIT_GROUP), C, S,
+                                     cb, w, b, ew, rms, eps, mean_out, rstd_out, act, stream,
+                                     pf)
+            if stream:
+                fn_sfence()
+            return
         for g in prange((U + UNIT_GROUP - 1) // UNIT_GROUP, schedule="static",
                         num_threads=n_threads):
             planes_units_grouped(x, y, g * UNIT_GROUP, min(U, (g + 1) * UNIT_GROUP), C, S, cb,
                                  w, b, ew, rms, eps, mean_out, rstd_out, act, stream, pf)
+        return
+    if n_threads == 1:
+        for u in range(U):
+            planes_unit_fused(x, y, u, C, S, nb, cb, w, b, ew, rms, eps, mean_out, rstd_out,
+                              act, res, xs, stream, pf)
+        if stream:
+            fn_sfence()
         return
     for u in prange(U, schedule="static", num_threads=n_threads):
         planes_unit_fused(x, y, u, C, S, nb, cb, w, b, ew, rms, eps, mean_out, rstd_out, act,
@@ -1096,7 +1128,15 @@ def planes_backward(const floating[::1] dy, const floating[::1] x, floating[::1]
     # float32 2.72 -> 2.42, 2.30 -> 2.21; instance float32 2.75 -> 2.21, 2.11 -> 1.66; runs of
     # 24.5 KiB of each array lost (instance float64 1.82 -> 2.15, 1.75 -> 1.89).
     cdef Py_ssize_t pf = run_pf(N, C, S, cb, 2, sizeof(floating))
-    if fuse:
+    if fuse and n_threads == 1:  # no parallel region (SERIAL_NOTE)
+        with nogil:
+            for u in range(U):
+                planes_unit_bwd_fused(&dy[0], &x[0], &dx[0], u, C, S, nb, cb, &w[0], &cmh[0],
+                                      &cml[0], &rstd[0], &psum[0], &cQ[0], &cB[0], stream,
+                                      frozen, pf)
+            if stream:
+                fn_sfence()
+    elif fuse:
         with nogil:
             for u in prange(U, schedule="static", num_threads=n_threads):
                 planes_unit_bwd_fused(&dy[0], &x[0], &dx[0], u, C, S, nb, cb, &w[0], &cmh[0],
@@ -1262,6 +1302,18 @@ cdef void rows_block_bwd(const floating *dy, const floating *x, floating *dx, Py
         s0 += FLUSH_ROWS
 
 
+cdef inline void dw_column(const double *dwb, const double *dbb, Py_ssize_t Q, Py_ssize_t D,
+                           Py_ssize_t j, floating *dweight, floating *dbias) noexcept nogil:
+    """dweight[j], dbias[j]: column j of the Q float64 partials (Q, D), summed in order."""
+    cdef double s1 = 0, s2 = 0
+    cdef Py_ssize_t q
+    for q in range(Q):
+        s1 += dwb[q * D + j]
+        s2 += dbb[q * D + j]
+    dweight[j] = <floating>s1
+    dbias[j] = <floating>s2
+
+
 def rows_backward(const floating[::1] dy, const floating[::1] x, floating[::1] dx,
                   Py_ssize_t M, Py_ssize_t D, const floating[::1] w, const double[::1] mean,
                   const double[::1] rstd, floating[::1] dweight, floating[::1] dbias,
@@ -1279,7 +1331,6 @@ def rows_backward(const floating[::1] dy, const floating[::1] x, floating[::1] d
     cdef Py_ssize_t Q = (M + RB - 1) // RB, ncol = nchunks(D, dw_cols(sizeof(floating)))
     cdef Py_ssize_t nt = max(1, n_threads)
     cdef Py_ssize_t q, j, i, k, j0, pf
-    cdef double s1, s2
     cdef double[:, ::1] dwb
     cdef double[:, ::1] dbb
     cdef floating[:, ::1] tsc
@@ -1302,20 +1353,24 @@ def rows_backward(const floating[::1] dy, const floating[::1] x, floating[::1] d
         dbb = parts[1]
         tsc = np.empty((nt, 2 * D), dtype=dt)
         with nogil:
-            with parallel(num_threads=n_threads):
-                sc = &tsc[threadid(), 0]
-                for q in prange(Q, schedule="static"):
-                    rows_block_bwd(&dy[0], &x[0], &dx[0], q, M, D, RB, &w[0], &mean[0],
-                                   &rstd[0], &dwb[q, 0], &dbb[q, 0], sc, rms, dsp, stream,
-                                   pf)
-            for j in prange(D, schedule="static", num_threads=n_threads):
-                s1 = 0
-                s2 = 0
+            if n_threads == 1:  # no parallel region (SERIAL_NOTE)
                 for q in range(Q):
-                    s1 = s1 + dwb[q, j]
-                    s2 = s2 + dbb[q, j]
-                dweight[j] = <floating>s1
-                dbias[j] = <floating>s2
+                    rows_block_bwd(&dy[0], &x[0], &dx[0], q, M, D, RB, &w[0], &mean[0],
+                                   &rstd[0], &dwb[q, 0], &dbb[q, 0], &tsc[0, 0], rms, dsp,
+                                   stream, pf)
+                if stream:
+                    fn_sfence()
+                for j in range(D):
+                    dw_column(&dwb[0, 0], &dbb[0, 0], Q, D, j, &dweight[0], &dbias[0])
+            else:
+                with parallel(num_threads=n_threads):
+                    sc = &tsc[threadid(), 0]
+                    for q in prange(Q, schedule="static"):
+                        rows_block_bwd(&dy[0], &x[0], &dx[0], q, M, D, RB, &w[0], &mean[0],
+                                       &rstd[0], &dwb[q, 0], &dbb[q, 0], sc, rms, dsp, stream,
+                                       pf)
+                for j in prange(D, schedule="static", num_threads=n_threads):
+                    dw_column(&dwb[0, 0], &dbb[0, 0], Q, D, j, &dweight[0], &dbias[0])
         return
     # long rows: blocks of rows, pass A over column chunks, pass B over the same chunks
     part = np.empty((M, ncol, 2), dtype=np.float64)
@@ -1750,7 +1805,14 @@ def cols_backward(const floating[::1] dy, const floating[::1] x, floating[::1] d
             else:
                 coef[g, 2 * C + c] = w[c]
                 coef[g, 4 * C + c] = <floating>rstd[u]
-    if fuse:
+    if fuse and n_threads == 1:  # no parallel region (SERIAL_NOTE)
+        with nogil:
+            for g in range(G0):
+                cols_unit_bwd_fused(&dy[0], &x[0], &dx[0], g, R, C, cg, rb, K, &tsd[0, 0],
+                                    &w[0], &rstd[0], &psum[g, 0], &coef[g, 0], stream, frozen)
+            if stream:
+                fn_sfence()
+    elif fuse:
         with nogil, parallel(num_threads=n_threads):
             sd = &tsd[threadid(), 0]
             for g in prange(G0, schedule="static"):
@@ -1996,6 +2058,16 @@ cdef inline double _at(object a, Py_ssize_t i):
     return (<double *>cnp.PyArray_DATA(<cnp.ndarray>a))[i]
 
 
+cdef inline void plane_item_apply(const floating *x, floating *y, Py_ssize_t i, Py_ssize_t K,
+                                  Py_ssize_t C, Py_ssize_t S, const floating *sc,
+                                  const floating *b, int act, int stream) noexcept nogil:
+    """Item i of the inference apply over planes: chunk i % K of plane i // K, with the
+    coefficients sc (mh, ml, a: C each) of its channel."""
+    cdef Py_ssize_t p = i // K, c = (i // K) % C, off = (i % K) * FN_CHUNK
+    seg_apply(x + p * S + off, y + p * S + off, min(<Py_ssize_t>FN_CHUNK, S - off), sc[c],
+              sc[C + c], sc[2 * C + c], b[c], act, stream)
+
+
 cdef int _fast_run(const floating *x, floating *y, int op, Py_ssize_t N, Py_ssize_t C,
                    Py_ssize_t S, Py_ssize_t cb, bint cols, bint ew, const floating *w,
                    const floating *b, double eps, int act, int nt, object rmean,
@@ -2020,13 +2092,14 @@ cdef int _fast_run(const floating *x, floating *y, int op, Py_ssize_t N, Py_ssiz
                 else:
                     K_ = nchunks(S, FN_CHUNK)
                     items = N * C * K_
-                    for i in prange(items, schedule="static", num_threads=nt):
-                        p = i // K_
-                        c = p % C
-                        off = (i % K_) * FN_CHUNK
-                        ln = min(<Py_ssize_t>FN_CHUNK, S - off)
-                        seg_apply(x + p * S + off, y + p * S + off, ln, sc[c], sc[C + c],
-                                  sc[2 * C + c], b[c], act, stream)
+                    if nt == 1:  # no parallel region (SERIAL_NOTE)
+                        for i in range(items):
+                            plane_item_apply(x, y, i, K_, C, S, sc, b, act, stream)
+                        if stream:
+                            fn_sfence()
+                    else:
+                        for i in prange(items, schedule="static", num_threads=nt):
+                            plane_item_apply(x, y, i, K_, C, S, sc, b, act, stream)
             return 0
         if cols:  # instance / group (and batch: N = 1) norm channels-last: cols_forward
             if mean_out == NULL:
