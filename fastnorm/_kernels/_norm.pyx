@@ -2074,7 +2074,7 @@ cdef int _fast_run(const floating *x, floating *y, int op, Py_ssize_t N, Py_ssiz
                    object rvar, object weight, int stream, double *mean_out=NULL,
                    double *rstd_out=NULL) except -1:
     """The kernels for fast_forward; mean_out/rstd_out receive the statistics when given."""
-    cdef Py_ssize_t U, i, c, K_, items, p, off, ln
+    cdef Py_ssize_t U, i, c, K_, items
     cdef double *st = NULL
     cdef floating *sc = NULL
     try:
