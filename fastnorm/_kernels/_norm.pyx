@@ -1378,6 +1378,14 @@ def rows_backward(const floating[::1] dy, const floating[::1] x, floating[::1] d
     direct = M <= FLUSH_ROWS
     acc = np.empty((2, 1 if direct else D), dtype=dt)
     accd = np.empty((2, 1 if direct else D), dtype=np.float64)
+    if n_threads == 1:  # no parallel region (SERIAL_NOTE): a team of one, its barriers no-ops
+        with nogil:
+            long_rows_bwd_team(&dy[0], &x[0], &dx[0], M, D, &w[0], &mean[0], &rstd[0],
+                               &part[0, 0, 0], &rq[0, 0], ncol, &dweight[0], &dbias[0],
+                               &acc[0, 0], &accd[0, 0], rms, dsp, stream)
+            if stream:
+                fn_sfence()
+        return
     with nogil, parallel(num_threads=n_threads):
         long_rows_bwd_team(&dy[0], &x[0], &dx[0], M, D, &w[0], &mean[0], &rstd[0],
                            &part[0, 0, 0], &rq[0, 0], ncol, &dweight[0], &dbias[0],
