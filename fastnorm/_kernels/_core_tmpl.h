@@ -362,20 +362,15 @@ FN_HOT static void FN(fn_seg_moments2)(const T *xa, const T *xb, fn_idx len, dou
    (32, 28, 28, 256) batch norm forward 2.34 / 2.04 -> 1.81 / 1.71, backward 3.49 / 3.58 ->
    3.05 / 3.18, group norm backward 3.51 / 3.78 / 3.35 -> 3.02 / 3.06 / 3.11; float64
    (32, 28, 28, 128) batch norm backward 3.47 / 3.26 -> 2.87 / 2.99. */
-static inline __attribute__((always_inline)) void FN(fn_pf_row)(const T *p, fn_idx C)
-{
-    fn_idx o;
-    for (o = 0; o < C * (fn_idx)sizeof(T); o += 64) __builtin_prefetch((const char *)p + o, 0, 2);
-}
-
-/* The part of row p that the group of NV column vectors from c0 reads (to the row's end for the
-   last group, single columns included). */
 static inline __attribute__((always_inline)) void FN(fn_pf_cols)(const T *p, fn_idx C, fn_idx c0,
                                                                const int NV)
 {
-    fn_idx c1 = c0 + NV * FN_VL;
+    /* into L2: the part of row p that the group of NV column vectors from c0 reads (to the
+       row's end for the last group, single columns included) */
+    fn_idx c1 = c0 + NV * FN_VL, o;
     if (c1 >= C - C % FN_VL) c1 = C;
-    FN(fn_pf_row)(p + c0, c1 - c0);
+    for (o = c0 * (fn_idx)sizeof(T); o < c1 * (fn_idx)sizeof(T); o += 64)
+        __builtin_prefetch((const char *)p + o, 0, 2);
 }
 
 /* Per column c of x[rows, C], for the NV column vectors from c0: s[c] = sum(d),
