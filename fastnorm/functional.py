@@ -433,8 +433,8 @@ def _rows_backward(dy, x, mean, rstd, normalized_shape, weight, out, rms, residu
     out = D.check_out(out, x.shape, ot, [(dy, "dy"), (x, "x"), (mean, "mean"),
                                          (rstd, "rstd"), (weight, "weight"),
                                          (residual_grad, "residual_grad")])
-    dweight = np.empty(Dn, dtype=ct)  # the kernel sums in float64 and rounds once
-    dbias = np.empty(Dn, dtype=ct)
+    dweight = D.empty(Dn, ct)  # the kernel sums in float64 and rounds once
+    dbias = D.empty(Dn, ct)
     if x.size == 0:
         dx = out if out is not None else D.empty(x.shape, ot)
         dweight.fill(0)

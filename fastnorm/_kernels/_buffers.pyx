@@ -1,11 +1,17 @@
-# Large output buffers that are kept for reuse.
+# Output buffers that are kept for reuse.
 #
 # glibc serves a block of 32 MiB or more by mmap and unmaps it on free, so an output that size
 # comes fresh from the OS on every call: every page faults in and is zeroed, which costs several
 # times the normalization itself (measured, layer norm (8192, 1024) float32, two threads:
-# 5.5 ms allocating, 1.6 ms into a reused out=). Blocks handed out here go back into a small
-# cache when the last array viewing them dies, and the next output of the same size takes its
-# pages warm. The cache is bounded (set_buffer_cache); blocks that do not fit are unmapped.
+# 5.5 ms allocating, 1.6 ms into a reused out=). Smaller blocks fare little better: past its
+# (adaptive) mmap threshold glibc takes them from the heap and gives the heap's top back to the
+# OS once enough is free there, so in many allocation histories an output of a few hundred KiB
+# faults in fresh pages on every call too (layer norm over (64, 56, 56) float32: dweight and
+# dbias, 784 KiB each, 360 page faults a backward call). Blocks handed out here go back into a
+# small cache when the last array viewing them dies, and the next output of the same size takes
+# its pages warm. Outputs from MID_MIN_BYTES get page-rounded blocks; from the large threshold
+# (32 MiB) whole 2 MiB units, advised as huge pages. The cache is bounded (set_buffer_cache);
+# blocks that do not fit are unmapped.
 #
 # Every entry point runs with the GIL held (__dealloc__ included), which serializes the cache.
 
@@ -30,7 +36,9 @@ cdef extern from *:
     int FN_MADV_HUGEPAGE
 
 DEF SLOTS = 16
-DEF ALIGN = 2097152          # blocks are whole 2 MiB units (one huge page each)
+DEF ALIGN = 2097152          # large blocks are whole 2 MiB units (one huge page each)
+DEF PAGE = 4096              # smaller ones whole pages
+DEF MID_MIN_BYTES = 262144
 
 cdef void *_ptr[SLOTS]
 cdef size_t _len[SLOTS]
@@ -39,6 +47,7 @@ cdef unsigned long _clock = 0
 cdef size_t _held = 0
 cdef size_t _limit = 256 << 20
 cdef size_t _min_bytes = 32 << 20
+cdef size_t _mid_bytes = MID_MIN_BYTES
 cdef Py_ssize_t _i
 for _i in range(SLOTS):
     _ptr[_i] = NULL
@@ -109,10 +118,11 @@ cdef class Block:
         self.ptr = NULL
 
 
-cdef Block _take(size_t nbytes):
-    """A block of at least nbytes: a cached one of the same rounded size, else a new mapping."""
+cdef Block _take(size_t nbytes, size_t align):
+    """A block of at least nbytes (rounded up to align): a cached one of the same rounded size,
+    else a new mapping."""
     global _held
-    cdef size_t n = (nbytes + ALIGN - 1) // ALIGN * ALIGN
+    cdef size_t n = (nbytes + align - 1) // align * align
     cdef Py_ssize_t i
     cdef void *p
     cdef Block b = Block.__new__(Block)
@@ -131,7 +141,7 @@ cdef Block _take(size_t nbytes):
         p = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
         if p == MAP_FAILED:
             raise MemoryError(f"cannot allocate {nbytes} bytes")
-    if FN_MADV_HUGEPAGE >= 0:
+    if FN_MADV_HUGEPAGE >= 0 and align == ALIGN:
         madvise(p, n, FN_MADV_HUGEPAGE)
     b.ptr = p
     b.nbytes = n
@@ -140,9 +150,9 @@ cdef Block _take(size_t nbytes):
 
 
 def empty(shape, dtype):
-    """np.empty(shape, dtype); outputs of at least the cache threshold come from reusable
-    blocks (C-contiguous, 2 MiB aligned)."""
-    return _empty(shape, dtype, _min_bytes)
+    """np.empty(shape, dtype); outputs of at least the mid threshold come from reusable
+    blocks (C-contiguous, page aligned; 2 MiB aligned from the large threshold on)."""
+    return _empty(shape, dtype, min(_mid_bytes, _min_bytes), True)
 
 
 # A kernel's temporary of this size or more (the layer-norm backward's float64 partials of
@@ -155,10 +165,10 @@ DEF SCRATCH_MIN_BYTES = 262144
 def scratch(shape, dtype):
     """np.empty(shape, dtype) for a temporary that dies with the call: from the reusable
     blocks from SCRATCH_MIN_BYTES on (or from the output threshold, if that is lower)."""
-    return _empty(shape, dtype, min(<size_t>SCRATCH_MIN_BYTES, _min_bytes))
+    return _empty(shape, dtype, min(<size_t>SCRATCH_MIN_BYTES, _min_bytes), False)
 
 
-cdef object _empty(shape, dtype, size_t min_bytes):
+cdef object _empty(shape, dtype, size_t min_bytes, bint page_below):
     dt = np.dtype(dtype)
     cdef Py_ssize_t count = 1, s
     shape = (shape,) if isinstance(shape, int) else tuple(shape)
@@ -167,7 +177,8 @@ cdef object _empty(shape, dtype, size_t min_bytes):
     cdef size_t nbytes = <size_t>count * <size_t>dt.itemsize
     if nbytes < min_bytes or _limit < nbytes:
         return np.empty(shape, dtype=dt)
-    return np.frombuffer(_take(nbytes), dtype=dt, count=count).reshape(shape)
+    cdef size_t align = PAGE if page_below and nbytes < _min_bytes else ALIGN
+    return np.frombuffer(_take(nbytes, align), dtype=dt, count=count).reshape(shape)
 
 
 def is_fresh(a):
@@ -182,11 +193,14 @@ def is_fresh(a):
     return True
 
 
-def configure(limit=None, min_bytes=None):
-    """Set the cache's limit and threshold (bytes); returns the previous (limit, min_bytes).
+def configure(limit=None, min_bytes=None, mid_bytes=None):
+    """Set the cache's limit and thresholds (bytes: outputs in whole 2 MiB units from
+    min_bytes, in pages from mid_bytes); returns the previous (limit, min_bytes, mid_bytes).
     A limit of 0 turns the cache off and unmaps what it holds."""
-    global _limit, _min_bytes
-    prev = (_limit, _min_bytes)
+    global _limit, _min_bytes, _mid_bytes
+    prev = (_limit, _min_bytes, _mid_bytes)
+    if mid_bytes is not None:
+        _mid_bytes = <size_t>mid_bytes
     if limit is not None:
         _limit = <size_t>limit
         _evict(0)

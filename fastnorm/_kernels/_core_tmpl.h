@@ -1199,6 +1199,118 @@ FN_HOT static void FN(fn_row_bwd_sums_ew)(const T *dy, const T *x, fn_idx len, T
     }
 }
 
+/* fn_row_bwd_sums_ew over NR rows at once (dy[k], x[k], k < NR, the same columns of NR rows),
+   with dwa and dba: every row's sums are formed as that function forms them (same blocks,
+   lanes and order), and dwa/dba take the rows' terms in row order, so the bits are those of
+   NR calls one row after the other; but w, dwa and dba are loaded (and dwa, dba stored) once
+   per vector for all NR rows instead of once per row. */
+static inline __attribute__((always_inline)) void FN(fn_rowsn_bwd_sums_n)(
+    const int NR, const T *const *dy, const T *const *x, fn_idx len, const T *mh,
+    const T *ml, const T *r, const T *w, double *sg, double *sgx, T *dwa, T *dba, fn_idx pf)
+{
+    FN(vec) a0[4], b0[4], a1[4], b1[4], gv, dv, xc, gu, du, xu, wv, wu, sw, su, sb, sc;
+    T t1, t2, e, d, tw, tb;
+    fn_idx i, n, nv, o = 0;
+    int k;
+    for (; len > 0; len -= n, o += n) {
+        n = len < FN_BLK ? len : FN_BLK;
+        nv = n - n % FN_VL;
+        for (k = 0; k < NR; k++) a0[k] = b0[k] = a1[k] = b1[k] = (FN(vec)){0};
+        for (i = 0; i + 2 * FN_VL <= nv; i += 2 * FN_VL) {
+            wv = *(const FN(uvec) *)(w + o + i);
+            wu = *(const FN(uvec) *)(w + o + i + FN_VL);
+            sw = *(const FN(uvec) *)(dwa + o + i);
+            su = *(const FN(uvec) *)(dwa + o + i + FN_VL);
+            sb = *(const FN(uvec) *)(dba + o + i);
+            sc = *(const FN(uvec) *)(dba + o + i + FN_VL);
+            for (k = 0; k < NR; k++) {
+                if (pf) {
+                    __builtin_prefetch(dy[k] + o + i + pf, 0, 2);
+                    __builtin_prefetch(dy[k] + o + i + pf + FN_VL, 0, 2);
+                    __builtin_prefetch(x[k] + o + i + pf, 0, 2);
+                    __builtin_prefetch(x[k] + o + i + pf + FN_VL, 0, 2);
+                }
+                dv = *(const FN(uvec) *)(dy[k] + o + i);
+                du = *(const FN(uvec) *)(dy[k] + o + i + FN_VL);
+                xc = (*(const FN(uvec) *)(x[k] + o + i) - mh[k]) - ml[k];
+                xu = (*(const FN(uvec) *)(x[k] + o + i + FN_VL) - mh[k]) - ml[k];
+                gv = dv * wv;
+                gu = du * wu;
+                a0[k] += gv;
+                a1[k] += gu;
+                b0[k] += gv * xc;
+                b1[k] += gu * xu;
+                sw += (dv * xc) * r[k];
+                su += (du * xu) * r[k];
+                sb += dv;
+                sc += du;
+            }
+            *(FN(uvec) *)(dwa + o + i) = sw;
+            *(FN(uvec) *)(dwa + o + i + FN_VL) = su;
+            *(FN(uvec) *)(dba + o + i) = sb;
+            *(FN(uvec) *)(dba + o + i + FN_VL) = sc;
+        }
+        for (; i < nv; i += FN_VL) {
+            wv = *(const FN(uvec) *)(w + o + i);
+            sw = *(const FN(uvec) *)(dwa + o + i);
+            sb = *(const FN(uvec) *)(dba + o + i);
+            for (k = 0; k < NR; k++) {
+                dv = *(const FN(uvec) *)(dy[k] + o + i);
+                xc = (*(const FN(uvec) *)(x[k] + o + i) - mh[k]) - ml[k];
+                gv = dv * wv;
+                a0[k] += gv;
+                b0[k] += gv * xc;
+                sw += (dv * xc) * r[k];
+                sb += dv;
+            }
+            *(FN(uvec) *)(dwa + o + i) = sw;
+            *(FN(uvec) *)(dba + o + i) = sb;
+        }
+        for (k = 0; k < NR; k++) {
+            a0[k] += a1[k];
+            b0[k] += b1[k];
+        }
+        for (k = 0; k < NR; k++) {
+            t1 = 0;
+            t2 = 0;
+            for (fn_idx j = i; j < n; j++) {
+                d = dy[k][o + j];
+                e = (x[k][o + j] - mh[k]) - ml[k];
+                t1 += d * w[o + j];
+                t2 += (d * w[o + j]) * e;
+            }
+            sg[k] += (double)t1 + FN(fn_hsum1)(&a0[k]);
+            sgx[k] += (double)t2 + FN(fn_hsum1)(&b0[k]);
+        }
+        for (fn_idx j = i; j < n; j++) {
+            tw = dwa[o + j];
+            tb = dba[o + j];
+            for (k = 0; k < NR; k++) {
+                d = dy[k][o + j];
+                e = (x[k][o + j] - mh[k]) - ml[k];
+                tw += (d * e) * r[k];
+                tb += d;
+            }
+            dwa[o + j] = tw;
+            dba[o + j] = tb;
+        }
+    }
+}
+
+/* fn_rowsn_bwd_sums_n for nr = 1..4 rows (sg, sgx: nr values each, added to). */
+FN_HOT static void FN(fn_rowsn_bwd_sums)(int nr, const T *const *dy, const T *const *x,
+                                        fn_idx len, const T *mh, const T *ml, const T *r,
+                                        const T *w, double *sg, double *sgx, T *dwa, T *dba,
+                                        fn_idx pf)
+{
+    switch (nr) {
+    case 4: FN(fn_rowsn_bwd_sums_n)(4, dy, x, len, mh, ml, r, w, sg, sgx, dwa, dba, pf); break;
+    case 3: FN(fn_rowsn_bwd_sums_n)(3, dy, x, len, mh, ml, r, w, sg, sgx, dwa, dba, pf); break;
+    case 2: FN(fn_rowsn_bwd_sums_n)(2, dy, x, len, mh, ml, r, w, sg, sgx, dwa, dba, pf); break;
+    default: FN(fn_rowsn_bwd_sums_n)(1, dy, x, len, mh, ml, r, w, sg, sgx, dwa, dba, pf); break;
+    }
+}
+
 /* Layer-norm row dx: dx = (dy * w[i] - Q) * r + ((x - mh) - ml) * B, Q = mean(dy * w)
    (RMS norm: Q = mh = ml = 0). ds, when given, is added: the gradient that reaches x + residual
    from the residual stream itself. pf > 0: dy[i + pf] and x[i + pf] are prefetched into L2

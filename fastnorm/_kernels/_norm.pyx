@@ -130,6 +130,13 @@ cdef extern from "_core.h" nogil:
     void fn_row_bwd_sums_ew_f64(const double *dy, const double *x, fn_idx n, double mh, double ml,
                                 double r, const double *w, double *sg, double *sgx, double *dwa,
                                 double *dba)
+    void fn_rowsn_bwd_sums_f32(int nr, const float *const *dy, const float *const *x, fn_idx n,
+                              const float *mh, const float *ml, const float *r, const float *w,
+                              double *sg, double *sgx, float *dwa, float *dba, fn_idx pf)
+    void fn_rowsn_bwd_sums_f64(int nr, const double *const *dy, const double *const *x,
+                              fn_idx n, const double *mh, const double *ml, const double *r,
+                              const double *w, double *sg, double *sgx, double *dwa,
+                              double *dba, fn_idx pf)
     void fn_row_bwd_apply_ew_f32(const float *dy, const float *x, float *dx, fn_idx n,
                                  const float *w, float Q, float r, float mh, float ml, float B,
                                  const float *ds, int stream, fn_idx pf)
@@ -1203,6 +1210,7 @@ DEF ROW_DW_BYTES = 32768
 DEF FLUSH_ROWS = 64
 DEF DW_BYTES = 32768
 DEF LONG_BLOCK_BYTES = 2097152
+DEF ROWS_AT_ONCE = 4
 
 
 cdef inline Py_ssize_t dw_cols(Py_ssize_t itemsize) noexcept nogil:
@@ -1376,8 +1384,8 @@ def rows_backward(const floating[::1] dy, const floating[::1] x, floating[::1] d
     part = np.empty((M, ncol, 2), dtype=np.float64)
     rq = np.empty((M, 2), dtype=np.float64)
     direct = M <= FLUSH_ROWS
-    acc = np.empty((2, 1 if direct else D), dtype=dt)
-    accd = np.empty((2, 1 if direct else D), dtype=np.float64)
+    acc = _buf_scratch((2, 1 if direct else D), dt)
+    accd = _buf_scratch((2, 1 if direct else D), np.float64)
     if n_threads == 1:  # no parallel region (SERIAL_NOTE): a team of one, its barriers no-ops
         with nogil:
             long_rows_bwd_team(&dy[0], &x[0], &dx[0], M, D, &w[0], &mean[0], &rstd[0],
@@ -1392,6 +1400,16 @@ def rows_backward(const floating[::1] dy, const floating[::1] x, floating[::1] d
                            &acc[0, 0], &accd[0, 0], rms, dsp, stream)
 
 
+cdef int _exp = 0
+cdef int _exp2 = 0
+cdef int _exp3 = 0
+def _set_exp(int v):
+    global _exp, _exp2, _exp3
+    _exp = v % 10
+    _exp2 = (v // 10) % 10
+    _exp3 = v // 100
+
+
 cdef void long_rows_bwd_team(const floating *dy, const floating *x, floating *dx, Py_ssize_t M,
                              Py_ssize_t D, const floating *w, const double *mean,
                              const double *rstd, double *part, double *rq, Py_ssize_t ncol,
@@ -1404,7 +1422,7 @@ cdef void long_rows_bwd_team(const floating *dy, const floating *x, floating *dx
     M <= FLUSH_ROWS: dweight/dbias themselves)."""
     cdef Py_ssize_t k0 = team_lo(ncol), k1 = team_lo_next(ncol)
     cdef Py_ssize_t RB = max(<Py_ssize_t>1,
-                             LONG_BLOCK_BYTES // (2 * D * <Py_ssize_t>sizeof(floating)))
+                             (LONG_BLOCK_BYTES << _exp) // (2 * D * <Py_ssize_t>sizeof(floating)))
     cdef Py_ssize_t b0 = 0, b1, i, k, j, nitems
     cdef double s1, s2
     while b0 < M:
@@ -1450,40 +1468,54 @@ cdef void cols_chunk_bwd_rows(const floating *dy, const floating *x, Py_ssize_t 
     (accd) and rounded to T once after row M - 1. With one flush (M <= FLUSH_ROWS) that
     float64 round trip returns the T sums unchanged, so they accumulate in dweight/dbias."""
     cdef Py_ssize_t cw = dw_cols(sizeof(floating))
-    cdef Py_ssize_t j0 = k * cw, ln = min(cw, D - j0), i, j
+    cdef Py_ssize_t j0 = k * cw, ln = min(cw, D - j0), i, j, nr, e, last
     cdef bint direct = M <= FLUSH_ROWS
     cdef floating *dwa = (dweight if direct else acc) + j0
     cdef floating *dba = (dbias if direct else acc + D) + j0
     cdef double *dwd = accd + j0
     cdef double *dbd = accd + D + j0
-    cdef double sg, sgx
-    cdef floating mh, ml
-    for i in range(b0, b1):
+    cdef double sg[4]
+    cdef double sgx[4]
+    cdef floating mh[4]
+    cdef floating ml[4]
+    cdef floating rr[4]
+    cdef const floating *dyp[4]
+    cdef const floating *xp[4]
+    cdef Py_ssize_t pfd = _exp3 * 512 // sizeof(floating)
+    i = b0
+    while i < b1:
+        # up to ROWS_AT_ONCE rows at a time, never across a flush
+        nr = min(<Py_ssize_t>(ROWS_AT_ONCE if _exp2 else 1), b1 - i, FLUSH_ROWS - i % FLUSH_ROWS)
         if i % FLUSH_ROWS == 0:
             for j in range(ln):
                 dwa[j] = 0
                 dba[j] = 0
-        sg = 0
-        sgx = 0
-        split_mean(mean[i], &mh, &ml)
+        for e in range(nr):
+            sg[e] = 0
+            sgx[e] = 0
+            split_mean(mean[i + e], &mh[e], &ml[e])
+            rr[e] = <floating>rstd[i + e]
+            dyp[e] = dy + (i + e) * D + j0
+            xp[e] = x + (i + e) * D + j0
         if floating is float:
-            fn_row_bwd_sums_ew_f32(dy + i * D + j0, x + i * D + j0, ln, mh, ml,
-                                   <float>rstd[i], w + j0, &sg, &sgx, dwa, dba)
+            fn_rowsn_bwd_sums_f32(nr, dyp, xp, ln, mh, ml, rr, w + j0, sg, sgx, dwa, dba, pfd)
         else:
-            fn_row_bwd_sums_ew_f64(dy + i * D + j0, x + i * D + j0, ln, mh, ml, rstd[i],
-                                   w + j0, &sg, &sgx, dwa, dba)
-        part[(i * ncol + k) * 2] = sg
-        part[(i * ncol + k) * 2 + 1] = sgx
-        if direct or ((i + 1) % FLUSH_ROWS != 0 and i != M - 1):
+            fn_rowsn_bwd_sums_f64(nr, dyp, xp, ln, mh, ml, rr, w + j0, sg, sgx, dwa, dba, pfd)
+        for e in range(nr):
+            part[((i + e) * ncol + k) * 2] = sg[e]
+            part[((i + e) * ncol + k) * 2 + 1] = sgx[e]
+        last = i + nr - 1
+        i += nr
+        if direct or ((last + 1) % FLUSH_ROWS != 0 and last != M - 1):
             continue
-        if i < FLUSH_ROWS:
+        if last < FLUSH_ROWS:
             for j in range(ln):
                 dwd[j] = 0
                 dbd[j] = 0
         for j in range(ln):
             dwd[j] += dwa[j]
             dbd[j] += dba[j]
-        if i == M - 1:
+        if last == M - 1:
             for j in range(ln):
                 dweight[j0 + j] = <floating>dwd[j]
                 dbias[j0 + j] = <floating>dbd[j]
