@@ -1116,138 +1116,65 @@ FN_HOT static void FN(fn_seg_bwd_apply)(const T *dy, const T *x, T *dx, fn_idx n
     for (; i < n; i++) dx[i] = (dy[i] * P - Q) * R + ((x[i] - mh) - ml) * B;
 }
 
-/* Layer-norm row reduce. With xc = (x - mh) - ml and g = dy * w: *sg += sum(g) and
-   *sgx += sum(g * xc), in vector lanes of T per FN_BLK block, added to float64 per block.
-   When dwa is given, also dwa[i] += dy * xc * r and dba[i] += dy (the caller's T accumulators
-   for dweight and dbias, flushed to float64 every few rows). */
-FN_HOT static void FN(fn_row_bwd_sums_ew)(const T *dy, const T *x, fn_idx len, T mh, T ml, T r,
-                                          const T *w, double *sg, double *sgx, T *dwa, T *dba)
-{
-    FN(vec) a0, b0, a1, b1, gv, dv, xc, gu, du, xu;
-    T t1, t2, e, d;
-    fn_idx i, n, nv;
-    for (; len > 0; len -= n, dy += n, x += n, w += n) {
-        n = len < FN_BLK ? len : FN_BLK;
-        nv = n - n % FN_VL;
-        /* two accumulator pairs (even and odd vectors), so the add chains overlap */
-        a0 = b0 = a1 = b1 = (FN(vec)){0};
-        i = 0;
-        if (dwa) {
-            for (; i + 2 * FN_VL <= nv; i += 2 * FN_VL) {
-                dv = *(const FN(uvec) *)(dy + i);
-                du = *(const FN(uvec) *)(dy + i + FN_VL);
-                xc = (*(const FN(uvec) *)(x + i) - mh) - ml;
-                xu = (*(const FN(uvec) *)(x + i + FN_VL) - mh) - ml;
-                gv = dv * *(const FN(uvec) *)(w + i);
-                gu = du * *(const FN(uvec) *)(w + i + FN_VL);
-                a0 += gv;
-                a1 += gu;
-                b0 += gv * xc;
-                b1 += gu * xu;
-                *(FN(uvec) *)(dwa + i) += (dv * xc) * r;
-                *(FN(uvec) *)(dwa + i + FN_VL) += (du * xu) * r;
-                *(FN(uvec) *)(dba + i) += dv;
-                *(FN(uvec) *)(dba + i + FN_VL) += du;
-            }
-            for (; i < nv; i += FN_VL) {
-                dv = *(const FN(uvec) *)(dy + i);
-                xc = (*(const FN(uvec) *)(x + i) - mh) - ml;
-                gv = dv * *(const FN(uvec) *)(w + i);
-                a0 += gv;
-                b0 += gv * xc;
-                *(FN(uvec) *)(dwa + i) += (dv * xc) * r;
-                *(FN(uvec) *)(dba + i) += dv;
-            }
-        } else {
-            for (; i + 2 * FN_VL <= nv; i += 2 * FN_VL) {
-                xc = (*(const FN(uvec) *)(x + i) - mh) - ml;
-                xu = (*(const FN(uvec) *)(x + i + FN_VL) - mh) - ml;
-                gv = *(const FN(uvec) *)(dy + i) * *(const FN(uvec) *)(w + i);
-                gu = *(const FN(uvec) *)(dy + i + FN_VL) * *(const FN(uvec) *)(w + i + FN_VL);
-                a0 += gv;
-                a1 += gu;
-                b0 += gv * xc;
-                b1 += gu * xu;
-            }
-            for (; i < nv; i += FN_VL) {
-                xc = (*(const FN(uvec) *)(x + i) - mh) - ml;
-                gv = *(const FN(uvec) *)(dy + i) * *(const FN(uvec) *)(w + i);
-                a0 += gv;
-                b0 += gv * xc;
-            }
-        }
-        a0 += a1;
-        b0 += b1;
-        t1 = 0;
-        t2 = 0;
-        for (; i < n; i++) {
-            d = dy[i];
-            e = (x[i] - mh) - ml;
-            t1 += d * w[i];
-            t2 += (d * w[i]) * e;
-            if (dwa) {
-                dwa[i] += (d * e) * r;
-                dba[i] += d;
-            }
-        }
-        *sg += (double)t1 + FN(fn_hsum1)(&a0);
-        *sgx += (double)t2 + FN(fn_hsum1)(&b0);
-        if (dwa) {
-            dwa += n;
-            dba += n;
-        }
-    }
-}
-
-/* fn_row_bwd_sums_ew over NR rows at once (dy[k], x[k], k < NR, the same columns of NR rows),
-   with dwa and dba: every row's sums are formed as that function forms them (same blocks,
-   lanes and order), and dwa/dba take the rows' terms in row order, so the bits are those of
-   NR calls one row after the other; but w, dwa and dba are loaded (and dwa, dba stored) once
-   per vector for all NR rows instead of once per row. */
+/* Layer-norm row reduce over the same columns of NR rows (dy[k], x[k], k < NR). With
+   xc = (x - mh[k]) - ml[k] and g = dy * w: sg[k] += sum(g) and sgx[k] += sum(g * xc), in
+   vector lanes of T per FN_BLK block (even and odd vectors in two accumulators, so the add
+   chains overlap), added to float64 per block; and dwa[i] += dy * xc * r[k], dba[i] += dy
+   (the caller's T accumulators for dweight and dbias, flushed to float64 every few rows),
+   the rows' terms in row order. A row's sums and every dwa/dba element have the same bits
+   for any NR (NR = 1 is one row at a time); a larger NR loads w, dwa and dba (and stores dwa
+   and dba) once per vector for NR rows instead of once per row. */
 static inline __attribute__((always_inline)) void FN(fn_rowsn_bwd_sums_n)(
-    const int NR, const T *const *dy, const T *const *x, fn_idx len, const T *mh,
-    const T *ml, const T *r, const T *w, double *sg, double *sgx, T *dwa, T *dba, fn_idx pf)
+    const int NR, const T *const *dyr, const T *const *xr, fn_idx len, const T *mhr,
+    const T *mlr, const T *rr, const T *w, double *sg, double *sgx, T *dwa, T *dba)
 {
     FN(vec) a0[4], b0[4], a1[4], b1[4], gv, dv, xc, gu, du, xu, wv, wu, sw, su, sb, sc;
-    T t1, t2, e, d, tw, tb;
+    T t1, t2, e, d, tw, tb, mh[4], ml[4], r[4];
+    const T *dy[4], *x[4];   /* local copies: the stores to dwa/dba cannot alias them */
     fn_idx i, n, nv, o = 0;
     int k;
+    for (k = 0; k < NR; k++) {
+        dy[k] = dyr[k];
+        x[k] = xr[k];
+        mh[k] = mhr[k];
+        ml[k] = mlr[k];
+        r[k] = rr[k];
+    }
     for (; len > 0; len -= n, o += n) {
         n = len < FN_BLK ? len : FN_BLK;
         nv = n - n % FN_VL;
         for (k = 0; k < NR; k++) a0[k] = b0[k] = a1[k] = b1[k] = (FN(vec)){0};
+        /* one vector at a time (even vectors into a0/b0, odd into a1/b1, as the one-row
+           function pairs them), so NR rows' accumulators and one vector's temporaries fit
+           in the registers */
         for (i = 0; i + 2 * FN_VL <= nv; i += 2 * FN_VL) {
             wv = *(const FN(uvec) *)(w + o + i);
-            wu = *(const FN(uvec) *)(w + o + i + FN_VL);
             sw = *(const FN(uvec) *)(dwa + o + i);
-            su = *(const FN(uvec) *)(dwa + o + i + FN_VL);
             sb = *(const FN(uvec) *)(dba + o + i);
-            sc = *(const FN(uvec) *)(dba + o + i + FN_VL);
             for (k = 0; k < NR; k++) {
-                if (pf) {
-                    __builtin_prefetch(dy[k] + o + i + pf, 0, 2);
-                    __builtin_prefetch(dy[k] + o + i + pf + FN_VL, 0, 2);
-                    __builtin_prefetch(x[k] + o + i + pf, 0, 2);
-                    __builtin_prefetch(x[k] + o + i + pf + FN_VL, 0, 2);
-                }
                 dv = *(const FN(uvec) *)(dy[k] + o + i);
-                du = *(const FN(uvec) *)(dy[k] + o + i + FN_VL);
                 xc = (*(const FN(uvec) *)(x[k] + o + i) - mh[k]) - ml[k];
-                xu = (*(const FN(uvec) *)(x[k] + o + i + FN_VL) - mh[k]) - ml[k];
                 gv = dv * wv;
-                gu = du * wu;
                 a0[k] += gv;
-                a1[k] += gu;
                 b0[k] += gv * xc;
-                b1[k] += gu * xu;
                 sw += (dv * xc) * r[k];
-                su += (du * xu) * r[k];
                 sb += dv;
-                sc += du;
             }
             *(FN(uvec) *)(dwa + o + i) = sw;
-            *(FN(uvec) *)(dwa + o + i + FN_VL) = su;
             *(FN(uvec) *)(dba + o + i) = sb;
+            wu = *(const FN(uvec) *)(w + o + i + FN_VL);
+            su = *(const FN(uvec) *)(dwa + o + i + FN_VL);
+            sc = *(const FN(uvec) *)(dba + o + i + FN_VL);
+            for (k = 0; k < NR; k++) {
+                du = *(const FN(uvec) *)(dy[k] + o + i + FN_VL);
+                xu = (*(const FN(uvec) *)(x[k] + o + i + FN_VL) - mh[k]) - ml[k];
+                gu = du * wu;
+                a1[k] += gu;
+                b1[k] += gu * xu;
+                su += (du * xu) * r[k];
+                sc += du;
+            }
+            *(FN(uvec) *)(dwa + o + i + FN_VL) = su;
             *(FN(uvec) *)(dba + o + i + FN_VL) = sc;
         }
         for (; i < nv; i += FN_VL) {
@@ -1300,14 +1227,13 @@ static inline __attribute__((always_inline)) void FN(fn_rowsn_bwd_sums_n)(
 /* fn_rowsn_bwd_sums_n for nr = 1..4 rows (sg, sgx: nr values each, added to). */
 FN_HOT static void FN(fn_rowsn_bwd_sums)(int nr, const T *const *dy, const T *const *x,
                                         fn_idx len, const T *mh, const T *ml, const T *r,
-                                        const T *w, double *sg, double *sgx, T *dwa, T *dba,
-                                        fn_idx pf)
+                                        const T *w, double *sg, double *sgx, T *dwa, T *dba)
 {
     switch (nr) {
-    case 4: FN(fn_rowsn_bwd_sums_n)(4, dy, x, len, mh, ml, r, w, sg, sgx, dwa, dba, pf); break;
-    case 3: FN(fn_rowsn_bwd_sums_n)(3, dy, x, len, mh, ml, r, w, sg, sgx, dwa, dba, pf); break;
-    case 2: FN(fn_rowsn_bwd_sums_n)(2, dy, x, len, mh, ml, r, w, sg, sgx, dwa, dba, pf); break;
-    default: FN(fn_rowsn_bwd_sums_n)(1, dy, x, len, mh, ml, r, w, sg, sgx, dwa, dba, pf); break;
+    case 4: FN(fn_rowsn_bwd_sums_n)(4, dy, x, len, mh, ml, r, w, sg, sgx, dwa, dba); break;
+    case 3: FN(fn_rowsn_bwd_sums_n)(3, dy, x, len, mh, ml, r, w, sg, sgx, dwa, dba); break;
+    case 2: FN(fn_rowsn_bwd_sums_n)(2, dy, x, len, mh, ml, r, w, sg, sgx, dwa, dba); break;
+    default: FN(fn_rowsn_bwd_sums_n)(1, dy, x, len, mh, ml, r, w, sg, sgx, dwa, dba); break;
     }
 }
 

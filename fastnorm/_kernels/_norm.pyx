@@ -124,19 +124,13 @@ cdef extern from "_core.h" nogil:
     void fn_seg_bwd_apply_f64(const double *dy, const double *x, double *dx, fn_idx n, double P,
                               double Q, double R, double mh, double ml, double B, int stream,
                               fn_idx pf)
-    void fn_row_bwd_sums_ew_f32(const float *dy, const float *x, fn_idx n, float mh, float ml,
-                                float r, const float *w, double *sg, double *sgx, float *dwa,
-                                float *dba)
-    void fn_row_bwd_sums_ew_f64(const double *dy, const double *x, fn_idx n, double mh, double ml,
-                                double r, const double *w, double *sg, double *sgx, double *dwa,
-                                double *dba)
     void fn_rowsn_bwd_sums_f32(int nr, const float *const *dy, const float *const *x, fn_idx n,
                               const float *mh, const float *ml, const float *r, const float *w,
-                              double *sg, double *sgx, float *dwa, float *dba, fn_idx pf)
+                              double *sg, double *sgx, float *dwa, float *dba)
     void fn_rowsn_bwd_sums_f64(int nr, const double *const *dy, const double *const *x,
                               fn_idx n, const double *mh, const double *ml, const double *r,
                               const double *w, double *sg, double *sgx, double *dwa,
-                              double *dba, fn_idx pf)
+                              double *dba)
     void fn_row_bwd_apply_ew_f32(const float *dy, const float *x, float *dx, fn_idx n,
                                  const float *w, float Q, float r, float mh, float ml, float B,
                                  const float *ds, int stream, fn_idx pf)
@@ -1189,28 +1183,35 @@ def planes_backward(const floating[::1] dy, const floating[::1] x, floating[::1]
 # ---- layer norm backward (rows with element-wise affine) -------------------------------------
 #
 # dx needs two row sums (sum g, sum g * xhat); dweight/dbias need column sums over all rows.
-# Short rows (D * itemsize <= ROW_DW_BYTES): one pass per row, the row still in L1 for dx, with
-# dweight/dbias accumulated in T over at most 64 rows, then flushed into a float64 partial per
-# block of RB rows (RB fixed by the shape); partials are summed in block order.
+# Rows go by ROWS_AT_ONCE at a time where they are wide enough (below): one sweep forms the
+# row sums of all of them and adds their terms to the dweight/dbias accumulators, which are
+# then loaded and stored once per ROWS_AT_ONCE rows instead of once per row (the same bits:
+# fn_rowsn_bwd_sums).
+# Short rows (D * itemsize <= ROW_DW_BYTES): the sums, then dx while the rows are in L1 (or
+# L2), with dweight/dbias accumulated in T over at most 64 rows, then flushed into a float64
+# partial per block of RB rows (RB fixed by the shape); partials are summed in block order.
 # Long rows: those accumulators would not stay in cache. The rows go by in blocks of about
-# LONG_BLOCK_BYTES of x and dy. Per block, pass A runs over column chunks of dw_cols, each
-# thread over its own run of chunks: every row of the block in order (dweight/dbias of the
-# chunk, and per-(row, chunk) partial row sums); the block's row sums are merged in chunk
-# order; pass B writes dx over the same chunks, last read first, so x and dy come back from
-# the thread's L2 (or, past its 1 MiB, from L3) instead of memory. Measured on an AMD EPYC
-# (1 MiB L2 per core, 32 MiB L3), layer norm over (64, 56, 56), 32 rows, float32 bwd / copy at
-# one thread: blocks of 2 MiB 4.1, 8 MiB 5.1, all rows 5.4 (the last-level cache, shared with
-# other tenants, did not keep a larger block for the second pass).
-# Chunks of 8 KiB read 2x slower than long runs there (every row jump restarts the hardware
-# prefetch), hence 32 KiB.
-# The sums (over rows in order, flushed every FLUSH_ROWS rows) do not depend on the block size
-# or the thread count.
+# LONG_BLOCK_BYTES of x and dy. Per block, pass A: each thread over its own run of column
+# chunks of dw_cols, the rows of the block in groups, each group over all the thread's chunks
+# (dweight/dbias of each chunk, and per-(row, chunk) partial row sums), so every row is read
+# in long runs; the block's row sums are merged in chunk order; pass B writes dx over the
+# thread's columns, last row first, so x and dy come back from the thread's L2 (or, past its
+# 1 MiB, from L3) instead of memory. Measured on an AMD EPYC (1 MiB L2 per core, 32 MiB L3),
+# layer norm over (64, 56, 56), 32 rows, float32 bwd / copy at one thread: blocks of 2 MiB
+# 4.1, 8 MiB 5.1, all rows 5.4 (the last-level cache, shared with other tenants, did not keep
+# a larger block for the second pass); again with the row groups: 2, 4, 8 MiB 2.80 / 2.60 /
+# 2.87, float64 3.04 / 2.88 / 2.78 (within the noise of each other).
+# The sums (over rows in order, flushed every FLUSH_ROWS rows) do not depend on the block size,
+# the row groups or the thread count.
 
 DEF ROW_DW_BYTES = 32768
 DEF FLUSH_ROWS = 64
 DEF DW_BYTES = 32768
 DEF LONG_BLOCK_BYTES = 2097152
 DEF ROWS_AT_ONCE = 4
+# Rows narrower than this go one at a time: their accumulators stay in L1 anyway, and the group
+# sweep lost there (float32 rows of 256 in cache, bwd / copy 4.7 -> 6.7; of 1024 about even).
+DEF ROWS_AT_ONCE_BYTES = 8192
 
 
 cdef inline Py_ssize_t dw_cols(Py_ssize_t itemsize) noexcept nogil:
@@ -1262,28 +1263,47 @@ cdef inline Py_ssize_t row_bwd_pf(Py_ssize_t D, Py_ssize_t itemsize) noexcept no
     return D * ((PF_BWD_AHEAD_BYTES + rowb - 1) // rowb)
 
 
-cdef inline void row_bwd(const floating *dy, const floating *x, floating *dx, Py_ssize_t i,
-                         Py_ssize_t D, const floating *w, double m, double r, floating *dwa,
-                         floating *dba, bint rms, const floating *ds, int stream,
-                         Py_ssize_t pf) noexcept nogil:
-    """One row: sums, then dx while the row is in L1. RMS norm: nothing is subtracted, so the
-    mean(g) term is absent (m = 0, Q = 0)."""
-    cdef double sg = 0, sgx = 0, Q
-    cdef floating mh, ml
-    cdef const floating *dsi = ds + i * D if ds != NULL else NULL
-    split_mean(m, &mh, &ml)
+cdef void rows_bwd(const floating *dy, const floating *x, floating *dx, Py_ssize_t i,
+                   Py_ssize_t nr, Py_ssize_t D, const floating *w, const double *mean,
+                   const double *rstd, floating *dwa, floating *dba, bint rms,
+                   const floating *ds, int stream, Py_ssize_t pf) noexcept nogil:
+    """Rows [i, i + nr) (nr <= ROWS_AT_ONCE): their sums in one sweep, then each row's dx
+    while the rows are in L1 (or L2). RMS norm: nothing is subtracted, so the mean(g) term is
+    absent (mean 0, Q = 0)."""
+    cdef double sg[ROWS_AT_ONCE]
+    cdef double sgx[ROWS_AT_ONCE]
+    cdef floating mh[ROWS_AT_ONCE]
+    cdef floating ml[ROWS_AT_ONCE]
+    cdef floating rr[ROWS_AT_ONCE]
+    cdef const floating *dyp[ROWS_AT_ONCE]
+    cdef const floating *xp[ROWS_AT_ONCE]
+    cdef Py_ssize_t e, o
+    cdef double Q, r
+    cdef const floating *dsi
+    if pf:
+        pf += (nr - 1) * D  # the rows after this group's
+    for e in range(nr):
+        sg[e] = 0
+        sgx[e] = 0
+        split_mean(mean[i + e], &mh[e], &ml[e])
+        rr[e] = <floating>rstd[i + e]
+        dyp[e] = dy + (i + e) * D
+        xp[e] = x + (i + e) * D
     if floating is float:
-        fn_row_bwd_sums_ew_f32(dy + i * D, x + i * D, D, mh, ml, <float>r, w, &sg, &sgx, dwa,
-                               dba)
+        fn_rowsn_bwd_sums_f32(nr, dyp, xp, D, mh, ml, rr, w, sg, sgx, dwa, dba)
     else:
-        fn_row_bwd_sums_ew_f64(dy + i * D, x + i * D, D, mh, ml, r, w, &sg, &sgx, dwa, dba)
-    Q = 0 if rms else sg / D
-    if floating is float:
-        fn_row_bwd_apply_ew_f32(dy + i * D, x + i * D, dx + i * D, D, w, <float>Q, <float>r,
-                                mh, ml, <float>(-r * r * r * sgx / D), dsi, stream, pf)
-    else:
-        fn_row_bwd_apply_ew_f64(dy + i * D, x + i * D, dx + i * D, D, w, Q, r, mh, ml,
-                                -r * r * r * sgx / D, dsi, stream, pf)
+        fn_rowsn_bwd_sums_f64(nr, dyp, xp, D, mh, ml, rr, w, sg, sgx, dwa, dba)
+    for e in range(nr):
+        o = (i + e) * D
+        r = rstd[i + e]
+        Q = 0 if rms else sg[e] / D
+        dsi = ds + o if ds != NULL else NULL
+        if floating is float:
+            fn_row_bwd_apply_ew_f32(dy + o, x + o, dx + o, D, w, <float>Q, <float>r, mh[e],
+                                    ml[e], <float>(-r * r * r * sgx[e] / D), dsi, stream, pf)
+        else:
+            fn_row_bwd_apply_ew_f64(dy + o, x + o, dx + o, D, w, Q, r, mh[e], ml[e],
+                                    -r * r * r * sgx[e] / D, dsi, stream, pf)
 
 
 cdef void rows_block_bwd(const floating *dy, const floating *x, floating *dx, Py_ssize_t q,
@@ -1292,6 +1312,7 @@ cdef void rows_block_bwd(const floating *dy, const floating *x, floating *dx, Py
                          floating *scr, bint rms, const floating *ds, int stream,
                          Py_ssize_t pf) noexcept nogil:
     cdef Py_ssize_t i, j, i0, i1 = min(M, (q + 1) * RB), s0
+    cdef Py_ssize_t nr = ROWS_AT_ONCE if D * <Py_ssize_t>sizeof(floating) >= ROWS_AT_ONCE_BYTES else 1
     cdef floating *dwa = scr
     cdef floating *dba = scr + D
     for j in range(D):
@@ -1302,8 +1323,11 @@ cdef void rows_block_bwd(const floating *dy, const floating *x, floating *dx, Py
         for j in range(D):
             dwa[j] = 0
             dba[j] = 0
-        for i in range(s0, min(i1, s0 + FLUSH_ROWS)):
-            row_bwd(dy, x, dx, i, D, w, mean[i], rstd[i], dwa, dba, rms, ds, stream, pf)
+        i = s0
+        while i < min(i1, s0 + FLUSH_ROWS):
+            j = min(nr, min(i1, s0 + FLUSH_ROWS) - i)
+            rows_bwd(dy, x, dx, i, j, D, w, mean, rstd, dwa, dba, rms, ds, stream, pf)
+            i += j
         for j in range(D):
             dwb[j] += dwa[j]
             dbb[j] += dba[j]
@@ -1400,14 +1424,6 @@ def rows_backward(const floating[::1] dy, const floating[::1] x, floating[::1] d
                            &acc[0, 0], &accd[0, 0], rms, dsp, stream)
 
 
-cdef int _exp = 0
-cdef int _exp2 = 0
-cdef int _exp3 = 0
-def _set_exp(int v):
-    global _exp, _exp2, _exp3
-    _exp = v % 10
-    _exp2 = (v // 10) % 10
-    _exp3 = v // 100
 
 
 cdef void long_rows_bwd_team(const floating *dy, const floating *x, floating *dx, Py_ssize_t M,
@@ -1422,14 +1438,18 @@ cdef void long_rows_bwd_team(const floating *dy, const floating *x, floating *dx
     M <= FLUSH_ROWS: dweight/dbias themselves)."""
     cdef Py_ssize_t k0 = team_lo(ncol), k1 = team_lo_next(ncol)
     cdef Py_ssize_t RB = max(<Py_ssize_t>1,
-                             (LONG_BLOCK_BYTES << _exp) // (2 * D * <Py_ssize_t>sizeof(floating)))
-    cdef Py_ssize_t b0 = 0, b1, i, k, j, nitems
+                             LONG_BLOCK_BYTES // (2 * D * <Py_ssize_t>sizeof(floating)))
+    cdef Py_ssize_t b0 = 0, b1, i, k, j, nitems, nr, cw = dw_cols(sizeof(floating))
     cdef double s1, s2
     while b0 < M:
         b1 = min(M, b0 + RB)
-        for k in range(k0, k1):
-            cols_chunk_bwd_rows(dy, x, M, D, k, b0, b1, w, mean, rstd, part, ncol, dweight,
-                                dbias, acc, accd)
+        i = b0
+        while i < b1:
+            nr = min(<Py_ssize_t>ROWS_AT_ONCE, b1 - i, FLUSH_ROWS - i % FLUSH_ROWS)
+            for k in range(k0, k1):
+                chunk_rows_bwd_sums(dy, x, M, D, k, i, nr, w, mean, rstd, part, ncol, dweight,
+                                    dbias, acc, accd)
+            i += nr
         fn_team_barrier()
         for i in range(b0 + team_lo(b1 - b0), b0 + team_lo_next(b1 - b0)):
             s1 = 0
@@ -1441,10 +1461,9 @@ cdef void long_rows_bwd_team(const floating *dy, const floating *x, floating *dx
             rq[2 * i + 1] = -rstd[i] * rstd[i] * rstd[i] * s2 / D
         fn_team_barrier()
         if ncol >= fn_team_size():
-            for k in range(k1 - 1, k0 - 1, -1):
-                for i in range(b1 - 1, b0 - 1, -1):
-                    row_chunk_bwd_apply(dy, x, dx, i, D, k, w, mean[i], rstd[i], rq[2 * i],
-                                        rq[2 * i + 1], ds, stream)
+            for i in range(b1 - 1, b0 - 1, -1):
+                row_range_bwd_apply(dy, x, dx, i, D, k0 * cw, min(D, k1 * cw), w, mean[i],
+                                    rstd[i], rq[2 * i], rq[2 * i + 1], ds, stream)
         else:
             # fewer chunks than threads: dx (no sums, so any split gives the same bits) over
             # the block's (row, chunk) items, so every thread has a share
@@ -1457,68 +1476,79 @@ cdef void long_rows_bwd_team(const floating *dy, const floating *x, floating *dx
         b0 = b1
 
 
-cdef void cols_chunk_bwd_rows(const floating *dy, const floating *x, Py_ssize_t M, Py_ssize_t D,
-                              Py_ssize_t k, Py_ssize_t b0, Py_ssize_t b1, const floating *w,
-                              const double *mean, const double *rstd, double *part,
-                              Py_ssize_t ncol, floating *dweight, floating *dbias,
-                              floating *acc, double *accd) noexcept nogil:
-    """Pass A of the long-row layer-norm backward for column chunk k and rows [b0, b1): per
-    row i (in order) the partial sums of g and g * xc over the chunk into part[i, k], and
-    dweight/dbias of the chunk, accumulated in T over FLUSH_ROWS rows, flushed into float64
-    (accd) and rounded to T once after row M - 1. With one flush (M <= FLUSH_ROWS) that
-    float64 round trip returns the T sums unchanged, so they accumulate in dweight/dbias."""
+cdef void chunk_rows_bwd_sums(const floating *dy, const floating *x, Py_ssize_t M,
+                              Py_ssize_t D, Py_ssize_t k, Py_ssize_t i, Py_ssize_t nr,
+                              const floating *w, const double *mean, const double *rstd,
+                              double *part, Py_ssize_t ncol, floating *dweight,
+                              floating *dbias, floating *acc, double *accd) noexcept nogil:
+    """Pass A of the long-row layer-norm backward for column chunk k and rows [i, i + nr)
+    (within one flush): per row the partial sums of g and g * xc over the chunk into
+    part[row, k], and dweight/dbias of the chunk, accumulated in T over FLUSH_ROWS rows,
+    flushed into float64 (accd) and rounded to T once after row M - 1. With one flush
+    (M <= FLUSH_ROWS) that float64 round trip returns the T sums unchanged, so they accumulate
+    in dweight/dbias."""
     cdef Py_ssize_t cw = dw_cols(sizeof(floating))
-    cdef Py_ssize_t j0 = k * cw, ln = min(cw, D - j0), i, j, nr, e, last
+    cdef Py_ssize_t j0 = k * cw, ln = min(cw, D - j0), j, e, last = i + nr - 1
     cdef bint direct = M <= FLUSH_ROWS
     cdef floating *dwa = (dweight if direct else acc) + j0
     cdef floating *dba = (dbias if direct else acc + D) + j0
     cdef double *dwd = accd + j0
     cdef double *dbd = accd + D + j0
-    cdef double sg[4]
-    cdef double sgx[4]
-    cdef floating mh[4]
-    cdef floating ml[4]
-    cdef floating rr[4]
-    cdef const floating *dyp[4]
-    cdef const floating *xp[4]
-    cdef Py_ssize_t pfd = _exp3 * 512 // sizeof(floating)
-    i = b0
-    while i < b1:
-        # up to ROWS_AT_ONCE rows at a time, never across a flush
-        nr = min(<Py_ssize_t>(ROWS_AT_ONCE if _exp2 else 1), b1 - i, FLUSH_ROWS - i % FLUSH_ROWS)
-        if i % FLUSH_ROWS == 0:
-            for j in range(ln):
-                dwa[j] = 0
-                dba[j] = 0
-        for e in range(nr):
-            sg[e] = 0
-            sgx[e] = 0
-            split_mean(mean[i + e], &mh[e], &ml[e])
-            rr[e] = <floating>rstd[i + e]
-            dyp[e] = dy + (i + e) * D + j0
-            xp[e] = x + (i + e) * D + j0
-        if floating is float:
-            fn_rowsn_bwd_sums_f32(nr, dyp, xp, ln, mh, ml, rr, w + j0, sg, sgx, dwa, dba, pfd)
-        else:
-            fn_rowsn_bwd_sums_f64(nr, dyp, xp, ln, mh, ml, rr, w + j0, sg, sgx, dwa, dba, pfd)
-        for e in range(nr):
-            part[((i + e) * ncol + k) * 2] = sg[e]
-            part[((i + e) * ncol + k) * 2 + 1] = sgx[e]
-        last = i + nr - 1
-        i += nr
-        if direct or ((last + 1) % FLUSH_ROWS != 0 and last != M - 1):
-            continue
-        if last < FLUSH_ROWS:
-            for j in range(ln):
-                dwd[j] = 0
-                dbd[j] = 0
+    cdef double sg[ROWS_AT_ONCE]
+    cdef double sgx[ROWS_AT_ONCE]
+    cdef floating mh[ROWS_AT_ONCE]
+    cdef floating ml[ROWS_AT_ONCE]
+    cdef floating rr[ROWS_AT_ONCE]
+    cdef const floating *dyp[ROWS_AT_ONCE]
+    cdef const floating *xp[ROWS_AT_ONCE]
+    if i % FLUSH_ROWS == 0:
         for j in range(ln):
-            dwd[j] += dwa[j]
-            dbd[j] += dba[j]
-        if last == M - 1:
-            for j in range(ln):
-                dweight[j0 + j] = <floating>dwd[j]
-                dbias[j0 + j] = <floating>dbd[j]
+            dwa[j] = 0
+            dba[j] = 0
+    for e in range(nr):
+        sg[e] = 0
+        sgx[e] = 0
+        split_mean(mean[i + e], &mh[e], &ml[e])
+        rr[e] = <floating>rstd[i + e]
+        dyp[e] = dy + (i + e) * D + j0
+        xp[e] = x + (i + e) * D + j0
+    if floating is float:
+        fn_rowsn_bwd_sums_f32(nr, dyp, xp, ln, mh, ml, rr, w + j0, sg, sgx, dwa, dba)
+    else:
+        fn_rowsn_bwd_sums_f64(nr, dyp, xp, ln, mh, ml, rr, w + j0, sg, sgx, dwa, dba)
+    for e in range(nr):
+        part[((i + e) * ncol + k) * 2] = sg[e]
+        part[((i + e) * ncol + k) * 2 + 1] = sgx[e]
+    if direct or ((last + 1) % FLUSH_ROWS != 0 and last != M - 1):
+        return
+    if last < FLUSH_ROWS:
+        for j in range(ln):
+            dwd[j] = 0
+            dbd[j] = 0
+    for j in range(ln):
+        dwd[j] += dwa[j]
+        dbd[j] += dba[j]
+    if last == M - 1:
+        for j in range(ln):
+            dweight[j0 + j] = <floating>dwd[j]
+            dbias[j0 + j] = <floating>dbd[j]
+
+
+cdef inline void row_range_bwd_apply(const floating *dy, const floating *x, floating *dx,
+                                     Py_ssize_t i, Py_ssize_t D, Py_ssize_t j0, Py_ssize_t j1,
+                                     const floating *w, double m, double r, double Q, double B,
+                                     const floating *ds, int stream) noexcept nogil:
+    """dx of row i, columns [j0, j1), in one run."""
+    cdef Py_ssize_t off = i * D + j0
+    cdef floating mh, ml
+    cdef const floating *dsi = ds + off if ds != NULL else NULL
+    split_mean(m, &mh, &ml)
+    if floating is float:
+        fn_row_bwd_apply_ew_f32(dy + off, x + off, dx + off, j1 - j0, w + j0, <float>Q,
+                                <float>r, mh, ml, <float>B, dsi, stream, 0)
+    else:
+        fn_row_bwd_apply_ew_f64(dy + off, x + off, dx + off, j1 - j0, w + j0, Q, r, mh, ml, B,
+                                dsi, stream, 0)
 
 
 cdef inline void row_chunk_bwd_apply(const floating *dy, const floating *x, floating *dx,
