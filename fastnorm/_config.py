@@ -84,7 +84,7 @@ def _default_cache_bytes():
 def set_buffer_cache(nbytes):
     """Bytes of large output buffers fastnorm may keep for reuse; returns the previous limit.
 
-    Outputs of 32 MiB or more that fastnorm allocates come from blocks it keeps when the last
+    Outputs of 256 KiB or more that fastnorm allocates come from blocks it keeps when the last
     array using one is freed, so the next output of the same size does not fault in and zero
     fresh pages (which costs more than the normalization itself). At most ``nbytes`` of freed
     blocks are kept (default 256 MiB, or ``FASTNORM_BUFFER_CACHE``); ``0`` turns the cache off

@@ -1312,7 +1312,9 @@ cdef void rows_block_bwd(const floating *dy, const floating *x, floating *dx, Py
                          floating *scr, bint rms, const floating *ds, int stream,
                          Py_ssize_t pf) noexcept nogil:
     cdef Py_ssize_t i, j, i0, i1 = min(M, (q + 1) * RB), s0
-    cdef Py_ssize_t nr = ROWS_AT_ONCE if D * <Py_ssize_t>sizeof(floating) >= ROWS_AT_ONCE_BYTES else 1
+    cdef Py_ssize_t nr = 1
+    if D * <Py_ssize_t>sizeof(floating) >= ROWS_AT_ONCE_BYTES:
+        nr = ROWS_AT_ONCE
     cdef floating *dwa = scr
     cdef floating *dba = scr + D
     for j in range(D):
