@@ -1130,7 +1130,7 @@ static inline __attribute__((always_inline)) void FN(fn_rowsn_bwd_sums_n)(
 {
     FN(vec) a0[4], b0[4], a1[4], b1[4], gv, dv, xc, gu, du, xu, wv, wu, sw, su, sb, sc;
     T t1, t2, e, d, tw, tb, mh[4], ml[4], r[4];
-    const T *dy[4], *x[4];   /* local copies: the stores to dwa/dba cannot alias them */
+    const T *dy[4], *x[4];   /* local copies: no reload after every store to dwa/dba */
     fn_idx i, n, nv, o = 0;
     int k;
     for (k = 0; k < NR; k++) {
