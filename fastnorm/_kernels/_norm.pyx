@@ -1263,6 +1263,30 @@ cdef inline Py_ssize_t row_bwd_pf(Py_ssize_t D, Py_ssize_t itemsize) noexcept no
     return D * ((PF_BWD_AHEAD_BYTES + rowb - 1) // rowb)
 
 
+cdef inline void rows_sums(const floating *dy, const floating *x, Py_ssize_t i, Py_ssize_t nr,
+                           Py_ssize_t D, Py_ssize_t j0, Py_ssize_t ln, const floating *w,
+                           const double *mean, const double *rstd, floating *dwa,
+                           floating *dba, double *sg, double *sgx, floating *mh,
+                           floating *ml) noexcept nogil:
+    """Columns [j0, j0 + ln) of rows [i, i + nr): sg, sgx (nr each) and mh, ml (the split
+    means, nr each) set; their dweight/dbias terms added to dwa, dba (offset to j0)."""
+    cdef floating rr[ROWS_AT_ONCE]
+    cdef const floating *dyp[ROWS_AT_ONCE]
+    cdef const floating *xp[ROWS_AT_ONCE]
+    cdef Py_ssize_t e
+    for e in range(nr):
+        sg[e] = 0
+        sgx[e] = 0
+        split_mean(mean[i + e], &mh[e], &ml[e])
+        rr[e] = <floating>rstd[i + e]
+        dyp[e] = dy + (i + e) * D + j0
+        xp[e] = x + (i + e) * D + j0
+    if floating is float:
+        fn_rowsn_bwd_sums_f32(nr, dyp, xp, ln, mh, ml, rr, w + j0, sg, sgx, dwa, dba)
+    else:
+        fn_rowsn_bwd_sums_f64(nr, dyp, xp, ln, mh, ml, rr, w + j0, sg, sgx, dwa, dba)
+
+
 cdef void rows_bwd(const floating *dy, const floating *x, floating *dx, Py_ssize_t i,
                    Py_ssize_t nr, Py_ssize_t D, const floating *w, const double *mean,
                    const double *rstd, floating *dwa, floating *dba, bint rms,
@@ -1274,25 +1298,12 @@ cdef void rows_bwd(const floating *dy, const floating *x, floating *dx, Py_ssize
     cdef double sgx[ROWS_AT_ONCE]
     cdef floating mh[ROWS_AT_ONCE]
     cdef floating ml[ROWS_AT_ONCE]
-    cdef floating rr[ROWS_AT_ONCE]
-    cdef const floating *dyp[ROWS_AT_ONCE]
-    cdef const floating *xp[ROWS_AT_ONCE]
     cdef Py_ssize_t e, o
     cdef double Q, r
     cdef const floating *dsi
     if pf:
         pf += (nr - 1) * D  # the rows after this group's
-    for e in range(nr):
-        sg[e] = 0
-        sgx[e] = 0
-        split_mean(mean[i + e], &mh[e], &ml[e])
-        rr[e] = <floating>rstd[i + e]
-        dyp[e] = dy + (i + e) * D
-        xp[e] = x + (i + e) * D
-    if floating is float:
-        fn_rowsn_bwd_sums_f32(nr, dyp, xp, D, mh, ml, rr, w, sg, sgx, dwa, dba)
-    else:
-        fn_rowsn_bwd_sums_f64(nr, dyp, xp, D, mh, ml, rr, w, sg, sgx, dwa, dba)
+    rows_sums(dy, x, i, nr, D, 0, D, w, mean, rstd, dwa, dba, sg, sgx, mh, ml)
     for e in range(nr):
         o = (i + e) * D
         r = rstd[i + e]
@@ -1516,24 +1527,11 @@ cdef void chunk_rows_bwd_sums(const floating *dy, const floating *x, Py_ssize_t 
     cdef double sgx[ROWS_AT_ONCE]
     cdef floating mh[ROWS_AT_ONCE]
     cdef floating ml[ROWS_AT_ONCE]
-    cdef floating rr[ROWS_AT_ONCE]
-    cdef const floating *dyp[ROWS_AT_ONCE]
-    cdef const floating *xp[ROWS_AT_ONCE]
     if i % FLUSH_ROWS == 0:
         for j in range(ln):
             dwa[j] = 0
             dba[j] = 0
-    for e in range(nr):
-        sg[e] = 0
-        sgx[e] = 0
-        split_mean(mean[i + e], &mh[e], &ml[e])
-        rr[e] = <floating>rstd[i + e]
-        dyp[e] = dy + (i + e) * D + j0
-        xp[e] = x + (i + e) * D + j0
-    if floating is float:
-        fn_rowsn_bwd_sums_f32(nr, dyp, xp, ln, mh, ml, rr, w + j0, sg, sgx, dwa, dba)
-    else:
-        fn_rowsn_bwd_sums_f64(nr, dyp, xp, ln, mh, ml, rr, w + j0, sg, sgx, dwa, dba)
+    rows_sums(dy, x, i, nr, D, j0, ln, w, mean, rstd, dwa, dba, sg, sgx, mh, ml)
     for e in range(nr):
         part[((i + e) * ncol + k) * 2] = sg[e]
         part[((i + e) * ncol + k) * 2 + 1] = sgx[e]
