@@ -1322,7 +1322,7 @@ cdef void rows_block_bwd(const floating *dy, const floating *x, floating *dx, Py
                          const double *mean, const double *rstd, double *dwb, double *dbb,
                          floating *scr, bint rms, const floating *ds, int stream,
                          Py_ssize_t pf) noexcept nogil:
-    cdef Py_ssize_t i, j, i0, i1 = min(M, (q + 1) * RB), s0
+    cdef Py_ssize_t i, j, e, i1 = min(M, (q + 1) * RB), s0
     cdef Py_ssize_t nr = 1
     if D * <Py_ssize_t>sizeof(floating) >= ROWS_AT_ONCE_BYTES:
         nr = ROWS_AT_ONCE
@@ -1337,10 +1337,11 @@ cdef void rows_block_bwd(const floating *dy, const floating *x, floating *dx, Py
             dwa[j] = 0
             dba[j] = 0
         i = s0
-        while i < min(i1, s0 + FLUSH_ROWS):
-            j = min(nr, min(i1, s0 + FLUSH_ROWS) - i)
-            rows_bwd(dy, x, dx, i, j, D, w, mean, rstd, dwa, dba, rms, ds, stream, pf)
-            i += j
+        e = min(i1, s0 + FLUSH_ROWS)
+        while i < e:
+            rows_bwd(dy, x, dx, i, min(nr, e - i), D, w, mean, rstd, dwa, dba, rms, ds, stream,
+                     pf)
+            i += nr
         for j in range(D):
             dwb[j] += dwa[j]
             dbb[j] += dba[j]
@@ -1433,7 +1434,8 @@ def rows_backward(const floating[::1] dy, const floating[::1] x, floating[::1] d
                                 num_threads=n_threads):
                     dw_columns(&dwb[0, 0], &dbb[0, 0], Q, D, j, &dweight[0], &dbias[0])
         return
-    # long rows: blocks of rows, pass A over column chunks, pass B over the same chunks
+    # long rows: blocks of rows; pass A by row groups over each thread's column chunks, pass B
+    # by rows over the same columns
     part = np.empty((M, ncol, 2), dtype=np.float64)
     rq = np.empty((M, 2), dtype=np.float64)
     direct = M <= FLUSH_ROWS
@@ -1451,8 +1453,6 @@ def rows_backward(const floating[::1] dy, const floating[::1] x, floating[::1] d
         long_rows_bwd_team(&dy[0], &x[0], &dx[0], M, D, &w[0], &mean[0], &rstd[0],
                            &part[0, 0, 0], &rq[0, 0], ncol, &dweight[0], &dbias[0],
                            &acc[0, 0], &accd[0, 0], rms, dsp, stream)
-
-
 
 
 cdef void long_rows_bwd_team(const floating *dy, const floating *x, floating *dx, Py_ssize_t M,
