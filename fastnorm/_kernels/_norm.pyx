@@ -1298,23 +1298,15 @@ cdef void rows_bwd(const floating *dy, const floating *x, floating *dx, Py_ssize
     cdef double sgx[ROWS_AT_ONCE]
     cdef floating mh[ROWS_AT_ONCE]
     cdef floating ml[ROWS_AT_ONCE]
-    cdef Py_ssize_t e, o
-    cdef double Q, r
-    cdef const floating *dsi
+    cdef Py_ssize_t e
+    cdef double r
     if pf:
         pf += (nr - 1) * D  # the rows after this group's
     rows_sums(dy, x, i, nr, D, 0, D, w, mean, rstd, dwa, dba, sg, sgx, mh, ml)
     for e in range(nr):
-        o = (i + e) * D
         r = rstd[i + e]
-        Q = 0 if rms else sg[e] / D
-        dsi = ds + o if ds != NULL else NULL
-        if floating is float:
-            fn_row_bwd_apply_ew_f32(dy + o, x + o, dx + o, D, w, <float>Q, <float>r, mh[e],
-                                    ml[e], <float>(-r * r * r * sgx[e] / D), dsi, stream, pf)
-        else:
-            fn_row_bwd_apply_ew_f64(dy + o, x + o, dx + o, D, w, Q, r, mh[e], ml[e],
-                                    -r * r * r * sgx[e] / D, dsi, stream, pf)
+        row_range_bwd_apply(dy, x, dx, i + e, D, 0, D, w, mean[i + e], r,
+                            0 if rms else sg[e] / D, -r * r * r * sgx[e] / D, ds, stream, pf)
 
 
 cdef void rows_block_bwd(const floating *dy, const floating *x, floating *dx, Py_ssize_t q,
@@ -1492,7 +1484,7 @@ cdef void long_rows_bwd_team(const floating *dy, const floating *x, floating *dx
         if ncol >= fn_team_size():
             for i in range(b1 - 1, b0 - 1, -1):
                 row_range_bwd_apply(dy, x, dx, i, D, k0 * cw, min(D, k1 * cw), w, mean[i],
-                                    rstd[i], rq[2 * i], rq[2 * i + 1], ds, stream)
+                                    rstd[i], rq[2 * i], rq[2 * i + 1], ds, stream, 0)
         else:
             # fewer chunks than threads: dx (no sums, so any split gives the same bits) over
             # the block's (row, chunk) items, so every thread has a share
@@ -1500,8 +1492,8 @@ cdef void long_rows_bwd_team(const floating *dy, const floating *x, floating *dx
             for j in range(team_lo_next(nitems) - 1, team_lo(nitems) - 1, -1):
                 i = b0 + j // ncol
                 k = j % ncol
-                row_chunk_bwd_apply(dy, x, dx, i, D, k, w, mean[i], rstd[i], rq[2 * i],
-                                    rq[2 * i + 1], ds, stream)
+                row_range_bwd_apply(dy, x, dx, i, D, k * cw, min(D, (k + 1) * cw), w, mean[i],
+                                    rstd[i], rq[2 * i], rq[2 * i + 1], ds, stream, 0)
         b0 = b1
 
 
@@ -1553,36 +1545,19 @@ cdef void chunk_rows_bwd_sums(const floating *dy, const floating *x, Py_ssize_t 
 cdef inline void row_range_bwd_apply(const floating *dy, const floating *x, floating *dx,
                                      Py_ssize_t i, Py_ssize_t D, Py_ssize_t j0, Py_ssize_t j1,
                                      const floating *w, double m, double r, double Q, double B,
-                                     const floating *ds, int stream) noexcept nogil:
-    """dx of row i, columns [j0, j1), in one run."""
+                                     const floating *ds, int stream,
+                                     Py_ssize_t pf) noexcept nogil:
+    """dx of row i, columns [j0, j1), in one run (pf: fn_row_bwd_apply_ew's prefetch)."""
     cdef Py_ssize_t off = i * D + j0
     cdef floating mh, ml
     cdef const floating *dsi = ds + off if ds != NULL else NULL
     split_mean(m, &mh, &ml)
     if floating is float:
         fn_row_bwd_apply_ew_f32(dy + off, x + off, dx + off, j1 - j0, w + j0, <float>Q,
-                                <float>r, mh, ml, <float>B, dsi, stream, 0)
+                                <float>r, mh, ml, <float>B, dsi, stream, pf)
     else:
         fn_row_bwd_apply_ew_f64(dy + off, x + off, dx + off, j1 - j0, w + j0, Q, r, mh, ml, B,
-                                dsi, stream, 0)
-
-
-cdef inline void row_chunk_bwd_apply(const floating *dy, const floating *x, floating *dx,
-                                     Py_ssize_t i, Py_ssize_t D, Py_ssize_t k, const floating *w,
-                                     double m, double r, double Q, double B,
-                                     const floating *ds, int stream) noexcept nogil:
-    cdef Py_ssize_t cw = dw_cols(sizeof(floating))
-    cdef Py_ssize_t j0 = k * cw, ln = min(cw, D - j0)
-    cdef Py_ssize_t off = i * D + j0
-    cdef floating mh, ml
-    cdef const floating *dsi = ds + off if ds != NULL else NULL
-    split_mean(m, &mh, &ml)
-    if floating is float:
-        fn_row_bwd_apply_ew_f32(dy + off, x + off, dx + off, ln, w + j0, <float>Q, <float>r, mh,
-                                ml, <float>B, dsi, stream, 0)
-    else:
-        fn_row_bwd_apply_ew_f64(dy + off, x + off, dx + off, ln, w + j0, Q, r, mh, ml, B, dsi,
-                                stream, 0)
+                                dsi, stream, pf)
 
 
 # ---- cols (channels-last) ----------------------------------------------------------------------
