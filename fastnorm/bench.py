@@ -48,20 +48,31 @@ def copy_calls(src, dst, threads):
             "copy_stream": copy_call(src, dst, threads, True)}
 
 
-def timeit_rounds(calls, rounds=3, budget=1.0, max_rounds=None, settle=0.03, watch=None):
+def timeit_rounds(calls, rounds=3, budget=1.0, max_rounds=None, settle=0.03, watch=None,
+                  repeat=5, paired=()):
     """Seconds per call of each named callable (min over samples). The callables take turns,
     round after round, each keeping its best: on a shared machine a slow spell (a neighbour
     loading the memory bus) then lands on every one of them instead of one, so a ratio taken
     from these times is not at the mercy of when each side happened to run. After ``rounds``,
     more rounds (up to ``max_rounds``) while the last one still lowered the best of a call
     named in ``watch`` (default: every call) by more than ``settle``: a spell that outlasted
-    the first rounds gets more chances to end."""
+    the first rounds gets more chances to end.
+
+    With the two floor copies among the calls ("copy_memcpy", "copy_stream"), every call named
+    in ``paired`` also gets "ratio_<name>": the median over the rounds of its time in the round
+    divided by the faster copy's in the same round. Each ratio pairs two measurements taken
+    within a fraction of a second of each other, so a spell that lasts longer than that
+    divides out; the median then drops the rounds a short spell caught on one side only.
+    (The best time of each side taken separately can pair the copy's luckiest moment with the
+    kernel's ordinary one, or the other way round.)"""
     best = {}
+    per_round = {name: [] for name in calls}
     r = 0
     while True:
         improved = False
         for name, f in calls.items():
-            t = timeit(f, budget=budget / rounds)
+            t = timeit(f, budget=budget / rounds, repeat=repeat)
+            per_round[name].append(t)
             prev = best.get(name, float("inf"))
             if watch is None or name in watch:
                 improved |= t < prev * (1 - settle)
@@ -71,6 +82,10 @@ def timeit_rounds(calls, rounds=3, budget=1.0, max_rounds=None, settle=0.03, wat
             break
     if "copy_memcpy" in best:
         best["copy"] = min(best.pop("copy_memcpy"), best.pop("copy_stream"))
+        floor = [min(a, b) for a, b in zip(per_round["copy_memcpy"], per_round["copy_stream"])]
+        for name in paired:
+            if name in per_round:
+                best["ratio_" + name] = _median(t / c for t, c in zip(per_round[name], floor))
     return best
 
 
@@ -307,14 +322,15 @@ def run(quick=False, dtypes=("float32",), thread_counts=None, progress=True):
         with fn.threads(t):
             flat = x.reshape(-1)
             calls = copy_calls(flat, np.empty_like(flat), t)
-            # fresh outputs (as torch and NumPy allocate theirs) for the speedups ...
-            calls["fastnorm_fwd"], calls["fastnorm_bwd"] = _fastnorm_calls(
-                op, x, layout, extra, w, b, dy)
-            # ... and into a preallocated out= for the ratio to the copy, which also writes
-            # into a buffer it already has: fresh memory from the OS costs a zeroing pass
-            # (above glibc's 32 MiB mmap threshold, on every call) that is not the kernel's
+            # into a preallocated out= for the ratio to the copy (right after it in every
+            # round), which also writes into a buffer it already has: fresh memory from the OS
+            # costs a zeroing pass (above glibc's 32 MiB mmap threshold, on every call) that
+            # is not the kernel's ...
             calls["fastnorm_fwd_out"], calls["fastnorm_bwd_out"] = _fastnorm_calls(
                 op, x, layout, extra, w, b, dy, out=np.empty_like(x))
+            # ... and with fresh outputs (as torch and NumPy allocate theirs) for the speedups
+            calls["fastnorm_fwd"], calls["fastnorm_bwd"] = _fastnorm_calls(
+                op, x, layout, extra, w, b, dy)
             if op in ("batch_eval", "instance", "layer", "group"):
                 sess = _onnx_call(op if op != "layer" or layout != "rows" else "layer", x,
                                   layout, extra, t)
@@ -327,17 +343,19 @@ def run(quick=False, dtypes=("float32",), thread_counts=None, progress=True):
                     calls["torch_fwd"], calls["torch_bwd"] = _torch_calls(op, x, layout,
                                                                           extra, w, b, dy)
                 calls = {k: f for k, f in calls.items() if f is not None}
-                # more rounds while the ratios to the copy still move (not for the
-                # peers: their allocations make them noisier than the kernels)
-                row.update(timeit_rounds(calls, rounds=2 if quick else 3,
-                                         max_rounds=None if quick else 6,
+                # more rounds while the best times still move (not for the peers: their
+                # allocations make them noisier than the kernels); short rounds, so that each
+                # round's ratio to the copy pairs two measurements close in time
+                row.update(timeit_rounds(calls, rounds=2 if quick else 6,
+                                         max_rounds=None if quick else 10, repeat=2,
                                          watch=("copy_memcpy", "copy_stream",
                                                 "fastnorm_fwd_out", "fastnorm_bwd_out"),
-                                         budget=budget * len(calls) / 2))
+                                         budget=budget * len(calls) / 2,
+                                         paired=("fastnorm_fwd_out", "fastnorm_bwd_out")))
             finally:
                 if prev is not None:
                     torch.set_num_threads(prev)
-            for k in ("fastnorm_bwd", "fastnorm_bwd_out"):
+            for k in ("fastnorm_bwd", "fastnorm_bwd_out", "ratio_fastnorm_bwd_out"):
                 row.setdefault(k, None)
             if t == 1 or not quick:
                 row["numpy_fwd"] = timeit(
@@ -420,10 +438,10 @@ def scaling(quick=False, progress=True):
             o = np.empty_like(a)  # like the copy, write into an existing buffer
             calls = copy_calls(flat, dst, t)
             calls["op"] = lambda: f(a, o)
-            tm = timeit_rounds(calls, rounds=2 if quick else 3, budget=1.5 * budget,
-                               max_rounds=None if quick else 6)
+            tm = timeit_rounds(calls, rounds=2 if quick else 6, budget=1.5 * budget,
+                               max_rounds=None if quick else 10, repeat=2, paired=("op",))
             res.append({"name": name, "bytes": int(a.nbytes), "threads": t,
-                        "ratio": tm["op"] / tm["copy"]})
+                        "ratio": tm["ratio_op"], "best_ratio": tm["op"] / tm["copy"]})
             del a, flat, dst, o
     return res
 
@@ -471,8 +489,11 @@ def _cells(results):
         if base is not None and r["threads"] > 1:
             sx = base.get("fastnorm_fwd_out", base["fastnorm_fwd"]) / fwo
             sc = base["copy"] / cp
+        # the paired ratios (median over rounds); a report from before them: the best times'
+        rf = r.get("ratio_fastnorm_fwd_out", _ratio(fwo, cp))
+        rb = r.get("ratio_fastnorm_bwd_out", _ratio(bwo, cp))
         out[(r["name"], r["layout"], r["dtype"], r["threads"])] = [
-            _ratio(fwo, cp), _ratio(bwo, cp), 2 * r["bytes"] / fwo / 1e9,
+            rf, rb, 2 * r["bytes"] / fwo / 1e9,
             _ratio(r.get("numpy_fwd"), fwd), _ratio(r.get("torch_fwd"), fwd),
             _ratio(r.get("torch_bwd"), bwd), _ratio(r.get("onnxruntime_fwd"), cp), sx, sc]
     return out
@@ -515,8 +536,8 @@ def plot(results, path):
     y = np.arange(len(results))
     fig, ax = plt.subplots(figsize=(9, 0.35 * len(results) + 1.5))
     h = 0.27
-    series = [("fastnorm fwd", [_ratio(r["fastnorm_fwd"], r["copy"]) for r in results]),
-              ("fastnorm bwd", [_ratio(r.get("fastnorm_bwd"), r["copy"]) for r in results]),
+    series = [("fastnorm fwd", [r.get("ratio_fastnorm_fwd_out") for r in results]),
+              ("fastnorm bwd", [r.get("ratio_fastnorm_bwd_out") for r in results]),
               ("torch fwd", [_ratio(r.get("torch_fwd"), r["copy"]) for r in results])]
     for k, (lab, vals) in enumerate(series):
         ax.barh(y + (k - 1) * h, [v or 0 for v in vals], height=h, label=lab)
@@ -567,7 +588,8 @@ def main(argv=None):
     except Exception:
         pass
     print("\nfwd/copy, bwd/copy: fastnorm writing into a preallocated out= / a parallel copy of "
-          "the same tensor into its own buffer, same thread count.\n'vs X': X time / fastnorm "
+          "the same tensor into its own buffer, same thread count: the median over the rounds "
+          "of the ratio within each round.\n'vs X': X time / fastnorm "
           "time, both allocating their outputs (> 1: fastnorm faster). xT/1T: forward speedup "
           "over one thread (the copy's in brackets).\n")
     if args.runs > 1:

@@ -605,7 +605,7 @@ def test_bench_rounds_go_on_while_the_best_still_moves(monkeypatch):
     seq = {"a": [5.0, 4.0, 3.0, 2.9, 2.9, 2.9, 2.9, 2.9], "b": [1.0] * 8}
     made = {}
 
-    def fake_timeit(f, budget=1.0):
+    def fake_timeit(f, budget=1.0, repeat=5):
         name = f()
         made[name] = made.get(name, 0) + 1
         return seq[name][made[name] - 1]
@@ -624,6 +624,33 @@ def test_bench_rounds_go_on_while_the_best_still_moves(monkeypatch):
     made.clear()
     bench.timeit_rounds(calls, rounds=2)
     assert made["a"] == 2
+
+
+def test_bench_paired_ratio_is_the_median_of_the_rounds(monkeypatch):
+    """The ratio to the copy pairs each round's kernel time with the faster copy of the same
+    round: a spell that slows both divides out, and one that catches a single side in one round
+    is outvoted by the median. The best times stay the minimum over the rounds."""
+    from fastnorm import bench
+    seq = {"copy_memcpy": [2.0, 1.0, 2.0, 2.0, 2.0], "copy_stream": [1.0, 0.5, 1.2, 1.0, 1.0],
+           "op": [1.5, 0.75, 1.5, 1.6, 3.0]}
+    made = {}
+
+    def fake_timeit(f, budget=1.0, repeat=5):
+        name = f()
+        made[name] = made.get(name, 0) + 1
+        return seq[name][made[name] - 1]
+
+    monkeypatch.setattr(bench, "timeit", fake_timeit)
+    calls = {k: (lambda k=k: k) for k in seq}
+    best = bench.timeit_rounds(calls, rounds=5, paired=("op",))
+    # per round op / min(copies): 1.5, 1.5, 1.25, 1.6, 3.0 -> median 1.5; best / best: 1.5
+    assert best["ratio_op"] == 1.5 and best["op"] == 0.75 and best["copy"] == 0.5
+    made.clear()
+    seq["op"] = [1.2, 0.9, 1.3, 1.25, 3.0]  # the fast round caught the copy only
+    best = bench.timeit_rounds(calls, rounds=5, paired=("op",))
+    assert best["op"] / best["copy"] == 1.8 and best["ratio_op"] == 1.25
+    made.clear()
+    assert "ratio_op" not in bench.timeit_rounds({"op": calls["op"]}, rounds=2, paired=("op",))
 
 
 def test_bench_table_median_of_runs():
