@@ -598,11 +598,9 @@ def test_default_weight_is_cached_and_read_only(rng):
     np.testing.assert_array_equal(y1, y2)
 
 
-def test_bench_rounds_go_on_while_the_best_still_moves(monkeypatch):
-    """The report's timing takes more rounds (up to max_rounds) while the last round still
-    lowered a watched call's best by more than 3%, and stops at ``rounds`` otherwise."""
-    from fastnorm import bench
-    seq = {"a": [5.0, 4.0, 3.0, 2.9, 2.9, 2.9, 2.9, 2.9], "b": [1.0] * 8}
+def _fake_timeit(monkeypatch, bench, seq):
+    """Replace bench.timeit: each call returns the next time of seq[name], name being what the
+    timed callable returns; the returned dict counts the calls per name."""
     made = {}
 
     def fake_timeit(f, budget=1.0, repeat=5):
@@ -611,6 +609,15 @@ def test_bench_rounds_go_on_while_the_best_still_moves(monkeypatch):
         return seq[name][made[name] - 1]
 
     monkeypatch.setattr(bench, "timeit", fake_timeit)
+    return made
+
+
+def test_bench_rounds_go_on_while_the_best_still_moves(monkeypatch):
+    """The report's timing takes more rounds (up to max_rounds) while the last round still
+    lowered a watched call's best by more than 3%, and stops at ``rounds`` otherwise."""
+    from fastnorm import bench
+    seq = {"a": [5.0, 4.0, 3.0, 2.9, 2.9, 2.9, 2.9, 2.9], "b": [1.0] * 8}
+    made = _fake_timeit(monkeypatch, bench, seq)
     calls = {"a": lambda: "a", "b": lambda: "b"}
     # rounds 3 (-25%) and 4 (-3.3%) still improve a; round 5 does not: stop after it
     best = bench.timeit_rounds(calls, rounds=2, max_rounds=6)
@@ -633,14 +640,7 @@ def test_bench_paired_ratio_is_the_median_of_the_rounds(monkeypatch):
     from fastnorm import bench
     seq = {"copy_memcpy": [2.0, 1.0, 2.0, 2.0, 2.0], "copy_stream": [1.0, 0.5, 1.2, 1.0, 1.0],
            "op": [1.5, 0.75, 1.5, 1.6, 3.0]}
-    made = {}
-
-    def fake_timeit(f, budget=1.0, repeat=5):
-        name = f()
-        made[name] = made.get(name, 0) + 1
-        return seq[name][made[name] - 1]
-
-    monkeypatch.setattr(bench, "timeit", fake_timeit)
+    made = _fake_timeit(monkeypatch, bench, seq)
     calls = {k: (lambda k=k: k) for k in seq}
     best = bench.timeit_rounds(calls, rounds=5, paired=("op",))
     # per round op / min(copies): 1.5, 1.5, 1.25, 1.6, 3.0 -> median 1.5; best / best: 1.5
