@@ -122,3 +122,51 @@ def test_long_rows_backward_same_bits_at_any_thread_count(shape, dtype, rng):
     assert_close(runs[0][0], rdx, dtype, what="dx")
     assert_close(runs[0][1], rdw, dtype, scale=shape[0], what="dweight")
     assert_close(runs[0][2], rdb, dtype, scale=shape[0], what="dbias")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("D", [9000, 9001, 9002])
+def test_long_rows_dx_sweep_streamed_or_not_same_bits(D, dtype, rng, monkeypatch):
+    """The long rows' dx goes by groups of rows in one sweep; with streaming stores the rows
+    of a group must reach a 16-byte boundary together (rows of a whole number of 16-byte
+    units), otherwise they go one by one. Forced to stream or not, into an aligned or a
+    misaligned out=, with and without residual_grad: the same bits, close to the reference."""
+    from fastnorm import _dispatch
+    shape = (7, D)  # blocks of 7 rows: a group of four, then of three
+    x = (2 + rng.standard_normal(shape)).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    ds = rng.standard_normal(shape).astype(dtype)
+    w = (1 + 0.1 * rng.standard_normal(D)).astype(dtype)
+    _, mean, rstd = fn.layer_norm_forward(x, D, w)
+
+    def run():
+        res = []
+        for t in (1, 2):
+            with fn.threads(t):
+                for r in (None, ds):
+                    for off in (0, 1):
+                        out = np.empty(x.size + off, dtype)[off:].reshape(shape)
+                        dx, dw, db = fn.layer_norm_backward(dy, x, mean, rstd, D, w,
+                                                            residual_grad=r, out=out)
+                        assert dx is out
+                        res += [dx.copy(), dw, db]
+        return res
+
+    monkeypatch.setattr(_dispatch, "STREAM_BYTES", 0)
+    cached = run()
+    monkeypatch.setattr(_dispatch, "STREAM_BYTES", 1)
+    streamed = run()
+    for a, b in zip(cached, streamed):
+        np.testing.assert_array_equal(a, b)
+    # results in order (threads, residual_grad, out offset): same bits at 1 and 2 threads and
+    # for either out=
+    plain, resid = [cached[k] for k in (0, 3, 12, 15)], [cached[k] for k in (6, 9, 18, 21)]
+    for a in plain[1:]:
+        np.testing.assert_array_equal(a, plain[0])
+    for a in resid[1:]:
+        np.testing.assert_array_equal(a, resid[0])
+    rdx, rdw, rdb = ref.layer_backward(dy, x, (D,), w)
+    assert_close(plain[0], rdx, dtype, what="dx")
+    assert_close(resid[0], rdx + ds, dtype, what="dx + residual_grad")
+    assert_close(cached[1], rdw, dtype, scale=shape[0], what="dweight")
+    assert_close(cached[2], rdb, dtype, scale=shape[0], what="dbias")

@@ -138,6 +138,15 @@ cdef extern from "_core.h" nogil:
                                  const double *w, double Q, double r, double mh, double ml,
                                  double B, const double *ds, int stream,
                                  fn_idx pf)
+    void fn_rowsn_bwd_apply_ew_f32(int nr, const float *const *dy, const float *const *x,
+                                   float *const *dx, fn_idx n, const float *w, const float *Q,
+                                   const float *r, const float *mh, const float *ml,
+                                   const float *B, const float *const *ds, int stream)
+    void fn_rowsn_bwd_apply_ew_f64(int nr, const double *const *dy, const double *const *x,
+                                   double *const *dx, fn_idx n, const double *w,
+                                   const double *Q, const double *r, const double *mh,
+                                   const double *ml, const double *B,
+                                   const double *const *ds, int stream)
     void fn_rows_minmax_f32(const float *x, fn_idx rows, fn_idx C, float *mn, float *mx,
                             float *z)
     void fn_rows_minmax_f64(const double *x, fn_idx rows, fn_idx C, double *mn, double *mx,
@@ -1191,12 +1200,25 @@ def planes_backward(const floating[::1] dy, const floating[::1] x, floating[::1]
 # L2), with dweight/dbias accumulated in T over at most 64 rows, then flushed into a float64
 # partial per block of RB rows (RB fixed by the shape); partials are summed in block order.
 # Long rows: those accumulators would not stay in cache. The rows go by in blocks of about
-# LONG_BLOCK_BYTES of x and dy. Per block, pass A: each thread over its own run of column
-# chunks of dw_cols, the rows of the block in groups, each group over all the thread's chunks
-# (dweight/dbias of each chunk, and per-(row, chunk) partial row sums), so every row is read
-# in long runs; the block's row sums are merged in chunk order; pass B writes dx over the
-# thread's columns, last row first, so x and dy come back from the thread's L2 (or, past its
-# 1 MiB, from L3) instead of memory. Measured on an AMD EPYC (1 MiB L2 per core, 32 MiB L3),
+# LONG_BLOCK_BYTES of x and dy, and of at least two rows. Per block, pass A: each thread over
+# its own run of column chunks of dw_cols, the rows of the block in groups, each group over all
+# the thread's chunks (dweight/dbias of each chunk, and per-(row, chunk) partial row sums), so
+# every row is read in long runs; the block's row sums are merged in chunk order; pass B writes
+# dx over the thread's columns, the rows in groups of up to ROWS_AT_ONCE (one sweep per group,
+# w read once for it: fn_rowsn_bwd_apply_ew), last group first, so x and dy come back from the
+# thread's L2 (or, past its 1 MiB, from L3) instead of memory. A sample of (64, 56, 56) is
+# 1.6 MiB of x and dy in float32 (3.2 MiB in float64), over the 2 MiB: blocks of one such row
+# left both passes one row at a time. Two rows per block with the grouped dx sweep, same
+# process, a run-time switch, interleaved rounds (bwd / copy, one row -> two; the runs'
+# figures): float64 one thread 2.94 / 2.86 / 2.90 / 3.85 / 3.96 / 2.88 / 3.12 -> 2.60 / 2.58 /
+# 2.57 / 3.24 / 3.06 / 3.15 / 3.19, two threads 2.82 / 3.56 / 3.23 / 3.63 / 3.28 / 2.82 / 3.24
+# -> 2.95 / 3.06 / 2.91 / 3.03 / 3.01 / 2.78 / 3.08; float32 one thread 2.99 / 2.98 / 3.04 /
+# 3.00 / 3.06 -> 2.91 / 3.00 / 2.93 / 3.00 / 2.69, two threads even. Where blocks already held
+# several rows only the grouped sweep changed: float32 samples of (32, 28, 28) (in cache) one
+# thread 5.84 / 6.69 -> 4.83 / 5.59, two 5.69 / 8.18 -> 5.06 / 6.85; rows (1024, 16384)
+# float32 even, (512, 16384) float64 3.19 / 3.27 -> 2.96 / 3.11 at one thread, 2.45 / 2.78 ->
+# 2.54 / 2.94 at two.
+# Earlier, measured on an AMD EPYC (1 MiB L2 per core, 32 MiB L3),
 # layer norm over (64, 56, 56), 32 rows, float32 bwd / copy at one thread: blocks of 2 MiB
 # 4.1, 8 MiB 5.1, all rows 5.4 (the last-level cache, shared with other tenants, did not keep
 # a larger block for the second pass); again with the row groups: 2, 4, 8 MiB 2.80 / 2.60 /
@@ -1458,7 +1480,7 @@ cdef void long_rows_bwd_team(const floating *dy, const floating *x, floating *dx
     acc (2, D) of T and accd (2, D) of float64: the dweight/dbias accumulators (unused when
     M <= FLUSH_ROWS: dweight/dbias themselves)."""
     cdef Py_ssize_t k0 = team_lo(ncol), k1 = team_lo_next(ncol)
-    cdef Py_ssize_t RB = max(<Py_ssize_t>1,
+    cdef Py_ssize_t RB = max(<Py_ssize_t>2,
                              LONG_BLOCK_BYTES // (2 * D * <Py_ssize_t>sizeof(floating)))
     cdef Py_ssize_t b0 = 0, b1, i, k, j, nitems, nr, cw = dw_cols(sizeof(floating))
     cdef double s1, s2
@@ -1482,9 +1504,12 @@ cdef void long_rows_bwd_team(const floating *dy, const floating *x, floating *dx
             rq[2 * i + 1] = -rstd[i] * rstd[i] * rstd[i] * s2 / D
         fn_team_barrier()
         if ncol >= fn_team_size():
-            for i in range(b1 - 1, b0 - 1, -1):
-                row_range_bwd_apply(dy, x, dx, i, D, k0 * cw, min(D, k1 * cw), w, mean[i],
-                                    rstd[i], rq[2 * i], rq[2 * i + 1], ds, stream, 0)
+            i = b1
+            while i > b0:
+                nr = min(<Py_ssize_t>ROWS_AT_ONCE, i - b0)
+                rows_range_bwd_apply(dy, x, dx, i - nr, nr, D, k0 * cw, min(D, k1 * cw), w,
+                                     mean, rstd, rq, ds, stream)
+                i -= nr
         else:
             # fewer chunks than threads: dx (no sums, so any split gives the same bits) over
             # the block's (row, chunk) items, so every thread has a share
@@ -1540,6 +1565,50 @@ cdef void chunk_rows_bwd_sums(const floating *dy, const floating *x, Py_ssize_t 
         for j in range(ln):
             dweight[j0 + j] = <floating>dwd[j]
             dbias[j0 + j] = <floating>dbd[j]
+
+
+cdef void rows_range_bwd_apply(const floating *dy, const floating *x, floating *dx,
+                               Py_ssize_t i0, Py_ssize_t nr, Py_ssize_t D, Py_ssize_t j0,
+                               Py_ssize_t j1, const floating *w, const double *mean,
+                               const double *rstd, const double *rq, const floating *ds,
+                               int stream) noexcept nogil:
+    """dx of rows [i0, i0 + nr) (nr <= ROWS_AT_ONCE), columns [j0, j1), in one sweep
+    (fn_rowsn_bwd_apply_ew: w read once for the nr rows; the bits of row_range_bwd_apply; rq
+    holds each row's (Q, B)). Streaming stores need the rows' dx to reach a 16-byte boundary
+    together, which holds when a row is a whole number of 16-byte units; otherwise row by
+    row."""
+    cdef const floating *dyp[ROWS_AT_ONCE]
+    cdef const floating *xp[ROWS_AT_ONCE]
+    cdef floating *dxp[ROWS_AT_ONCE]
+    cdef const floating *dsp[ROWS_AT_ONCE]
+    cdef floating Q[ROWS_AT_ONCE]
+    cdef floating r[ROWS_AT_ONCE]
+    cdef floating mh[ROWS_AT_ONCE]
+    cdef floating ml[ROWS_AT_ONCE]
+    cdef floating B[ROWS_AT_ONCE]
+    cdef Py_ssize_t e, i, off
+    if nr == 1 or (stream and (D * <Py_ssize_t>sizeof(floating)) % 16 != 0):
+        for i in range(i0 + nr - 1, i0 - 1, -1):
+            row_range_bwd_apply(dy, x, dx, i, D, j0, j1, w, mean[i], rstd[i], rq[2 * i],
+                                rq[2 * i + 1], ds, stream, 0)
+        return
+    for e in range(nr):
+        i = i0 + e
+        off = i * D + j0
+        dyp[e] = dy + off
+        xp[e] = x + off
+        dxp[e] = dx + off
+        dsp[e] = ds + off if ds != NULL else NULL
+        split_mean(mean[i], &mh[e], &ml[e])
+        Q[e] = <floating>rq[2 * i]
+        r[e] = <floating>rstd[i]
+        B[e] = <floating>rq[2 * i + 1]
+    if floating is float:
+        fn_rowsn_bwd_apply_ew_f32(<int>nr, dyp, xp, dxp, j1 - j0, w + j0, Q, r, mh, ml, B,
+                                  dsp if ds != NULL else NULL, stream)
+    else:
+        fn_rowsn_bwd_apply_ew_f64(<int>nr, dyp, xp, dxp, j1 - j0, w + j0, Q, r, mh, ml, B,
+                                  dsp if ds != NULL else NULL, stream)
 
 
 cdef inline void row_range_bwd_apply(const floating *dy, const floating *x, floating *dx,
