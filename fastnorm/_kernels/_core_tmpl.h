@@ -1265,7 +1265,7 @@ FN_HOT static void FN(fn_row_bwd_apply_ew)(const T *dy, const T *x, T *dx, fn_id
 }
 
 #ifndef FN_ROWS_RUN
-#define FN_ROWS_RUN 8
+#define FN_ROWS_RUN 16
 #endif
 
 /* fn_row_bwd_apply_ew over the same columns of NR rows (k < NR: dy[k], x[k], dx[k], ds[k] when
@@ -1274,11 +1274,15 @@ FN_HOT static void FN(fn_row_bwd_apply_ew)(const T *dy, const T *x, T *dx, fn_id
    columns of the next), so w comes from L1 for all but the first. One vector of every row in
    turn put the rows' loads and stores at the same offsets within their pages whenever a row
    is a whole number of pages (4 KiB aliasing): layer norm over (64, 56, 56), float32, bwd /
-   copy at one thread 2.9 -> 3.8, while with 57 columns it gained (3.39 -> 2.97); runs of 8
-   or 32 vectors kept the gain at both (one row at a time vs runs of 8, same process:
-   float64 (64, 56, 56) one thread 2.94 / 2.86 / 2.90 -> 2.60 / 2.58 / 2.57,
-   float32 (32, 28, 28) of 64 samples 5.84 / 6.69 -> 4.83 / 5.59). With nt, the rows' dx must
-   reach a 16-byte boundary after the same number of elements (the caller checks). */
+   copy at one thread 2.9 -> 3.8, while with 57 columns it gained (3.39 -> 2.97). Runs of 8,
+   16 and 32 vectors, against the one-row sweep (same process, the two builds alternating,
+   median of the paired ratios new / old; identical builds read 0.99-1.00): 8 gained most in
+   cache (float32 (32, 28, 28) samples 0.91 / 0.93 at one / two threads) but lost on rows of
+   64-128 KiB (float32 (1024, 16384) 1.01 / 1.03, float64 (512, 16384) 1.01 / 1.03); 32 lost
+   in cache at two threads (1.05); 16: in cache 0.96 / 0.95, those rows 0.99 / 1.01-1.03 and
+   0.99 / 1.02, the (64, 56, 56) samples 0.95 / 0.90 float32, 0.95 / 0.98 float64. With nt,
+   the rows' dx must reach a 16-byte boundary after the same number of elements (the caller
+   checks). */
 static inline __attribute__((always_inline)) void FN(fn_rowsn_bwd_apply_ew_n)(
     const int NR, const T *const *dyr, const T *const *xr, T *const *dxr, fn_idx n,
     const T *w, const T *Qr, const T *rr, const T *mhr, const T *mlr, const T *Br,

@@ -1209,15 +1209,11 @@ def planes_backward(const floating[::1] dy, const floating[::1] x, floating[::1]
 # thread's L2 (or, past its 1 MiB, from L3) instead of memory. A sample of (64, 56, 56) is
 # 1.6 MiB of x and dy in float32 (3.2 MiB in float64), over the 2 MiB: blocks of one such row
 # left both passes one row at a time. Two rows per block with the grouped dx sweep, same
-# process, a run-time switch, interleaved rounds (bwd / copy, one row -> two; the runs'
-# figures): float64 one thread 2.94 / 2.86 / 2.90 / 3.85 / 3.96 / 2.88 / 3.12 -> 2.60 / 2.58 /
-# 2.57 / 3.24 / 3.06 / 3.15 / 3.19, two threads 2.82 / 3.56 / 3.23 / 3.63 / 3.28 / 2.82 / 3.24
-# -> 2.95 / 3.06 / 2.91 / 3.03 / 3.01 / 2.78 / 3.08; float32 one thread 2.99 / 2.98 / 3.04 /
-# 3.00 / 3.06 -> 2.91 / 3.00 / 2.93 / 3.00 / 2.69, two threads even. Where blocks already held
-# several rows only the grouped sweep changed: float32 samples of (32, 28, 28) (in cache) one
-# thread 5.84 / 6.69 -> 4.83 / 5.59, two 5.69 / 8.18 -> 5.06 / 6.85; rows (1024, 16384)
-# float32 even, (512, 16384) float64 3.19 / 3.27 -> 2.96 / 3.11 at one thread, 2.45 / 2.78 ->
-# 2.54 / 2.94 at two.
+# process, the old and new builds alternating, median of the paired ratios new / old (identical
+# builds read 0.99-1.00; the sweep in runs of 8 vectors, then of 16 in the last figure):
+# float32 one thread 0.97 / 0.96 / 0.95, two 0.98 / 0.98 / 0.90; float64 one thread 0.93 /
+# 0.94 / 0.95, two 0.99 / 0.94 / 0.98. Where blocks already held
+# several rows only the grouped sweep changed (fn_rowsn_bwd_apply_ew has the figures).
 # Earlier, measured on an AMD EPYC (1 MiB L2 per core, 32 MiB L3),
 # layer norm over (64, 56, 56), 32 rows, float32 bwd / copy at one thread: blocks of 2 MiB
 # 4.1, 8 MiB 5.1, all rows 5.4 (the last-level cache, shared with other tenants, did not keep
