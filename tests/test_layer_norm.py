@@ -170,3 +170,44 @@ def test_long_rows_dx_sweep_streamed_or_not_same_bits(D, dtype, rng, monkeypatch
     assert_close(resid[0], rdx + ds, dtype, what="dx + residual_grad")
     assert_close(cached[1], rdw, dtype, scale=shape[0], what="dweight")
     assert_close(cached[2], rdb, dtype, scale=shape[0], what="dbias")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("D", [40000, 40001])
+def test_long_units_forward_in_pairs_same_bits(D, dtype, rng, monkeypatch):
+    """Layer-norm units of 32768 values and more are normalized two at a time (w and b read
+    once for both; three units: a pair, then one alone). Streamed or not (rows that do not
+    keep 16-byte alignment go one at a time when streamed), into an aligned or misaligned
+    out=, with ReLU or not, at 1 and 2 threads: the same bits, close to the reference."""
+    from fastnorm import _dispatch
+    shape = (3, D)
+    x = (5 + 2 * rng.standard_normal(shape)).astype(dtype)
+    w = (1 + 0.1 * rng.standard_normal(D)).astype(dtype)
+    b = (0.1 * rng.standard_normal(D)).astype(dtype)
+
+    def run():
+        res = []
+        for t in (1, 2):
+            with fn.threads(t):
+                for off in (0, 1):
+                    out = np.empty(x.size + off, dtype)[off:].reshape(shape)
+                    y, m, r = fn.layer_norm_forward(x, D, w, b, out=out)
+                    assert y is out
+                    res += [y.copy(), m, r,
+                            fn.layer_norm(x, D, w, b, activation="relu")]
+        return res
+
+    monkeypatch.setattr(_dispatch, "STREAM_BYTES", 0)
+    cached = run()
+    monkeypatch.setattr(_dispatch, "STREAM_BYTES", 1)
+    streamed = run()
+    for a, c in zip(cached, streamed):
+        np.testing.assert_array_equal(a, c)
+    for k in range(4, len(cached), 4):
+        for j in range(4):
+            np.testing.assert_array_equal(cached[k + j], cached[j])
+    ry, rm, rr = ref.layer_forward(x, (D,), w, b)
+    assert_close(cached[0], ry, dtype, scale=1.0, what="y")
+    assert_close(cached[1], rm, dtype, what="mean")
+    assert_close(cached[2], rr, dtype, what="rstd")
+    np.testing.assert_array_equal(cached[3], np.maximum(cached[0], 0))

@@ -11,6 +11,11 @@ typedef T FN(uvec) __attribute__((vector_size(64), aligned(sizeof(T)), may_alias
 #define FN_VL ((fn_idx)(64 / sizeof(T)))
 /* an unaligned vector load */
 #define FN_LDV(p) (*(const FN(uvec) *)(p))
+/* Rows swept side by side go FN_ROWS_RUN vectors of one, then of the next (see
+   fn_rowsn_bwd_apply_ew). */
+#ifndef FN_ROWS_RUN
+#define FN_ROWS_RUN 16
+#endif
 
 /* Sum of the lanes of two accumulators (or one, b == NULL), in float64, as a fixed pairwise
    tree: t[j] = a[j] (+ b[j]), then t[j] += t[j + h] for h = VL/2, ..., 1. Short segments (a
@@ -835,6 +840,49 @@ FN_HOT static void FN(fn_seg_apply_ew)(const T *x, T *y, fn_idx n, T mh, T ml, T
     }
 }
 
+/* fn_seg_apply_ew on the same n columns of two rows (x0 -> y0 with mh0, ml0, r0; x1 -> y1 with
+   mh1, ml1, r1), act 0 or 1: g and b loaded once for both rows where they come from L1. The
+   rows go by FN_ROWS_RUN vectors at a time, one row's run then the other's (see
+   fn_rowsn_bwd_apply_ew: rows a whole number of pages apart would alias vector by vector).
+   Every element has fn_seg_apply_ew's bits. With nt, y0 and y1 must reach a 16-byte boundary
+   after the same number of elements (the caller checks). */
+FN_HOT static void FN(fn_seg2_apply_ew)(const T *x0, const T *x1, T *y0, T *y1, fn_idx n,
+                                        T mh0, T ml0, T r0, T mh1, T ml1, T r1, const T *g,
+                                        const T *b, int act, int nt)
+{
+    fn_idx i, j, e, nv, h = nt ? FN(fn_nt_head)(y0, n) : 0;
+    const fn_idx run = FN_ROWS_RUN * FN_VL;
+    FN(vec) v;
+    T u;
+    if (h < 0) { nt = 0; h = 0; }
+    for (i = 0; i < h; i++) {
+        u = FN_NORM_EW(x0[i], mh0, ml0, r0, g[i], b[i]);
+        y0[i] = act ? FN_RELU(u) : u;
+        u = FN_NORM_EW(x1[i], mh1, ml1, r1, g[i], b[i]);
+        y1[i] = act ? FN_RELU(u) : u;
+    }
+    nv = h + (n - h) / FN_VL * FN_VL;
+    for (i = h; i < nv; i += run) {
+        e = nv - i < run ? nv : i + run;
+        for (j = i; j < e; j += FN_VL) {
+            v = FN_NORM_EW(FN_LDV(x0 + j), mh0, ml0, r0, FN_LDV(g + j), FN_LDV(b + j));
+            if (act) v = FN(fn_vrelu)(v);
+            FN(fn_vst)(y0 + j, v, nt);
+        }
+        for (j = i; j < e; j += FN_VL) {
+            v = FN_NORM_EW(FN_LDV(x1 + j), mh1, ml1, r1, FN_LDV(g + j), FN_LDV(b + j));
+            if (act) v = FN(fn_vrelu)(v);
+            FN(fn_vst)(y1 + j, v, nt);
+        }
+    }
+    for (i = nv; i < n; i++) {
+        u = FN_NORM_EW(x0[i], mh0, ml0, r0, g[i], b[i]);
+        y0[i] = act ? FN_RELU(u) : u;
+        u = FN_NORM_EW(x1[i], mh1, ml1, r1, g[i], b[i]);
+        y1[i] = act ? FN_RELU(u) : u;
+    }
+}
+
 /* Layer-norm (or RMS-norm) rows of n values (n <= FN_BLK), nr of them (nr <= FN_GROUP) from
    x, element-wise weight g and bias b: the moments of every row, then their statistics, then
    their applies, in one loop with no call out of the clone. Each row's arithmetic is the
@@ -1264,9 +1312,6 @@ FN_HOT static void FN(fn_row_bwd_apply_ew)(const T *dy, const T *x, T *dx, fn_id
         dx[i] = ((dy[i] * w[i] - Q) * r + ((x[i] - mh) - ml) * B) + (ds ? ds[i] : (T)0);
 }
 
-#ifndef FN_ROWS_RUN
-#define FN_ROWS_RUN 16
-#endif
 
 /* fn_row_bwd_apply_ew over the same columns of NR rows (k < NR: dy[k], x[k], dx[k], ds[k] when
    ds is not NULL, and the row's Q, r, mh, ml, B), every element with the bits of the one-row
