@@ -54,3 +54,18 @@ def assert_close(actual, expected, dtype, scale=None, what=""):
     err = float(np.max(np.abs(actual - expected))) if expected.size else 0.0
     tol = TOL[np.dtype(dtype).type] * scale
     assert err <= tol, f"{what}: max abs error {err:.3g} > {tol:.3g}"
+
+
+def cached_and_streamed(run, monkeypatch):
+    """run() with the kernels' streaming stores turned off, then forced on for every output:
+    both lists of results must be bitwise equal (non-temporal stores change where bytes go,
+    never their values). Returns the first list."""
+    from fastnorm import _dispatch
+    monkeypatch.setattr(_dispatch, "STREAM_BYTES", 0)
+    cached = run()
+    monkeypatch.setattr(_dispatch, "STREAM_BYTES", 1)
+    streamed = run()
+    assert len(cached) == len(streamed)
+    for a, b in zip(cached, streamed):
+        np.testing.assert_array_equal(a, b)
+    return cached

@@ -6,6 +6,7 @@ import pytest
 
 import fastnorm as fn
 import reference as ref
+from conftest import cached_and_streamed
 from fastnorm._kernels import _norm as K
 
 
@@ -335,7 +336,6 @@ def test_streaming_stores_give_the_same_bits(layout, rng, monkeypatch):
     """Non-temporal stores (used for outputs past the last-level cache) change where bytes
     go, never their values: every op, forced to stream, equals the cached-store result,
     including outputs that do not start 16-byte aligned and rows of odd length."""
-    from fastnorm import _dispatch
     shape = (3, 12, 7, 9) if layout == "NCHW" else (3, 7, 9, 12)
     x = rng.standard_normal(shape).astype(np.float32)
     x5 = rng.standard_normal((3, 5, 4, 6)).astype(np.float32)  # C = 5 or 6: odd rows
@@ -359,12 +359,7 @@ def test_streaming_stores_give_the_same_bits(layout, rng, monkeypatch):
             res.append(fn.rms_norm(a, a.shape[1:]))
         return res
 
-    monkeypatch.setattr(_dispatch, "STREAM_BYTES", 0)
-    cached = run()
-    monkeypatch.setattr(_dispatch, "STREAM_BYTES", 1)
-    streamed = run()
-    for a, b in zip(cached, streamed):
-        np.testing.assert_array_equal(a, b)
+    cached_and_streamed(run, monkeypatch)
 
 
 def _unaligned(a):

@@ -4,7 +4,7 @@ import pytest
 
 import fastnorm as fn
 import reference as ref
-from conftest import assert_close
+from conftest import assert_close, cached_and_streamed
 
 CASES = [
     ((4, 10), (10,)),
@@ -131,7 +131,6 @@ def test_long_rows_dx_sweep_streamed_or_not_same_bits(D, dtype, rng, monkeypatch
     of a group must reach a 16-byte boundary together (rows of a whole number of 16-byte
     units), otherwise they go one by one. Forced to stream or not, into an aligned or a
     misaligned out=, with and without residual_grad: the same bits, close to the reference."""
-    from fastnorm import _dispatch
     shape = (7, D)  # blocks of 7 rows: a group of four, then of three
     x = (2 + rng.standard_normal(shape)).astype(dtype)
     dy = rng.standard_normal(shape).astype(dtype)
@@ -152,12 +151,7 @@ def test_long_rows_dx_sweep_streamed_or_not_same_bits(D, dtype, rng, monkeypatch
                         res += [dx.copy(), dw, db]
         return res
 
-    monkeypatch.setattr(_dispatch, "STREAM_BYTES", 0)
-    cached = run()
-    monkeypatch.setattr(_dispatch, "STREAM_BYTES", 1)
-    streamed = run()
-    for a, b in zip(cached, streamed):
-        np.testing.assert_array_equal(a, b)
+    cached = cached_and_streamed(run, monkeypatch)
     # results in order (threads, residual_grad, out offset): same bits at 1 and 2 threads and
     # for either out=
     plain, resid = [cached[k] for k in (0, 3, 12, 15)], [cached[k] for k in (6, 9, 18, 21)]
@@ -179,7 +173,6 @@ def test_long_units_forward_in_pairs_same_bits(D, dtype, rng, monkeypatch):
     once for both; three units: a pair, then one alone). Streamed or not (rows that do not
     keep 16-byte alignment go one at a time when streamed), into an aligned or misaligned
     out=, with ReLU or not, at 1 and 2 threads: the same bits, close to the reference."""
-    from fastnorm import _dispatch
     shape = (3, D)
     x = (5 + 2 * rng.standard_normal(shape)).astype(dtype)
     w = (1 + 0.1 * rng.standard_normal(D)).astype(dtype)
@@ -197,12 +190,7 @@ def test_long_units_forward_in_pairs_same_bits(D, dtype, rng, monkeypatch):
                             fn.layer_norm(x, D, w, b, activation="relu")]
         return res
 
-    monkeypatch.setattr(_dispatch, "STREAM_BYTES", 0)
-    cached = run()
-    monkeypatch.setattr(_dispatch, "STREAM_BYTES", 1)
-    streamed = run()
-    for a, c in zip(cached, streamed):
-        np.testing.assert_array_equal(a, c)
+    cached = cached_and_streamed(run, monkeypatch)
     for k in range(4, len(cached), 4):
         for j in range(4):
             np.testing.assert_array_equal(cached[k + j], cached[j])

@@ -498,6 +498,18 @@ cdef void planes_pair_moments(const floating *x, Py_ssize_t S, Py_ssize_t p, Py_
         fn_chan_merge(&a[0], &a[1], &a[2], pa[0], pa[1], pa[2])
 
 
+cdef inline void unit_run_moments(const floating *x, Py_ssize_t n, Py_ssize_t u,
+                                  const floating *res, double *un, double *um,
+                                  double *um2) noexcept nogil:
+    """Moments of unit u, one run of n values (x + u * n), merged chunk by chunk into (un,
+    um, um2)."""
+    cdef Py_ssize_t k
+    cdef double part[3]
+    for k in range(nchunks(n, FN_CHUNK)):
+        plane_chunk_moments(x, n, u, k, res, part)
+        fn_chan_merge(un, um, um2, part[0], part[1], part[2])
+
+
 cdef void planes_unit_fused(const floating *x, floating *y, Py_ssize_t u, Py_ssize_t C,
                             Py_ssize_t S, Py_ssize_t nb, Py_ssize_t cb, const floating *w,
                             const floating *b, bint ew, bint rms, double eps, double *mean_out,
@@ -516,9 +528,7 @@ cdef void planes_unit_fused(const floating *x, floating *y, Py_ssize_t u, Py_ssi
     if nb == 1:
         # one sample: the unit's cb planes are adjacent, so its moments are those of one run of
         # cb*S values in FN_CHUNK chunks (group norm of 16x16 planes: one block instead of 8)
-        for k in range(nchunks(cb * S, FN_CHUNK)):
-            plane_chunk_moments(x, cb * S, u, k, res, part)
-            fn_chan_merge(&un, &um, &um2, part[0], part[1], part[2])
+        unit_run_moments(x, cb * S, u, res, &un, &um, &um2)
     elif cb == 1 and res == NULL:
         # a batch-norm channel: its planes two at a time, side by side (seg_moments2), merged
         # in the order one plane after the other would merge them
@@ -864,16 +874,13 @@ cdef void planes_pair_fused(const floating *x, floating *y, Py_ssize_t u0, Py_ss
     1.80; that sweep aliased, see fn_rowsn_bwd_apply_ew.)"""
     cdef Py_ssize_t K = nchunks(S, FN_CHUNK), u, k, off, ln
     cdef double un, um, um2
-    cdef double part[3]
     cdef floating mh[2]
     cdef floating ml[2]
     for u in range(u0, u1):
         un = 0
         um = 0
         um2 = 0
-        for k in range(K):
-            plane_chunk_moments(x, S, u, k, NULL, part)
-            fn_chan_merge(&un, &um, &um2, part[0], part[1], part[2])
+        unit_run_moments(x, S, u, <const floating *>NULL, &un, &um, &um2)
         unit_finalize(un, um, um2, eps, rms, &mean_out[u], &rstd_out[u])
         split_mean(mean_out[u], &mh[u - u0], &ml[u - u0])
     for k in range(K - 1, -1, -1):
