@@ -841,11 +841,11 @@ FN_HOT static void FN(fn_seg_apply_ew)(const T *x, T *y, fn_idx n, T mh, T ml, T
 }
 
 /* fn_seg_apply_ew on the same n columns of two rows (x0 -> y0 with mh0, ml0, r0; x1 -> y1 with
-   mh1, ml1, r1), act 0 or 1: g and b loaded once for both rows where they come from L1. The
-   rows go by FN_ROWS_RUN vectors at a time, one row's run then the other's (see
-   fn_rowsn_bwd_apply_ew: rows a whole number of pages apart would alias vector by vector).
-   Every element has fn_seg_apply_ew's bits. With nt, y0 and y1 must reach a 16-byte boundary
-   after the same number of elements (the caller checks). */
+   mh1, ml1, r1), act 0 or 1: g and b come from beyond L1 once for both rows (the second row
+   finds them in L1). The rows go by FN_ROWS_RUN vectors at a time, one row's run then the
+   other's (see fn_rowsn_bwd_apply_ew: rows a whole number of pages apart would alias vector
+   by vector). Every element has fn_seg_apply_ew's bits. With nt, y0 and y1 must reach a
+   16-byte boundary after the same number of elements (the caller checks). */
 FN_HOT static void FN(fn_seg2_apply_ew)(const T *x0, const T *x1, T *y0, T *y1, fn_idx n,
                                         T mh0, T ml0, T r0, T mh1, T ml1, T r1, const T *g,
                                         const T *b, int act, int nt)
@@ -1311,7 +1311,6 @@ FN_HOT static void FN(fn_row_bwd_apply_ew)(const T *dy, const T *x, T *dx, fn_id
     for (; i < n; i++)
         dx[i] = ((dy[i] * w[i] - Q) * r + ((x[i] - mh) - ml) * B) + (ds ? ds[i] : (T)0);
 }
-
 
 /* fn_row_bwd_apply_ew over the same columns of NR rows (k < NR: dy[k], x[k], dx[k], ds[k] when
    ds is not NULL, and the row's Q, r, mh, ml, B), every element with the bits of the one-row

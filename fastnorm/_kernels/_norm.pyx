@@ -872,7 +872,7 @@ cdef void planes_pair_fused(const floating *x, floating *y, Py_ssize_t u0, Py_ss
     0.98 / 0.98; float64 0.98 / 0.96 and 1.01 / 0.98; (256, 56, 56), 8 samples, float32 two
     threads 0.96. (Round 8 had tried two rows per apply vector by vector and lost: 1.68 ->
     1.80; that sweep aliased, see fn_rowsn_bwd_apply_ew.)"""
-    cdef Py_ssize_t K = nchunks(S, FN_CHUNK), u, k, off, ln
+    cdef Py_ssize_t K = nchunks(S, FN_CHUNK), u, k, off, ln, q
     cdef double un, um, um2
     cdef floating mh[2]
     cdef floating ml[2]
@@ -886,18 +886,18 @@ cdef void planes_pair_fused(const floating *x, floating *y, Py_ssize_t u0, Py_ss
     for k in range(K - 1, -1, -1):
         off = k * FN_CHUNK
         ln = min(<Py_ssize_t>FN_CHUNK, S - off)
+        q = u0 * S + off  # chunk k of unit u0; of unit u0 + 1 at q + S
         if u1 - u0 == 1:
-            seg_apply_ew(x + u0 * S + off, y + u0 * S + off, ln, mh[0], ml[0],
-                         <floating>rstd_out[u0], w + off, b + off, act, stream, 0)
+            seg_apply_ew(x + q, y + q, ln, mh[0], ml[0], <floating>rstd_out[u0], w + off,
+                         b + off, act, stream, 0)
         elif floating is float:
-            fn_seg2_apply_ew_f32(x + u0 * S + off, x + u1 * S - S + off, y + u0 * S + off,
-                                 y + u1 * S - S + off, ln, mh[0], ml[0], <float>rstd_out[u0],
-                                 mh[1], ml[1], <float>rstd_out[u1 - 1], w + off, b + off, act,
-                                 stream)
+            fn_seg2_apply_ew_f32(x + q, x + q + S, y + q, y + q + S, ln, mh[0], ml[0],
+                                 <float>rstd_out[u0], mh[1], ml[1], <float>rstd_out[u0 + 1],
+                                 w + off, b + off, act, stream)
         else:
-            fn_seg2_apply_ew_f64(x + u0 * S + off, x + u1 * S - S + off, y + u0 * S + off,
-                                 y + u1 * S - S + off, ln, mh[0], ml[0], rstd_out[u0], mh[1],
-                                 ml[1], rstd_out[u1 - 1], w + off, b + off, act, stream)
+            fn_seg2_apply_ew_f64(x + q, x + q + S, y + q, y + q + S, ln, mh[0], ml[0],
+                                 rstd_out[u0], mh[1], ml[1], rstd_out[u0 + 1], w + off,
+                                 b + off, act, stream)
 
 
 cdef inline void rows_group_fwd(const floating *x, floating *y, Py_ssize_t nr, Py_ssize_t n,
@@ -1284,8 +1284,8 @@ def planes_backward(const floating[::1] dy, const floating[::1] x, floating[::1]
 # process, the old and new builds alternating, median of the paired ratios new / old (identical
 # builds read 0.99-1.00; the sweep in runs of 8 vectors, then of 16 in the last figure):
 # float32 one thread 0.97 / 0.96 / 0.95, two 0.98 / 0.98 / 0.90; float64 one thread 0.93 /
-# 0.94 / 0.95, two 0.99 / 0.94 / 0.98. Where blocks already held
-# several rows only the grouped sweep changed (fn_rowsn_bwd_apply_ew has the figures).
+# 0.94 / 0.95, two 0.99 / 0.94 / 0.98. Where blocks already held several rows only the grouped
+# sweep changed (fn_rowsn_bwd_apply_ew has the figures).
 # Earlier, measured on an AMD EPYC (1 MiB L2 per core, 32 MiB L3),
 # layer norm over (64, 56, 56), 32 rows, float32 bwd / copy at one thread: blocks of 2 MiB
 # 4.1, 8 MiB 5.1, all rows 5.4 (the last-level cache, shared with other tenants, did not keep
