@@ -668,3 +668,55 @@ def test_bench_table_median_of_runs():
     assert one[8] == "1.50x"                        # of (2.0, 1.0): the runs with torch
     assert two[-2:] == ["2.00", "(2.00)"]           # of (2.5, 1, 2) and the copy's (2, 2, 1)
     assert bench.table(runs[1]).splitlines()[2].split()[4] == "1.50"
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_streaming_stores_start_on_a_whole_line(dtype):
+    """A streamed segment stores values one by one up to the next 64-byte boundary and streams
+    only whole lines from there (a line half streamed by one plane and half written by its
+    neighbour costs several times a copy), or never streams when its start is not a multiple
+    of the item size."""
+    K = pytest.importorskip("fastnorm._kernels._norm")
+    item = np.dtype(dtype).itemsize
+    base = np.zeros(4096, dtype=np.uint8)
+    start = (-base.ctypes.data) % 64  # base[start] is on a line boundary
+    for off in range(0, 72, item):
+        a = base[start + off:start + off + 512 * item].view(dtype)
+        for n in (1, 5, 64 // item, 100):
+            h = K._stream_head(a, n)
+            assert 0 <= h <= n
+            assert h == n or (a.ctypes.data + h * item) % 64 == 0
+            assert h == min(n, ((-a.ctypes.data) % 64) // item)
+    odd = base[start + 1:start + 1 + 64 * item].view(dtype)
+    assert K._stream_head(odd, 64) == -1
+
+
+@pytest.mark.parametrize("shape", [(2, 24, 14, 14), (3, 20, 7, 7), (2, 8, 13, 13)])
+def test_streamed_planes_that_share_lines_give_the_same_bits(shape, rng, monkeypatch):
+    """Planes of 14 x 14, 7 x 7 or 13 x 13 values end inside a line, which the next plane
+    begins: forced to stream, every op's forward and backward equal the cached-store result
+    and the reference, at one and two threads."""
+    x = (rng.standard_normal(shape) * 2 + 3).astype(np.float32)
+    dy = rng.standard_normal(shape).astype(np.float32)
+    C = shape[1]
+    w = rng.standard_normal(C).astype(np.float32)
+
+    def run():
+        res = []
+        for t in (1, 2):
+            with fn.threads(t):
+                for fwd, bwd, extra in ((fn.batch_norm_forward, fn.batch_norm_backward, ()),
+                                        (fn.instance_norm_forward, fn.instance_norm_backward,
+                                         ()),
+                                        (fn.group_norm_forward, fn.group_norm_backward, (4,))):
+                    y, m, r = fwd(x, *extra, w)
+                    res += [y, bwd(dy, x, m, r, *extra, w)[0]]
+        return res
+
+    res = cached_and_streamed(run, monkeypatch)
+    xg = x.astype(np.float64).reshape(shape[0], 4, -1)
+    yg = (xg - xg.mean(-1, keepdims=True)) / np.sqrt(xg.var(-1, keepdims=True) + 1e-5)
+    ref = yg.reshape(shape) * w[:, None, None]
+    np.testing.assert_allclose(res[4], ref, rtol=1e-5, atol=1e-5)
+    for a, b in zip(res[:6], res[6:]):
+        np.testing.assert_array_equal(a, b)

@@ -60,6 +60,8 @@ cdef extern from "_core.h" nogil:
     int fn_act_portable
     void fn_act_buf_f32(const float *s, float *d, fn_idx n, int act, int nt)
     void fn_copy_stream(const float *s, float *d, fn_idx n)
+    fn_idx fn_nt_head_f32(const float *p, fn_idx n)
+    fn_idx fn_nt_head_f64(const double *p, fn_idx n)
     void fn_sfence()
     int fn_cpu_intel()
 
@@ -612,6 +614,14 @@ def _set_grouped(bint on):
     return prev
 
 
+def _stream_head(floating[::1] a, Py_ssize_t n):
+    """Tests only: the values a streamed segment of n values starting at a[0] stores one by
+    one before its streaming stores begin (fn_nt_head), or -1 if it never streams."""
+    if floating is float:
+        return fn_nt_head_f32(&a[0], n)
+    return fn_nt_head_f64(&a[0], n)
+
+
 DEF PIPE_MAX_BYTES = 16384
 DEF PIPE_SMALL_BYTES = 4194304
 cdef int _pipeline = 1
@@ -834,7 +844,7 @@ cdef void planes_fused_run(const floating *x, floating *y, Py_ssize_t N, Py_ssiz
                                  w, b, ew, rms, eps, mean_out, rstd_out, act, stream, pf)
         return
     if (ew and nb == 1 and cb == 1 and res == NULL and act <= 1 and S >= FN_CHUNK
-            and (not stream or (S * <Py_ssize_t>sizeof(floating)) % 16 == 0)):
+            and (not stream or (S * <Py_ssize_t>sizeof(floating)) % 64 == 0)):
         # layer-norm units of FN_CHUNK values and more: two at a time (planes_pair_fused)
         if n_threads == 1:
             for u in range(0, U, 2):
@@ -1642,8 +1652,8 @@ cdef void rows_range_bwd_apply(const floating *dy, const floating *x, floating *
                                int stream) noexcept nogil:
     """dx of rows [i0, i0 + nr) (nr <= ROWS_AT_ONCE), columns [j0, j1), in one sweep
     (fn_rowsn_bwd_apply_ew: w read once for the nr rows; the bits of row_range_bwd_apply; rq
-    holds each row's (Q, B)). Streaming stores need the rows' dx to reach a 16-byte boundary
-    together, which holds when a row is a whole number of 16-byte units; otherwise row by
+    holds each row's (Q, B)). Streaming stores need the rows' dx to reach a 64-byte boundary
+    together, which holds when a row is a whole number of 64-byte lines; otherwise row by
     row."""
     cdef const floating *dyp[ROWS_AT_ONCE]
     cdef const floating *xp[ROWS_AT_ONCE]
@@ -1655,7 +1665,7 @@ cdef void rows_range_bwd_apply(const floating *dy, const floating *x, floating *
     cdef floating ml[ROWS_AT_ONCE]
     cdef floating B[ROWS_AT_ONCE]
     cdef Py_ssize_t e, i, off
-    if nr == 1 or (stream and (D * <Py_ssize_t>sizeof(floating)) % 16 != 0):
+    if nr == 1 or (stream and (D * <Py_ssize_t>sizeof(floating)) % 64 != 0):
         for i in range(i0 + nr - 1, i0 - 1, -1):
             row_range_bwd_apply(dy, x, dx, i, D, j0, j1, w, mean[i], rstd[i], rq[2 * i],
                                 rq[2 * i + 1], ds, stream, 0)
