@@ -236,3 +236,52 @@ def test_channels_last_column_groups(C, dtype, rng):
         assert_close(dx, rdx, dtype, what=f"{op} dx")
         assert_close(dw, rdw, dtype, what=f"{op} dweight")
         assert_close(db, rdb, dtype, what=f"{op} dbias")
+
+
+# Batch norm over planes of under 2 KiB goes by blocks of adjacent channels, the moments down
+# the columns of each block's runs (small_planes_run): these shapes cover one and several
+# blocks of 64 samples, units of one channel and of many, and column tails.
+SMALL_PLANES = [(32, 40, 7, 7), (130, 3, 5, 5), (3, 70, 14, 14), (66, 2, 13), (2, 600, 2, 2)]
+
+
+@pytest.mark.parametrize("shape", SMALL_PLANES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_batch_norm_small_planes_forward(shape, dtype, rng):
+    """y, mean and rstd against the float64 reference, with data 1e4 times its spread off
+    zero (the shifted sums keep float32's precision), and the same bits at 1 and 2 threads
+    and with a fused ReLU."""
+    C = shape[1]
+    x = (1e4 + rng.standard_normal(shape)).astype(dtype)
+    w = rng.standard_normal(C).astype(dtype)
+    b = rng.standard_normal(C).astype(dtype)
+    y_ref, m_ref, r_ref = ref.channel_forward("batch", x, w, b)
+    outs = []
+    for t in (1, 2):
+        with fn.threads(t):
+            outs.append(fn.batch_norm_forward(x, w, b))
+    y, m, r = outs[0]
+    assert_close(y, y_ref, dtype, what="y")
+    np.testing.assert_allclose(m, m_ref, rtol=1e-12 if dtype == np.float64 else 1e-7)
+    np.testing.assert_allclose(r, r_ref, rtol=1e-9 if dtype == np.float64 else 2e-4)
+    for a, c in zip(outs[0], outs[1]):
+        np.testing.assert_array_equal(a, c)
+    relu = fn.batch_norm(x, np.zeros(C), np.ones(C), w, b, training=True, activation="relu")
+    np.testing.assert_array_equal(relu, np.maximum(y, 0))
+
+
+def test_batch_norm_small_planes_far_pivot(rng):
+    """A channel whose first plane sits far from the rest (the pivot more than a standard
+    deviation from the block's mean) goes through the exact two-pass; a constant channel gives
+    exactly its bias."""
+    x = (5 + 0.01 * rng.standard_normal((80, 4, 6, 6))).astype(np.float32)
+    x[0, 1] = -300.0  # first plane of channel 1: the pivot of its first block
+    x[64:, 2] += 1e3  # the second block of channel 2 far from the first's running mean
+    x[:, 3] = 7.0
+    w = np.ones(4, np.float32)
+    b = np.arange(4, dtype=np.float32)
+    y_ref, m_ref, r_ref = ref.channel_forward("batch", x, w, b)
+    y, m, r = fn.batch_norm_forward(x, w, b)
+    assert_close(y, y_ref, np.float32, what="y")
+    assert np.max(np.abs(m - m_ref) * r_ref) < 1e-6  # in standard deviations
+    np.testing.assert_allclose(r, r_ref, rtol=1e-4)
+    assert np.all(y[:, 3] == 3.0)

@@ -378,12 +378,12 @@ static inline __attribute__((always_inline)) void FN(fn_pf_cols)(const T *p, fn_
         __builtin_prefetch((const char *)p + o, 0, 2);
 }
 
-/* Per column c of x[rows, C], for the NV column vectors from c0: s[c] = sum(d),
+/* Per column c of x[rows, C] (row stride ld), for the NV column vectors from c0: s[c] = sum(d),
    q[c] = sum(d^2) with d = (x - sh[c]) - sl[c] (sl may be NULL: d = x - sh). NV is a
    constant after inlining, so the accumulators live in registers. */
 static inline __attribute__((always_inline)) void FN(fn_col_sums_grp)(
-    const T *x, fn_idx rows, fn_idx C, const T *sh, const T *sl, T *s, T *q, fn_idx c0,
-    const int NV)
+    const T *x, fn_idx rows, fn_idx C, fn_idx ld, const T *sh, const T *sl, T *s, T *q,
+    fn_idx c0, const int NV)
 {
     FN(vec) as[FN_CG], aq[FN_CG], d;
     const T *row;
@@ -392,8 +392,8 @@ static inline __attribute__((always_inline)) void FN(fn_col_sums_grp)(
     for (j = 0; j < NV; j++)
         as[j] = aq[j] = (FN(vec)){0};
     for (r = 0; r < rows; r++) {
-        row = x + r * C + c0;
-        if (C > NV * FN_VL) FN(fn_pf_cols)(x + (r + rows) * C, C, c0, NV);
+        row = x + r * ld + c0;
+        if (C > NV * FN_VL) FN(fn_pf_cols)(x + (r + rows) * ld, C, c0, NV);
         for (j = 0; j < NV; j++) {  /* the shifts come from L1: registers hold the sums */
             d = *(const FN(uvec) *)(row + j * FN_VL) - *(const FN(uvec) *)(sh + c0 + j * FN_VL);
             if (sl) d = d - *(const FN(uvec) *)(sl + c0 + j * FN_VL);
@@ -407,29 +407,30 @@ static inline __attribute__((always_inline)) void FN(fn_col_sums_grp)(
     }
 }
 
-/* s[c] = sum(d), q[c] = sum(d^2) over the rows of the block x[rows, C] (in L1), per column. */
+/* s[c] = sum(d), q[c] = sum(d^2) over the rows of the block x[rows, C] (in L1; row stride
+   ld), per column. */
 static inline __attribute__((always_inline)) void FN(fn_col_sums)(
-    const T *x, fn_idx rows, fn_idx C, const T *sh, const T *sl, T *s, T *q)
+    const T *x, fn_idx rows, fn_idx C, fn_idx ld, const T *sh, const T *sl, T *s, T *q)
 {
     fn_idx r, c, cv = C - C % FN_VL;
     T d;
     for (c = 0; c + FN_CG * FN_VL <= cv; c += FN_CG * FN_VL)
-        FN(fn_col_sums_grp)(x, rows, C, sh, sl, s, q, c, FN_CG);
+        FN(fn_col_sums_grp)(x, rows, C, ld, sh, sl, s, q, c, FN_CG);
     switch ((cv - c) / FN_VL) {
-    case 7: FN(fn_col_sums_grp)(x, rows, C, sh, sl, s, q, c, 7); break;
-    case 6: FN(fn_col_sums_grp)(x, rows, C, sh, sl, s, q, c, 6); break;
-    case 5: FN(fn_col_sums_grp)(x, rows, C, sh, sl, s, q, c, 5); break;
-    case 4: FN(fn_col_sums_grp)(x, rows, C, sh, sl, s, q, c, 4); break;
-    case 3: FN(fn_col_sums_grp)(x, rows, C, sh, sl, s, q, c, 3); break;
-    case 2: FN(fn_col_sums_grp)(x, rows, C, sh, sl, s, q, c, 2); break;
-    case 1: FN(fn_col_sums_grp)(x, rows, C, sh, sl, s, q, c, 1); break;
+    case 7: FN(fn_col_sums_grp)(x, rows, C, ld, sh, sl, s, q, c, 7); break;
+    case 6: FN(fn_col_sums_grp)(x, rows, C, ld, sh, sl, s, q, c, 6); break;
+    case 5: FN(fn_col_sums_grp)(x, rows, C, ld, sh, sl, s, q, c, 5); break;
+    case 4: FN(fn_col_sums_grp)(x, rows, C, ld, sh, sl, s, q, c, 4); break;
+    case 3: FN(fn_col_sums_grp)(x, rows, C, ld, sh, sl, s, q, c, 3); break;
+    case 2: FN(fn_col_sums_grp)(x, rows, C, ld, sh, sl, s, q, c, 2); break;
+    case 1: FN(fn_col_sums_grp)(x, rows, C, ld, sh, sl, s, q, c, 1); break;
     default: break;
     }
     for (c = cv; c < C; c++) {
         s[c] = 0;
         q[c] = 0;
         for (r = 0; r < rows; r++) {
-            d = (x[r * C + c] - sh[c]) - (sl ? sl[c] : (T)0);
+            d = (x[r * ld + c] - sh[c]) - (sl ? sl[c] : (T)0);
             s[c] += d;
             q[c] += d * d;
         }
@@ -460,7 +461,7 @@ FN_HOT static void FN(fn_block_col_moments)(const T *x, fn_idx rows, fn_idx C, c
         }
         for (c = 0; c < C; c++) K[c] = s[c] / (T)np;
     }
-    FN(fn_col_sums)(x, rows, C, K, NULL, s, q);
+    FN(fn_col_sums)(x, rows, C, C, K, NULL, s, q);
     for (c = 0; c < C; c++) {
         s1 = (double)s[c];
         s2 = (double)q[c];
@@ -475,7 +476,7 @@ FN_HOT static void FN(fn_block_col_moments)(const T *x, fn_idx rows, fn_idx C, c
         mh[c] = (T)m;
         ml[c] = (T)(m - (double)mh[c]);
     }
-    FN(fn_col_sums)(x, rows, C, mh, ml, s, q);
+    FN(fn_col_sums)(x, rows, C, C, mh, ml, s, q);
     for (c = 0; c < C; c++) {
         s1 = (double)s[c];
         mean[c] += s1 * inv;
@@ -495,6 +496,123 @@ static void FN(fn_seg_col_moments)(const T *x, fn_idx rows, fn_idx C, fn_idx rb,
         b = rows - r < rb ? rows - r : rb;
         FN(fn_block_col_moments)(x + r * C, b, C, *n > 0 ? mean : NULL, scr, bm, bm2);
         fn_chan_merge_vec(n, mean, m2, C, (double)b, bm, bm2);
+    }
+}
+
+/* Batch-norm moments of nc channels of small planes: x holds rows of nc * S values (the
+   channels' planes of one sample, side by side) at a stride of ld values, rows of them (the
+   samples). The sums run down the columns, vectorized along the row, so a plane of 49 values
+   costs no call, pivot, horizontal sum or merge of its own: per block of up to rb rows, the
+   column sums of d = x - K (K: the channel's pivot, the mean of its first plane's first values,
+   then the channel's running mean) and of d^2 in T, added per channel in float64, and the
+   block's moments merged into the channel's (n, mean, m2) with Chan's formula. As in
+   fn_block_moments, a pivot more than a standard deviation from a channel's block mean sends
+   the block through an exact two-pass (second sums about the block mean). scr: 4 * nc * S
+   values of T; n, mean, m2: nc doubles each, followed by 2 * nc of scratch. The block
+   boundaries depend on rows and rb alone. */
+/* fn_col_sums in row order, the sums in memory (L1): each row of the block is read as one
+   run, the next one prefetched meanwhile (rows far apart: a column-group sweep would keep one
+   short read stream per row in flight). The same sums, in the same order, per column. */
+static inline __attribute__((always_inline)) void FN(fn_col_sums_rows)(
+    const T *x, fn_idx rows, fn_idx C, fn_idx ld, const T *sh, const T *sl, T *s, T *q)
+{
+    fn_idx r, c, cv = C - C % FN_VL, o;
+    const T *row;
+    FN(vec) d;
+    T e;
+    for (c = 0; c < C; c++) s[c] = q[c] = 0;
+    for (r = 0; r < rows; r++) {
+        row = x + r * ld;
+        for (c = 0; c < cv; c += FN_VL) {
+            if (r + 1 < rows && (c & (64 / sizeof(T) - 1)) == 0)
+                __builtin_prefetch(row + ld + c, 0, 3);
+            d = FN_LDV(row + c) - FN_LDV(sh + c);
+            if (sl) d = d - FN_LDV(sl + c);
+            *(FN(uvec) *)(s + c) += d;
+            *(FN(uvec) *)(q + c) += d * d;
+        }
+        if (r + 1 < rows)
+            for (o = cv * (fn_idx)sizeof(T); o < C * (fn_idx)sizeof(T); o += 64)
+                __builtin_prefetch((const char *)(row + ld) + o, 0, 3);
+        for (c = cv; c < C; c++) {
+            e = (row[c] - sh[c]) - (sl ? sl[c] : (T)0);
+            s[c] += e;
+            q[c] += e * e;
+        }
+    }
+}
+
+/* s1[k] = sum of s[k * S + j], s2[k] = of q[k * S + j], j < S, k < nc, in float64: four
+   partial sums in a fixed order (the chain of one would wait on every add). */
+static inline void FN(fn_chan_sums)(const T *s, const T *q, fn_idx nc, fn_idx S, double *s1,
+                                    double *s2)
+{
+    fn_idx k, j, e;
+    double a0, a1, a2, a3, b0, b1, b2, b3;
+    for (k = 0; k < nc; k++) {
+        const T *ps = s + k * S, *pq = q + k * S;
+        a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = 0;
+        e = S - S % 4;
+        for (j = 0; j < e; j += 4) {
+            a0 += (double)ps[j];
+            a1 += (double)ps[j + 1];
+            a2 += (double)ps[j + 2];
+            a3 += (double)ps[j + 3];
+            b0 += (double)pq[j];
+            b1 += (double)pq[j + 1];
+            b2 += (double)pq[j + 2];
+            b3 += (double)pq[j + 3];
+        }
+        for (; j < S; j++) {
+            a0 += (double)ps[j];
+            b0 += (double)pq[j];
+        }
+        s1[k] = (a0 + a1) + (a2 + a3);
+        s2[k] = (b0 + b1) + (b2 + b3);
+    }
+}
+
+FN_HOT static void FN(fn_planes_col_moments)(const T *x, fn_idx rows, fn_idx ld, fn_idx nc,
+                                             fn_idx S, fn_idx rb, T *scr, double *n,
+                                             double *mean, double *m2)
+{
+    fn_idx L = nc * S, r0, b, k, j;
+    T *K = scr, *s = scr + L, *q = scr + 2 * L, *sl = scr + 3 * L, kh, kl;
+    double *s1 = n + nc * 3, *s2 = n + nc * 4;  /* the caller's st holds 5 * nc */
+    double nb, bm, bm2, t;
+    int redo;
+    for (k = 0; k < nc; k++) n[k] = mean[k] = m2[k] = 0;
+    for (r0 = 0; r0 < rows; r0 += rb) {
+        b = rows - r0 < rb ? rows - r0 : rb;
+        nb = (double)(b * S);
+        for (k = 0; k < nc; k++) {
+            kh = r0 == 0 ? FN(fn_pivot)(x + k * S, S) : (T)mean[k];
+            for (j = 0; j < S; j++) K[k * S + j] = kh;
+        }
+        FN(fn_col_sums_rows)(x + r0 * ld, b, L, ld, K, NULL, s, q);
+        FN(fn_chan_sums)(s, q, nc, S, s1, s2);
+        redo = 0;
+        for (k = 0; k < nc; k++)
+            if (s1[k] * s1[k] / nb > 0.5 * s2[k]) redo = 1;
+        if (redo) {
+            for (k = 0; k < nc; k++) {
+                bm = (double)K[k * S] + s1[k] / nb;
+                kh = (T)bm;
+                kl = (T)(bm - (double)kh);
+                for (j = k * S; j < (k + 1) * S; j++) {
+                    K[j] = kh;
+                    sl[j] = kl;
+                }
+            }
+            FN(fn_col_sums_rows)(x + r0 * ld, b, L, ld, K, sl, s, q);
+            FN(fn_chan_sums)(s, q, nc, S, s1, s2);
+        }
+        for (k = 0; k < nc; k++) {
+            bm = (double)K[k * S] + (redo ? (double)sl[k * S] : 0.0) + s1[k] / nb;
+            t = s2[k] - s1[k] * s1[k] / nb;
+            bm2 = t > 0 ? t : 0;
+            fn_chan_merge(&n[k], &mean[k], &m2[k], nb, bm, bm2);
+        }
     }
 }
 

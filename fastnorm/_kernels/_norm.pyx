@@ -93,6 +93,12 @@ cdef extern from "_core.h" nogil:
     void fn_seg_moments2_f64(const double *xa, const double *xb, fn_idx n, double *na,
                              double *meana, double *m2a, double *nb, double *meanb,
                              double *m2b)
+    void fn_planes_col_moments_f32(const float *x, fn_idx rows, fn_idx ld, fn_idx nc,
+                                   fn_idx S, fn_idx rb, float *scr, double *n, double *mean,
+                                   double *m2)
+    void fn_planes_col_moments_f64(const double *x, fn_idx rows, fn_idx ld, fn_idx nc,
+                                   fn_idx S, fn_idx rb, double *scr, double *n, double *mean,
+                                   double *m2)
     void fn_seg_col_moments_f32(const float *x, fn_idx rows, fn_idx C, fn_idx rb, float *scr,
                                 double *bm, double *bm2, double *n, double *mean, double *m2)
     void fn_seg_col_moments_f64(const double *x, fn_idx rows, fn_idx C, fn_idx rb, double *scr,
@@ -617,9 +623,12 @@ def _set_grouped(bint on):
 def _stream_head(floating[::1] a, Py_ssize_t n):
     """Tests only: the values a streamed segment of n values starting at a[0] stores one by
     one before its streaming stores begin (fn_nt_head), or -1 if it never streams."""
+    cdef fn_idx h
     if floating is float:
-        return fn_nt_head_f32(&a[0], n)
-    return fn_nt_head_f64(&a[0], n)
+        h = fn_nt_head_f32(&a[0], n)
+    else:
+        h = fn_nt_head_f64(&a[0], n)
+    return h
 
 
 DEF PIPE_MAX_BYTES = 16384
@@ -785,6 +794,87 @@ cdef void planes_team_pipelined(const floating *x, floating *y, Py_ssize_t U, Py
         k = kn
 
 
+# Batch norm over planes of fewer than SMALL_PLANE_BYTES (7 x 7 to 22 x 22 float32 values):
+# a channel's planes are N short runs far apart, and plane by plane (moments, merge, apply per
+# plane) every plane paid a call, a pivot, horizontal sums and a merge of its own: (32, 2048,
+# 7, 7) float32 forward took 13 copies at one thread (PyTorch about the same). Instead a unit
+# is a block of adjacent channels, whose planes in one sample are one run of nc * S values:
+# the moments go down the columns of those runs (fn_planes_col_moments, vectorized along the
+# run), the apply along them with per-column coefficients (fn_rows_apply, one run per sample),
+# while the unit (at most SMALL_UNIT_BYTES) is in L2. The blocks depend on the shape alone.
+DEF SMALL_PLANE_BYTES = 2048
+DEF SMALL_UNIT_BYTES = 262144
+DEF SMALL_RUN_VALUES = 1024
+DEF SMALL_BLOCK_ROWS = 64
+
+
+cdef inline bint small_planes(Py_ssize_t N, Py_ssize_t nb, Py_ssize_t cb, Py_ssize_t S,
+                              bint ew, bint rms, const floating *res) noexcept nogil:
+    """Whether batch-norm planes go by channel blocks (small_planes_run)."""
+    return (nb == N and N > 1 and cb == 1 and not ew and not rms and res == NULL
+            and S * <Py_ssize_t>sizeof(floating) < SMALL_PLANE_BYTES)
+
+
+cdef inline Py_ssize_t small_planes_nc(Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
+                                       Py_ssize_t itemsize) noexcept nogil:
+    """Channels per unit of small_planes_run: runs of at most SMALL_RUN_VALUES, units of at
+    most SMALL_UNIT_BYTES, at least one channel."""
+    cdef Py_ssize_t nc = min(SMALL_RUN_VALUES // S, SMALL_UNIT_BYTES // (N * S * itemsize))
+    return max(<Py_ssize_t>1, min(nc, C))
+
+
+cdef void small_planes_unit(const floating *x, floating *y, Py_ssize_t g, Py_ssize_t N,
+                            Py_ssize_t C, Py_ssize_t S, Py_ssize_t nc, const floating *w,
+                            const floating *b, double eps, double *mean_out, double *rstd_out,
+                            int act, int stream) noexcept nogil:
+    """Channels [g * nc, g * nc + nc) of x (N, C, S): statistics, then y (nc * S is at most
+    SMALL_RUN_VALUES)."""
+    cdef Py_ssize_t c0 = g * nc, m = min(nc, C - c0), L, k, j, n, c
+    cdef floating mh, ml, a
+    cdef floating scr[4 * SMALL_RUN_VALUES]
+    cdef double st[5 * SMALL_RUN_VALUES]
+    L = m * S
+    if floating is float:
+        fn_planes_col_moments_f32(x + c0 * S, N, C * S, m, S, SMALL_BLOCK_ROWS, scr, st,
+                                  st + m, st + 2 * m)
+    else:
+        fn_planes_col_moments_f64(x + c0 * S, N, C * S, m, S, SMALL_BLOCK_ROWS, scr, st,
+                                  st + m, st + 2 * m)
+    for k in range(m):
+        c = c0 + k
+        unit_finalize(st[k], st[m + k], st[2 * m + k], eps, False, &mean_out[c],
+                      &rstd_out[c])
+        split_mean(mean_out[c], &mh, &ml)
+        a = <floating>rstd_out[c] * w[c]
+        for j in range(k * S, (k + 1) * S):
+            scr[j] = mh
+            scr[L + j] = ml
+            scr[2 * L + j] = a
+            scr[3 * L + j] = b[c]
+    for n in range(N):
+        rows_apply(x + n * C * S + c0 * S, y + n * C * S + c0 * S, 1, L, scr, scr + L,
+                   scr + 2 * L, scr + 3 * L, act, stream)
+
+
+cdef void small_planes_run(const floating *x, floating *y, Py_ssize_t N, Py_ssize_t C,
+                           Py_ssize_t S, const floating *w, const floating *b, double eps,
+                           double *mean_out, double *rstd_out, int act, int n_threads,
+                           int stream) noexcept nogil:
+    """Batch norm over small planes (small_planes), units of small_planes_nc channels in
+    parallel."""
+    cdef Py_ssize_t nc = small_planes_nc(N, C, S, sizeof(floating))
+    cdef Py_ssize_t G = (C + nc - 1) // nc, g
+    if n_threads == 1 or G == 1:  # no parallel region (SERIAL_NOTE)
+        for g in range(G):
+            small_planes_unit(x, y, g, N, C, S, nc, w, b, eps, mean_out, rstd_out, act,
+                              stream)
+        if stream:
+            fn_sfence()
+        return
+    for g in prange(G, schedule="static", num_threads=n_threads):
+        small_planes_unit(x, y, g, N, C, S, nc, w, b, eps, mean_out, rstd_out, act, stream)
+
+
 cdef void planes_fused_run(const floating *x, floating *y, Py_ssize_t N, Py_ssize_t C,
                            Py_ssize_t S, Py_ssize_t nb, Py_ssize_t cb, const floating *w,
                            const floating *b, bint ew, bint rms, double eps, double *mean_out,
@@ -792,6 +882,9 @@ cdef void planes_fused_run(const floating *x, floating *y, Py_ssize_t N, Py_ssiz
                            int n_threads, int stream) noexcept nogil:
     cdef Py_ssize_t U = (N // nb) * (C // cb), u, g
     cdef Py_ssize_t pf = apply_pf(N, C, S, cb, ew, sizeof(floating))
+    if small_planes(N, nb, cb, S, ew, rms, res):
+        small_planes_run(x, y, N, C, S, w, b, eps, mean_out, rstd_out, act, n_threads, stream)
+        return
     cdef bint grouped = (_grouped and nb == 1 and res == NULL
                          and cb * S * <Py_ssize_t>sizeof(floating) <= GROUP_UNIT_BYTES)
     if ((not grouped or _pipe_any or _pipeline == 2) and nb == 1 and res == NULL
@@ -985,7 +1078,7 @@ def planes_forward(const floating[::1] x, floating[::1] y, Py_ssize_t N, Py_ssiz
     if res is not None:
         rp = &res[0]
         xp = &xs[0]
-    if fuse:
+    if fuse or small_planes(N, nb, cb, S, ew, rms, rp):
         with nogil:
             planes_fused_run(&x[0], &y[0], N, C, S, nb, cb, &w[0], &b[0], ew, rms, eps,
                              &mean_out[0], &rstd_out[0], act, rp, xp, n_threads, stream)
