@@ -238,10 +238,10 @@ def test_channels_last_column_groups(C, dtype, rng):
         assert_close(db, rdb, dtype, what=f"{op} dbias")
 
 
-# Batch norm over planes of under 2 KiB goes by blocks of adjacent channels, the moments down
+# Batch norm over planes of under 640 bytes goes by blocks of adjacent channels, the moments down
 # the columns of each block's runs (small_planes_run): these shapes cover one and several
 # blocks of 64 samples, units of one channel and of many, and column tails.
-SMALL_PLANES = [(32, 40, 7, 7), (130, 3, 5, 5), (3, 70, 14, 14), (66, 2, 13), (2, 600, 2, 2)]
+SMALL_PLANES = [(32, 40, 7, 7), (130, 3, 5, 5), (3, 70, 8, 8), (66, 2, 13), (2, 600, 2, 2)]
 
 
 @pytest.mark.parametrize("shape", SMALL_PLANES)
@@ -285,3 +285,35 @@ def test_batch_norm_small_planes_far_pivot(rng):
     assert np.max(np.abs(m - m_ref) * r_ref) < 1e-6  # in standard deviations
     np.testing.assert_allclose(r, r_ref, rtol=1e-4)
     assert np.all(y[:, 3] == 3.0)
+
+
+@pytest.mark.parametrize("shape", SMALL_PLANES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_batch_norm_small_planes_backward(shape, dtype, rng):
+    """dx, dweight, dbias against the float64 reference (data far off zero), the same bits at
+    1 and 2 threads and written over dy (out=dy); eval mode gives dx = dy * w * rstd."""
+    C = shape[1]
+    x = (1e3 + rng.standard_normal(shape)).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    w = rng.standard_normal(C).astype(dtype)
+    _, m, r = fn.batch_norm_forward(x, w)
+    dx_ref, dw_ref, db_ref = ref.channel_backward("batch", dy, x, w)
+    outs = []
+    for t in (1, 2):
+        with fn.threads(t):
+            outs.append(fn.batch_norm_backward(dy, x, m, r, w))
+    dx, dw, db = outs[0]
+    assert_close(dx, dx_ref, dtype, what="dx")
+    assert_close(dw, dw_ref, dtype, scale=max(1.0, np.abs(dw_ref).max()) * np.sqrt(x.size),
+                 what="dweight")
+    assert_close(db, db_ref, dtype, scale=np.sqrt(x.size), what="dbias")
+    for a, c in zip(outs[0], outs[1]):
+        np.testing.assert_array_equal(a, c)
+    d2 = dy.copy()
+    res = fn.batch_norm_backward(d2, x, m, r, w, out=d2)
+    assert res[0] is d2
+    np.testing.assert_array_equal(d2, dx)
+    frozen = fn.batch_norm_backward(dy, x, m, r, w, training=False)[0]
+    expect = dy * (w.reshape((1, C) + (1,) * (len(shape) - 2))
+                   * r.astype(dtype).reshape((1, C) + (1,) * (len(shape) - 2)))
+    np.testing.assert_allclose(frozen, expect, rtol=1e-6 if dtype == np.float32 else 1e-14)

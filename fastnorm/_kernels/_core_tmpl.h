@@ -616,6 +616,55 @@ FN_HOT static void FN(fn_planes_col_moments)(const T *x, fn_idx rows, fn_idx ld,
     }
 }
 
+/* The batch-norm backward's sums over nc channels of small planes (rows of nc * S values at a
+   stride of ld, as fn_planes_col_moments): sdy[k] = sum(dy), sdyx[k] = sum(dy * ((x - mh) -
+   ml)) in float64, mh and ml the split means per column. Per block of up to rb rows the
+   column sums in T (rows in order, each row of dy and x read as one run, the next prefetched),
+   then added per channel in float64 (fn_chan_sums), block after block. scr: 2 * nc * S of T;
+   sdy, sdyx: nc each, followed by 2 * nc doubles of scratch. */
+FN_HOT static void FN(fn_planes_col_bwd_sums)(const T *dy, const T *x, fn_idx rows, fn_idx ld,
+                                              fn_idx nc, fn_idx S, fn_idx rb, const T *mh,
+                                              const T *ml, T *scr, double *sdy, double *sdyx)
+{
+    fn_idx L = nc * S, cv = L - L % FN_VL, r0, r, b, c, k;
+    T *s = scr, *q = scr + L, e;
+    double *t1 = sdyx + nc, *t2 = sdyx + 2 * nc;
+    const T *rd, *rx;
+    FN(vec) d;
+    for (k = 0; k < nc; k++) sdy[k] = sdyx[k] = 0;
+    for (r0 = 0; r0 < rows; r0 += rb) {
+        b = rows - r0 < rb ? rows - r0 : rb;
+        for (c = 0; c < L; c++) s[c] = q[c] = 0;
+        for (r = r0; r < r0 + b; r++) {
+            rd = dy + r * ld;
+            rx = x + r * ld;
+            for (c = 0; c < cv; c += FN_VL) {
+                if (r + 1 < rows && (c & (64 / sizeof(T) - 1)) == 0) {
+                    __builtin_prefetch(rd + ld + c, 0, 3);
+                    __builtin_prefetch(rx + ld + c, 0, 3);
+                }
+                d = FN_LDV(rd + c);
+                *(FN(uvec) *)(s + c) += d;
+                *(FN(uvec) *)(q + c) += d * ((FN_LDV(rx + c) - FN_LDV(mh + c)) - FN_LDV(ml + c));
+            }
+            for (c = cv; c < L; c++) {
+                if (r + 1 < rows && c == cv) {
+                    __builtin_prefetch(rd + ld + c, 0, 3);
+                    __builtin_prefetch(rx + ld + c, 0, 3);
+                }
+                e = rd[c];
+                s[c] += e;
+                q[c] += e * ((rx[c] - mh[c]) - ml[c]);
+            }
+        }
+        FN(fn_chan_sums)(s, q, nc, S, t1, t2);
+        for (k = 0; k < nc; k++) {
+            sdy[k] += t1[k];
+            sdyx[k] += t2[k];
+        }
+    }
+}
+
 /* ---- stores ---------------------------------------------------------------------------- */
 /* A vector store at p, or with nt a non-temporal one (p 64-byte aligned: see fn_nt_head): for outputs larger
    than the last-level cache, a normal store first reads the line it overwrites (RFO), a third
