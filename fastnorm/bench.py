@@ -446,6 +446,88 @@ def scaling(quick=False, progress=True):
     return res
 
 
+def shape_cases(quick):
+    """(op, layout, shape, extra): shapes models use beyond the headline ones, where the
+    per-unit work is shaped differently: planes of 7 x 7 to 224 x 224, many or few channels,
+    one sample, a 3-d volume, and layer-norm rows from 64 to 16384 values."""
+    if quick:
+        imgs = [(8, 256, 7, 7), (2, 32, 96, 96)]
+        rows = [(4096, 64), (64, 4096)]
+    else:
+        imgs = [(32, 256, 56, 56), (32, 512, 28, 28), (32, 1024, 14, 14), (32, 2048, 7, 7),
+                (256, 64, 7, 7), (8, 32, 128, 128), (1, 64, 224, 224), (16, 128, 32, 32, 8)]
+        rows = [(4096, 768), (2048, 4096), (16384, 256), (65536, 64), (512, 16384)]
+    out = []
+    for shape in imgs:
+        for layout in ("NCHW", "NHWC"):
+            out += [("batch", layout, shape, {}), ("instance", layout, shape, {}),
+                    ("group", layout, shape, {"G": 32})]
+        out.append(("layer", "NCHW", shape, {"ns": shape[1:]}))
+    out += [("layer", "rows", r, {"ns": r[1:]}) for r in rows]
+    return out
+
+
+def shapes(quick=False, dtypes=("float32",), progress=True):
+    """fastnorm forward and backward against the copy and PyTorch over shape_cases, at all
+    threads: ratios within one run, as the main table's."""
+    try:
+        import torch
+    except Exception:
+        torch = None
+    t = fn.get_num_threads()
+    rng = np.random.default_rng(4)
+    todo = [(c, d) for c in shape_cases(quick) for d in dtypes]
+    res = []
+    for i, ((op, layout, shape, extra), dtype) in enumerate(todo):
+        if progress:
+            print(f"\r[{i + 1}/{len(todo)}] shapes: {op} {layout} {shape} {dtype} ...".ljust(60),
+                  end="", file=sys.stderr, flush=True)
+        phys = shape if layout == "rows" else _phys_shape(shape, layout)
+        x = rng.standard_normal(phys).astype(dtype)
+        dy = rng.standard_normal(phys).astype(dtype)
+        w = np.ones(shape[1], dtype=dtype)
+        b = np.zeros(shape[1], dtype=dtype)
+        row = {"op": op, "layout": layout, "shape": list(shape), "dtype": dtype, "threads": t,
+               "bytes": int(x.nbytes)}
+        with fn.threads(t):
+            flat = x.reshape(-1)
+            calls = copy_calls(flat, np.empty_like(flat), t)
+            calls["fastnorm_fwd_out"], calls["fastnorm_bwd_out"] = _fastnorm_calls(
+                op, x, layout, extra, w, b, dy, out=np.empty_like(x))
+            calls["fastnorm_fwd"], calls["fastnorm_bwd"] = _fastnorm_calls(
+                op, x, layout, extra, w, b, dy)
+            prev = torch.get_num_threads() if torch is not None else None
+            try:
+                if torch is not None:
+                    torch.set_num_threads(t)
+                    calls["torch_fwd"], calls["torch_bwd"] = _torch_calls(op, x, layout, extra,
+                                                                          w, b, dy)
+                row.update(timeit_rounds(calls, rounds=2 if quick else 4,
+                                         budget=(0.2 if quick else 0.5) * len(calls) / 2,
+                                         repeat=2,
+                                         paired=("fastnorm_fwd_out", "fastnorm_bwd_out")))
+            finally:
+                if prev is not None:
+                    torch.set_num_threads(prev)
+        res.append(row)
+        del x, dy, calls
+    if progress:
+        print("\r".ljust(62) + "\r", end="", file=sys.stderr, flush=True)
+    return res
+
+
+def shapes_table(res):
+    lines = [("op", "layout", "shape", "dtype", "MiB", "fwd/copy", "bwd/copy", "fwd vs torch",
+              "bwd vs torch")]
+    for r in res:
+        lines.append((r["op"], r["layout"], "x".join(map(str, r["shape"])), r["dtype"],
+                      f"{r['bytes'] / 2**20:.1f}", _fmt(r.get("ratio_fastnorm_fwd_out")),
+                      _fmt(r.get("ratio_fastnorm_bwd_out")),
+                      _fmt(_ratio(r.get("torch_fwd"), r["fastnorm_fwd"]), "{:.2f}x"),
+                      _fmt(_ratio(r.get("torch_bwd"), r["fastnorm_bwd"]), "{:.2f}x")))
+    return _grid(lines)
+
+
 def copy_check():
     """The floor is honest: our parallel copy at one thread vs numpy.copyto (at most 1)."""
     a = np.random.default_rng(3).standard_normal(32 * 64 * 56 * 56, dtype=np.float32)
@@ -562,6 +644,10 @@ def main(argv=None):
     p.add_argument("--plot", metavar="PATH", help="bar chart of the ratios (needs matplotlib)")
     p.add_argument("--scaling", action="store_true",
                    help="also the ratio to copy from 256 KiB to 1 GiB tensors (needs ~3 GB)")
+    p.add_argument("--shapes", action="store_true",
+                   help="also fastnorm against the copy and PyTorch over shapes models use "
+                        "(small planes, many channels, one sample, rows of 64 to 16384), at "
+                        "all threads")
     p.add_argument("--runs", type=int, default=1, metavar="N",
                    help="measure the table (and scaling) N times, one run after the other, and "
                         "print the median of each number (on a shared, noisy machine)")
@@ -574,6 +660,7 @@ def main(argv=None):
         if args.scaling:
             scals.append(scaling(args.quick))
     results = runs[0]
+    shp = shapes(args.quick, tuple(args.dtype or ["float32"])) if args.shapes else []
     lat = latency()
     scal = [dict(r, ratio=_median(s[i]["ratio"] for s in scals)) for i, r in enumerate(scals[0])] \
         if scals else []
@@ -609,9 +696,13 @@ def main(argv=None):
         for r in scal:
             lines.append((r["name"], f"{r['bytes'] / 2**20:.2f} MiB", f"{r['ratio']:.2f}"))
         print(_grid(lines))
+    if shp:
+        print(f"\nother shapes, {fn.get_num_threads()} threads (ratios as above):\n")
+        print(shapes_table(shp))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"config": cfg, "results": results, "latency": lat, "scaling": scal,
+                       "shapes": shp,
                        "copy_vs_numpy_copyto": cc, "runs": runs, "scaling_runs": scals},
                       f, indent=1)
     if args.plot:

@@ -720,3 +720,21 @@ def test_streamed_planes_that_share_lines_give_the_same_bits(shape, rng, monkeyp
     np.testing.assert_allclose(res[4], ref, rtol=1e-5, atol=1e-5)
     for a, b in zip(res[:6], res[6:]):
         np.testing.assert_array_equal(a, b)
+
+
+def test_bench_shapes_runs_every_case(monkeypatch):
+    """The report's --shapes section: every shape case of the quick list runs (fastnorm
+    forward and backward, the copy and PyTorch when installed, each call made for real with a
+    fake clock), gives one row with its paired ratios, and a table line."""
+    from fastnorm import bench
+    monkeypatch.setattr(bench, "timeit", lambda f, budget=1.0, repeat=5: (f(), 1e-3)[1])
+    cases = bench.shape_cases(quick=True)
+    rows = bench.shapes(quick=True, dtypes=("float32", "float64"), progress=False)
+    assert len(rows) == 2 * len(cases)
+    for r, (op, layout, shape, _) in zip(rows[::2], cases):
+        assert (r["op"], r["layout"], tuple(r["shape"])) == (op, layout, shape)
+        assert r["ratio_fastnorm_fwd_out"] == 1.0 and r["ratio_fastnorm_bwd_out"] == 1.0
+    lines = bench.shapes_table(rows).splitlines()
+    assert len(lines) == 2 + len(rows) and "x".join(map(str, cases[0][2])) in lines[2]
+    for op, layout, shape, extra in bench.shape_cases(quick=False):
+        assert op != "group" or shape[1] % extra["G"] == 0
