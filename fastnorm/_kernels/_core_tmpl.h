@@ -1462,9 +1462,9 @@ FN_HOT static void FN(fn_rowsn_bwd_sums)(int nr, const T *const *dy, const T *co
    (RMS norm: Q = mh = ml = 0). ds, when given, is added: the gradient that reaches x + residual
    from the residual stream itself. pf > 0: dy[i + pf] and x[i + pf] are prefetched into L2
    along the way (the next row). */
-FN_HOT static void FN(fn_row_bwd_apply_ew)(const T *dy, const T *x, T *dx, fn_idx n,
-                                           const T *w, T Q, T r, T mh, T ml, T B, const T *ds,
-                                           int nt, fn_idx pf)
+static inline __attribute__((always_inline)) void FN(fn_row_bwd_apply_ew_in)(
+    const T *dy, const T *x, T *dx, fn_idx n, const T *w, T Q, T r, T mh, T ml, T B,
+    const T *ds, int nt, fn_idx pf)
 {
     fn_idx i = 0, h = nt ? FN(fn_nt_head)(dx, n) : 0;
     FN(vec) v;
@@ -1483,6 +1483,42 @@ FN_HOT static void FN(fn_row_bwd_apply_ew)(const T *dy, const T *x, T *dx, fn_id
     }
     for (; i < n; i++)
         dx[i] = ((dy[i] * w[i] - Q) * r + ((x[i] - mh) - ml) * B) + (ds ? ds[i] : (T)0);
+}
+
+FN_HOT static void FN(fn_row_bwd_apply_ew)(const T *dy, const T *x, T *dx, fn_idx n,
+                                           const T *w, T Q, T r, T mh, T ml, T B, const T *ds,
+                                           int nt, fn_idx pf)
+{
+    FN(fn_row_bwd_apply_ew_in)(dy, x, dx, n, w, Q, r, mh, ml, B, ds, nt, pf);
+}
+
+/* Layer-norm (or RMS-norm) backward of nr short rows of n values (x, dy, dx at row stride n;
+   mean, rstd, ds from the first of them): per row the sums (fn_rowsn_bwd_sums_n for one row,
+   which also adds the row's dweight/dbias terms to dwa, dba), then its dx
+   (fn_row_bwd_apply_ew), in one loop with no call out of the clone: the Cython schedule's
+   operations (rows_bwd for one row), so the same bits, without its calls and pointer set-up
+   per row. */
+FN_HOT static void FN(fn_rows_group_bwd)(const T *dy, const T *x, T *dx, fn_idx nr, fn_idx n,
+                                         const T *w, const double *mean, const double *rstd,
+                                         int rms, T *dwa, T *dba, const T *ds, int nt,
+                                         fn_idx pf)
+{
+    fn_idx u;
+    const T *dyu, *xu;
+    T mh, ml, rr;
+    double sg, sgx, r;
+    for (u = 0; u < nr; u++) {
+        dyu = dy + u * n;
+        xu = x + u * n;
+        r = rstd[u];
+        rr = (T)r;
+        sg = sgx = 0;
+        FN(fn_split_mean)(mean[u], &mh, &ml);
+        FN(fn_rowsn_bwd_sums_n)(1, &dyu, &xu, n, &mh, &ml, &rr, w, &sg, &sgx, dwa, dba);
+        FN(fn_row_bwd_apply_ew_in)(dyu, xu, dx + u * n, n, w, (T)(rms ? 0 : sg / (double)n), rr,
+                                   mh, ml, (T)(-r * r * r * sgx / (double)n),
+                                   ds ? ds + u * n : NULL, nt, pf);
+    }
 }
 
 /* fn_row_bwd_apply_ew over the same columns of NR rows (k < NR: dy[k], x[k], dx[k], ds[k] when
