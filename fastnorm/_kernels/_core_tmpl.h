@@ -1257,8 +1257,8 @@ FN_HOT static void FN(fn_rows_apply)(const T *x, T *y, fn_idx rows, fn_idx C, co
 
 /* Adds sum(dy) and sum(dy * (x - m)) over a contiguous segment to *sdy, *sdyx (float64),
    block by block, each block summed in vector lanes of T. */
-FN_HOT static void FN(fn_seg_bwd_sums)(const T *dy, const T *x, fn_idx len, T mh, T ml,
-                                       double *sdy, double *sdyx)
+static inline __attribute__((always_inline)) void FN(fn_seg_bwd_sums_in)(
+    const T *dy, const T *x, fn_idx len, T mh, T ml, double *sdy, double *sdyx)
 {
     FN(vec) a0, a1, b0, b1;
     T t1, t2;
@@ -1280,6 +1280,12 @@ FN_HOT static void FN(fn_seg_bwd_sums)(const T *dy, const T *x, fn_idx len, T mh
         *sdy += (double)t1 + FN(fn_hsum)(&a0, &a1);
         *sdyx += (double)t2 + FN(fn_hsum)(&b0, &b1);
     }
+}
+
+FN_HOT static void FN(fn_seg_bwd_sums)(const T *dy, const T *x, fn_idx len, T mh, T ml,
+                                       double *sdy, double *sdyx)
+{
+    FN(fn_seg_bwd_sums_in)(dy, x, len, mh, ml, sdy, sdyx);
 }
 
 /* fn_seg_bwd_sums of two planes of one unit at once (dya/xa and dyb/xb, equal lengths, the
@@ -1320,8 +1326,9 @@ FN_HOT static void FN(fn_seg_bwd_sums2)(const T *dya, const T *xa, const T *dyb,
    R = r * w; otherwise P = w, Q = mean(g), R = r. Either way the subtraction that cancels
    (a unit of one element, a constant dy) happens before the scaling by r, so it cancels
    exactly instead of leaving r * ulp(dy) behind. */
-FN_HOT static void FN(fn_seg_bwd_apply)(const T *dy, const T *x, T *dx, fn_idx n, T P, T Q,
-                                        T R, T mh, T ml, T B, int nt, fn_idx pf)
+static inline __attribute__((always_inline)) void FN(fn_seg_bwd_apply_in)(
+    const T *dy, const T *x, T *dx, fn_idx n, T P, T Q, T R, T mh, T ml, T B, int nt,
+    fn_idx pf)
 {
     fn_idx i = 0, h = nt ? FN(fn_nt_head)(dx, n) : 0;
     if (h < 0) { nt = 0; h = 0; }
@@ -1335,6 +1342,61 @@ FN_HOT static void FN(fn_seg_bwd_apply)(const T *dy, const T *x, T *dx, fn_idx n
                                + ((*(const FN(uvec) *)(x + i) - mh) - ml) * B, nt);
     }
     for (; i < n; i++) dx[i] = (dy[i] * P - Q) * R + ((x[i] - mh) - ml) * B;
+}
+
+FN_HOT static void FN(fn_seg_bwd_apply)(const T *dy, const T *x, T *dx, fn_idx n, T P, T Q,
+                                        T R, T mh, T ml, T B, int nt, fn_idx pf)
+{
+    FN(fn_seg_bwd_apply_in)(dy, x, dx, n, P, Q, R, mh, ml, B, nt, pf);
+}
+
+/* The backward of one-sample channel units u0 .. u1 - 1 (instance norm: cb = 1, one plane
+   each; group norm: cb planes), planes of S <= FN_CHUNK values, ncb units per sample: per unit
+   the sums of its planes into psum (two per plane), its coefficients cQ[u], cB[u] (the form of
+   planes_unit_bwd_coef), then the dx of its planes (plane_chunk_bwd_apply's), in one loop: the
+   operations of the Cython schedule (planes_unit_bwd_fused), so the same bits, without its
+   calls per plane. mh, ml, rstd: per unit. */
+FN_HOT static void FN(fn_units_group_bwd)(const T *dy, const T *x, T *dx, fn_idx u0, fn_idx u1,
+                                          fn_idx ncb, fn_idx S, fn_idx cb, const T *w,
+                                          const T *mh, const T *ml, const double *rstd,
+                                          double *psum, T *cQ, T *cB, int nt, int frozen,
+                                          fn_idx pf)
+{
+    fn_idx u, j, p, c;
+    double sdy, sg, sgx, r, cnt = (double)(cb * S);
+    T rt;
+    for (u = u0; u < u1; u++) {
+        sdy = sg = sgx = 0;
+        for (j = 0; j < cb; j++) {
+            p = u * cb + j;
+            c = (u % ncb) * cb + j;
+            psum[2 * p] = 0;
+            psum[2 * p + 1] = 0;
+            FN(fn_seg_bwd_sums_in)(dy + p * S, x + p * S, S, mh[u], ml[u], &psum[2 * p],
+                                   &psum[2 * p + 1]);
+            sdy = sdy + psum[2 * p];
+            sg = sg + (double)w[c] * psum[2 * p];
+            sgx = sgx + (double)w[c] * psum[2 * p + 1];
+        }
+        r = rstd[u];
+        cB[u] = (T)(-r * r * r * sgx / cnt);
+        cQ[u] = (T)((cb == 1 ? sdy : sg) / cnt);
+        if (frozen) {
+            cB[u] = 0;
+            cQ[u] = 0;
+        }
+        rt = (T)r;
+        for (j = 0; j < cb; j++) {
+            p = u * cb + j;
+            c = (u % ncb) * cb + j;
+            if (cb == 1)
+                FN(fn_seg_bwd_apply_in)(dy + p * S, x + p * S, dx + p * S, S, 1, cQ[u],
+                                        rt * w[c], mh[u], ml[u], cB[u], nt, pf);
+            else
+                FN(fn_seg_bwd_apply_in)(dy + p * S, x + p * S, dx + p * S, S, w[c], cQ[u], rt,
+                                        mh[u], ml[u], cB[u], nt, pf);
+        }
+    }
 }
 
 /* Layer-norm row reduce over the same columns of NR rows (dy[k], x[k], k < NR). With
