@@ -296,6 +296,30 @@ def _onnx_call(op, x, layout, extra, threads):
 
 # ---- the report ----------------------------------------------------------------------------------
 
+def _inputs(rng, shape, layout, dtype):
+    """x and dy of a logical shape stored in layout, and the per-channel weight and bias."""
+    phys = shape if layout == "rows" else _phys_shape(shape, layout)
+    x = rng.standard_normal(phys).astype(dtype)
+    dy = rng.standard_normal(phys).astype(dtype)
+    return x, dy, np.ones(shape[1], dtype=dtype), np.zeros(shape[1], dtype=dtype)
+
+
+def _own_calls(op, x, layout, extra, w, b, dy, threads):
+    """The copies and fastnorm's calls of one row of the report."""
+    flat = x.reshape(-1)
+    calls = copy_calls(flat, np.empty_like(flat), threads)
+    # into a preallocated out= for the ratio to the copy (right after it in every round),
+    # which also writes into a buffer it already has: fresh memory from the OS costs a
+    # zeroing pass (above glibc's 32 MiB mmap threshold, on every call) that is not the
+    # kernel's ...
+    calls["fastnorm_fwd_out"], calls["fastnorm_bwd_out"] = _fastnorm_calls(
+        op, x, layout, extra, w, b, dy, out=np.empty_like(x))
+    # ... and with fresh outputs (as torch and NumPy allocate theirs) for the speedups
+    calls["fastnorm_fwd"], calls["fastnorm_bwd"] = _fastnorm_calls(op, x, layout, extra, w, b,
+                                                                   dy)
+    return calls
+
+
 def run(quick=False, dtypes=("float32",), thread_counts=None, progress=True):
     try:
         import torch
@@ -311,26 +335,11 @@ def run(quick=False, dtypes=("float32",), thread_counts=None, progress=True):
         if progress:
             print(f"\r[{i + 1}/{len(todo)}] {name} {layout} {dtype} {t}T ...".ljust(60),
                   end="", file=sys.stderr, flush=True)
-        phys = shape if layout == "rows" else _phys_shape(shape, layout)
-        x = rng.standard_normal(phys).astype(dtype)
-        dy = rng.standard_normal(phys).astype(dtype)
-        C = shape[1]
-        w = np.ones(C, dtype=dtype)
-        b = np.zeros(C, dtype=dtype)
+        x, dy, w, b = _inputs(rng, shape, layout, dtype)
         row = {"name": name, "op": op, "layout": layout, "shape": list(shape), "dtype": dtype,
                "threads": t, "bytes": int(x.nbytes)}
         with fn.threads(t):
-            flat = x.reshape(-1)
-            calls = copy_calls(flat, np.empty_like(flat), t)
-            # into a preallocated out= for the ratio to the copy (right after it in every
-            # round), which also writes into a buffer it already has: fresh memory from the OS
-            # costs a zeroing pass (above glibc's 32 MiB mmap threshold, on every call) that
-            # is not the kernel's ...
-            calls["fastnorm_fwd_out"], calls["fastnorm_bwd_out"] = _fastnorm_calls(
-                op, x, layout, extra, w, b, dy, out=np.empty_like(x))
-            # ... and with fresh outputs (as torch and NumPy allocate theirs) for the speedups
-            calls["fastnorm_fwd"], calls["fastnorm_bwd"] = _fastnorm_calls(
-                op, x, layout, extra, w, b, dy)
+            calls = _own_calls(op, x, layout, extra, w, b, dy, t)
             if op in ("batch_eval", "instance", "layer", "group"):
                 sess = _onnx_call(op if op != "layer" or layout != "rows" else "layer", x,
                                   layout, extra, t)
@@ -482,20 +491,11 @@ def shapes(quick=False, dtypes=("float32",), progress=True):
         if progress:
             print(f"\r[{i + 1}/{len(todo)}] shapes: {op} {layout} {shape} {dtype} ...".ljust(60),
                   end="", file=sys.stderr, flush=True)
-        phys = shape if layout == "rows" else _phys_shape(shape, layout)
-        x = rng.standard_normal(phys).astype(dtype)
-        dy = rng.standard_normal(phys).astype(dtype)
-        w = np.ones(shape[1], dtype=dtype)
-        b = np.zeros(shape[1], dtype=dtype)
+        x, dy, w, b = _inputs(rng, shape, layout, dtype)
         row = {"op": op, "layout": layout, "shape": list(shape), "dtype": dtype, "threads": t,
                "bytes": int(x.nbytes)}
         with fn.threads(t):
-            flat = x.reshape(-1)
-            calls = copy_calls(flat, np.empty_like(flat), t)
-            calls["fastnorm_fwd_out"], calls["fastnorm_bwd_out"] = _fastnorm_calls(
-                op, x, layout, extra, w, b, dy, out=np.empty_like(x))
-            calls["fastnorm_fwd"], calls["fastnorm_bwd"] = _fastnorm_calls(
-                op, x, layout, extra, w, b, dy)
+            calls = _own_calls(op, x, layout, extra, w, b, dy, t)
             prev = torch.get_num_threads() if torch is not None else None
             try:
                 if torch is not None:
