@@ -672,18 +672,24 @@ def test_bench_table_median_of_runs():
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_streaming_stores_start_on_a_whole_line(dtype):
-    """A streamed segment stores values one by one up to the next 64-byte boundary and streams
-    only whole lines from there (a line half streamed by one plane and half written by its
-    neighbour costs several times a copy), or never streams when its start is not a multiple
-    of the item size."""
+    """Where a streamed segment's streaming stores start (fn_nt_head): a segment of whole
+    vectors from a 16-byte boundary streams from its start (consecutive such segments fill
+    every line with streaming stores alone); any other segment stores values one by one up to
+    the next 64-byte boundary and streams only whole lines from there (a line half streamed by
+    one plane and half written by its neighbour costs several times a copy); a start off the
+    item size never streams."""
     K = pytest.importorskip("fastnorm._kernels._norm")
     item = np.dtype(dtype).itemsize
+    vl = 64 // item
     base = np.zeros(4096, dtype=np.uint8)
     start = (-base.ctypes.data) % 64  # base[start] is on a line boundary
     for off in range(0, 72, item):
         a = base[start + off:start + off + 512 * item].view(dtype)
-        for n in (1, 5, 64 // item, 100):
+        for n in (1, 5, vl, 3 * vl, 100):
             h = K._stream_head(a, n)
+            if off % 16 == 0 and n % vl == 0:
+                assert h == 0
+                continue
             assert 0 <= h <= n
             assert h == n or (a.ctypes.data + h * item) % 64 == 0
             assert h == min(n, ((-a.ctypes.data) % 64) // item)

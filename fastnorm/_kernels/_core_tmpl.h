@@ -666,7 +666,7 @@ FN_HOT static void FN(fn_planes_col_bwd_sums)(const T *dy, const T *x, fn_idx ro
 }
 
 /* ---- stores ---------------------------------------------------------------------------- */
-/* A vector store at p, or with nt a non-temporal one (p 64-byte aligned: see fn_nt_head): for outputs larger
+/* A vector store at p, or with nt a non-temporal one (p 16-byte aligned: see fn_nt_head): for outputs larger
    than the last-level cache, a normal store first reads the line it overwrites (RFO), a third
    stream of traffic that memcpy avoids. SSE2 streaming stores exist on every x86-64, so all
    three clones share this code. */
@@ -694,20 +694,26 @@ static inline __attribute__((always_inline)) void FN(fn_vst)(T *p, FN(vec) v, in
     *(FN(uvec) *)p = v;
 }
 
-/* Elements to store one by one before p + i is 64-byte aligned; -1 if it never will be (then
-   the caller stores normally). Streaming stores go only to whole lines: a line that a segment
-   shares with its neighbour (a plane of 14 x 14 float32 values is 12.25 lines) is written with
-   ordinary stores from both sides. A line that takes streaming stores from one segment and
-   ordinary ones from the next is flushed from the write-combining buffer half written, and
-   memory then merges it: measured on a Zen 4, group norm (32, 1024, 14, 14) float32 forward
-   at one thread took 6.8 copies with streaming stores from 16-byte boundaries, 1.7 without
-   streaming, and batch norm (32, 1024, 14, 14) 6.4 vs 3.7. */
+/* Elements to store one by one before the streaming stores of a segment y[0:n] start at p + h;
+   -1 if they never can (p not on an element boundary: the caller stores normally). A segment
+   of whole vectors from a 16-byte boundary streams all of it (h = 0): the segments of a row
+   loop or of consecutive planes then fill every line with streaming stores alone, as one
+   sequential stream does. Any other segment streams only the whole 64-byte lines inside it and
+   stores its head and tail (the lines it shares with its neighbours) with ordinary stores: a
+   line that takes streaming stores from one segment and ordinary ones from the next is
+   flushed from the write-combining buffer half written, and memory then merges it. Measured on
+   a Zen 4, group norm (32, 1024, 14, 14) float32 forward at one thread (planes of 196 values:
+   a 4-value tail in every plane) took 6.8 copies with streaming from 16-byte boundaries and
+   ordinary stores for the tails, 1.7 without streaming; whole lines only for every segment cost
+   layer-norm rows of 1024 float32 values (a NumPy array from 16 bytes past a page) 5-7% in the
+   backward, one ordinary line per row. */
 static inline fn_idx FN(fn_nt_head)(const T *p, fn_idx n)
 {
     size_t mis = (size_t)((uintptr_t)p & 63);
     fn_idx h;
-    if (mis == 0) return 0;
     if (mis % sizeof(T)) return -1;
+    if (mis % 16 == 0 && n % FN_VL == 0) return 0;
+    if (mis == 0) return 0;
     h = (fn_idx)((64 - mis) / sizeof(T));
     return h < n ? h : n;
 }
