@@ -829,7 +829,7 @@ cdef void planes_team_pipelined(const floating *x, floating *y, Py_ssize_t U, Py
 # depend on the shape alone. Measured on a Zen 4, one thread, time / copy plane by plane ->
 # by blocks (same process, builds alternating): float32 (32, 2048, 7, 7) forward 13.95 ->
 # 4.24, backward 12.01 -> 5.46; (32, 1024, 11, 11) 5.95 -> 3.39, 7.58 -> 5.06; (32, 1024, 12,
-# 12) 4.66 -> 3.55, 5.38 -> 4.63; (64, 128, 10, 10) backward 7.05 -> 5.36; float64 (32, 2048,
+# 12) 4.55 -> 2.30, 5.66 -> 3.97; (64, 128, 10, 10) backward 7.05 -> 5.36; float64 (32, 2048,
 # 7, 7) 4.78 -> 3.57, 5.86 -> 4.84. Larger planes gained less or lost: float32 14 x 14
 # forward 3.43 -> 3.12 but backward 4.33 -> 4.44, 16 x 16 2.49 -> 3.59 and 4.00 -> 5.28,
 # 18 x 18 backward 3.45 -> 4.51; float64 9 x 9 backward 4.75 -> 4.58, 14 x 14 forward 2.12
