@@ -499,17 +499,6 @@ static void FN(fn_seg_col_moments)(const T *x, fn_idx rows, fn_idx C, fn_idx rb,
     }
 }
 
-/* Batch-norm moments of nc channels of small planes: x holds rows of nc * S values (the
-   channels' planes of one sample, side by side) at a stride of ld values, rows of them (the
-   samples). The sums run down the columns, vectorized along the row, so a plane of 49 values
-   costs no call, pivot, horizontal sum or merge of its own: per block of up to rb rows, the
-   column sums of d = x - K (K: the channel's pivot, the mean of its first plane's first values,
-   then the channel's running mean) and of d^2 in T, added per channel in float64, and the
-   block's moments merged into the channel's (n, mean, m2) with Chan's formula. As in
-   fn_block_moments, a pivot more than a standard deviation from a channel's block mean sends
-   the block through an exact two-pass (second sums about the block mean). scr: 4 * nc * S
-   values of T; n, mean, m2: nc doubles each, followed by 2 * nc of scratch. The block
-   boundaries depend on rows and rb alone. */
 /* fn_col_sums in row order, the sums in memory (L1): each row of the block is read as one
    run, the next one prefetched meanwhile (rows far apart: a column-group sweep would keep one
    short read stream per row in flight). The same sums, in the same order, per column. */
@@ -524,8 +513,7 @@ static inline __attribute__((always_inline)) void FN(fn_col_sums_rows)(
     for (r = 0; r < rows; r++) {
         row = x + r * ld;
         for (c = 0; c < cv; c += FN_VL) {
-            if (r + 1 < rows && (c & (64 / sizeof(T) - 1)) == 0)
-                __builtin_prefetch(row + ld + c, 0, 3);
+            if (r + 1 < rows) __builtin_prefetch(row + ld + c, 0, 3);
             d = FN_LDV(row + c) - FN_LDV(sh + c);
             if (sl) d = d - FN_LDV(sl + c);
             *(FN(uvec) *)(s + c) += d;
@@ -572,6 +560,17 @@ static inline void FN(fn_chan_sums)(const T *s, const T *q, fn_idx nc, fn_idx S,
     }
 }
 
+/* Batch-norm moments of nc channels of small planes: x holds rows of nc * S values (the
+   channels' planes of one sample, side by side) at a stride of ld values, rows of them (the
+   samples). The sums run down the columns, vectorized along the row, so a plane of 49 values
+   costs no call, pivot, horizontal sum or merge of its own: per block of up to rb rows, the
+   column sums of d = x - K (K: the channel's pivot, the mean of its first plane's first values,
+   then the channel's running mean) and of d^2 in T, added per channel in float64, and the
+   block's moments merged into the channel's (n, mean, m2) with Chan's formula. As in
+   fn_block_moments, a pivot more than a standard deviation from a channel's block mean sends
+   the block through an exact two-pass (second sums about the block mean). scr: 4 * nc * S
+   values of T; n, mean, m2: nc doubles each, followed by 2 * nc of scratch. The block
+   boundaries depend on rows and rb alone. */
 FN_HOT static void FN(fn_planes_col_moments)(const T *x, fn_idx rows, fn_idx ld, fn_idx nc,
                                              fn_idx S, fn_idx rb, T *scr, double *n,
                                              double *mean, double *m2)
@@ -639,7 +638,7 @@ FN_HOT static void FN(fn_planes_col_bwd_sums)(const T *dy, const T *x, fn_idx ro
             rd = dy + r * ld;
             rx = x + r * ld;
             for (c = 0; c < cv; c += FN_VL) {
-                if (r + 1 < rows && (c & (64 / sizeof(T) - 1)) == 0) {
+                if (r + 1 < rows) {
                     __builtin_prefetch(rd + ld + c, 0, 3);
                     __builtin_prefetch(rx + ld + c, 0, 3);
                 }
@@ -666,9 +665,9 @@ FN_HOT static void FN(fn_planes_col_bwd_sums)(const T *dy, const T *x, fn_idx ro
 }
 
 /* ---- stores ---------------------------------------------------------------------------- */
-/* A vector store at p, or with nt a non-temporal one (p 16-byte aligned: see fn_nt_head): for outputs larger
-   than the last-level cache, a normal store first reads the line it overwrites (RFO), a third
-   stream of traffic that memcpy avoids. SSE2 streaming stores exist on every x86-64, so all
+/* A vector store at p, or with nt a non-temporal one (p 16-byte aligned; where streaming
+   starts: fn_nt_head): for outputs larger than the last-level cache, a normal store first
+   reads the line it overwrites (RFO), a third stream of traffic that memcpy avoids. SSE2 streaming stores exist on every x86-64, so all
    three clones share this code. */
 static inline __attribute__((always_inline)) void FN(fn_vst)(T *p, FN(vec) v, int nt)
 {
@@ -1152,7 +1151,7 @@ FN_HOT static void FN(fn_apply_bm)(const T *x, T *y, fn_idx n, T mh, T ml, T a, 
 /* Channels-last apply: y[r, c] = ((x[r, c] - mh[c]) - ml[c]) * a[c] + b[c]. Written with
    explicit vectors across C: a row is short (often 32 to 512 values), and the compiler's own
    vectorization would redo its aliasing checks and remainder loop on every row. Non-temporal
-   stores only on rows that start 64-byte aligned (C a multiple of 16 floats keeps them so). */
+   stores only on rows that fn_nt_head lets stream from their start. */
 /* fn_rows_apply for rows of K whole vectors (C = K * FN_VL, K <= 8: channels-last with up to
    128 float32 or 64 float64 channels): the coefficients are loaded once, into registers (at
    K = 8 the compiler keeps most of them there), instead of four loads per vector of output on

@@ -1446,7 +1446,8 @@ def planes_backward(const floating[::1] dy, const floating[::1] x, floating[::1]
     # 24.5 KiB of each array lost (instance float64 1.82 -> 2.15, 1.75 -> 1.89).
     cdef Py_ssize_t pf = run_pf(N, C, S, cb, 2, sizeof(floating))
     cdef Py_ssize_t NG = (U + UNIT_GROUP - 1) // UNIT_GROUP
-    if fuse and nb == 1 and K == 1 and cb * S * <Py_ssize_t>sizeof(floating) <= GROUP_BWD_UNIT_BYTES:
+    if (fuse and nb == 1 and K == 1
+            and cb * S * <Py_ssize_t>sizeof(floating) <= GROUP_BWD_UNIT_BYTES):
         # small one-sample units, UNIT_GROUP at a time in one C loop (units_group_bwd)
         with nogil:
             if n_threads == 1:  # no parallel region (SERIAL_NOTE)
