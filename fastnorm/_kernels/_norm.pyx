@@ -1651,6 +1651,22 @@ cdef void rows_bwd(const floating *dy, const floating *x, floating *dx, Py_ssize
                             0 if rms else sg[e] / D, -r * r * r * sgx[e] / D, ds, stream, pf)
 
 
+cdef inline void rows_group_bwd(const floating *dy, const floating *x, floating *dx,
+                                Py_ssize_t i, Py_ssize_t nr, Py_ssize_t D, const floating *w,
+                                const double *mean, const double *rstd, floating *dwa,
+                                floating *dba, bint rms, const floating *ds, int stream,
+                                Py_ssize_t pf) noexcept nogil:
+    """Rows [i, i + nr) (nr <= UNIT_GROUP) through fn_rows_group_bwd."""
+    cdef Py_ssize_t off = i * D
+    cdef const floating *dsi = ds + off if ds != NULL else NULL
+    if floating is float:
+        fn_rows_group_bwd_f32(dy + off, x + off, dx + off, nr, D, w, mean + i, rstd + i, rms,
+                              dwa, dba, dsi, stream, pf)
+    else:
+        fn_rows_group_bwd_f64(dy + off, x + off, dx + off, nr, D, w, mean + i, rstd + i, rms,
+                              dwa, dba, dsi, stream, pf)
+
+
 # Rows of up to GROUP_BWD_ROW_BYTES go UNIT_GROUP at a time through one C call
 # (fn_rows_group_bwd: rows_bwd's operations for one row, so its bits), which saves the Cython
 # calls and pointer set-up of every row. Layer norm backward / copy, same process, builds
@@ -1667,6 +1683,7 @@ cdef void rows_block_bwd(const floating *dy, const floating *x, floating *dx, Py
                          Py_ssize_t pf) noexcept nogil:
     cdef Py_ssize_t i, j, e, k, i1 = min(M, (q + 1) * RB), s0
     cdef Py_ssize_t nr = 1
+    cdef bint grouped = D * <Py_ssize_t>sizeof(floating) <= GROUP_BWD_ROW_BYTES
     if D * <Py_ssize_t>sizeof(floating) >= ROWS_AT_ONCE_BYTES:
         nr = ROWS_AT_ONCE
     cdef floating *dwa = scr
@@ -1681,21 +1698,14 @@ cdef void rows_block_bwd(const floating *dy, const floating *x, floating *dx, Py
             dba[j] = 0
         i = s0
         e = min(i1, s0 + FLUSH_ROWS)
-        while i < e and D * <Py_ssize_t>sizeof(floating) <= GROUP_BWD_ROW_BYTES:
-            k = min(<Py_ssize_t>UNIT_GROUP, e - i)
-            if floating is float:
-                fn_rows_group_bwd_f32(dy + i * D, x + i * D, dx + i * D, k, D, w, mean + i,
-                                      rstd + i, rms, dwa, dba, ds + i * D if ds != NULL else NULL,
-                                      stream, pf)
-            else:
-                fn_rows_group_bwd_f64(dy + i * D, x + i * D, dx + i * D, k, D, w, mean + i,
-                                      rstd + i, rms, dwa, dba, ds + i * D if ds != NULL else NULL,
-                                      stream, pf)
-            i += k
         while i < e:
-            rows_bwd(dy, x, dx, i, min(nr, e - i), D, w, mean, rstd, dwa, dba, rms, ds, stream,
-                     pf)
-            i += nr
+            if grouped:
+                k = min(<Py_ssize_t>UNIT_GROUP, e - i)
+                rows_group_bwd(dy, x, dx, i, k, D, w, mean, rstd, dwa, dba, rms, ds, stream, pf)
+            else:
+                k = min(nr, e - i)
+                rows_bwd(dy, x, dx, i, k, D, w, mean, rstd, dwa, dba, rms, ds, stream, pf)
+            i += k
         for j in range(D):
             dwb[j] += dwa[j]
             dbb[j] += dba[j]
