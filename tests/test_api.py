@@ -486,31 +486,41 @@ def test_channel_backward_fast_path_equals_full_path(shape, dtype, layout, rng, 
     (301, 1, 64, 1, True, 0),      # short rows in groups of UNIT_GROUP, the last one partial
     (13, 1, 128, 1, True, 1),      # rows of 128 (float64: 1 KiB, still grouped), relu
     (7, 12, 20, 3, False, 0),      # group norm units of 60 values in groups
+    (9, 8, 49, 1, False, 0),       # instance norm 7 x 7: a vector tail in every unit
+    (5, 16, 49, 2, False, 1),      # group norm units of two 7 x 7 planes, relu
+    (4, 3, 9, 1, False, 0),        # planes of fewer than 16 values: the scalar pivot
 ])
 def test_pipelined_units_same_bits(N, C, S, cb, ew, act, dtype, rng):
     """One-sample units run pipelined (a unit's apply fused with the next unit's statistics;
     forced, and as the CPU, dtype and size decide), short ones in groups (statistics of a group
-    of units, then their applies; layer-norm rows in a C loop) or not: y, mean and rstd are
-    bitwise those of the unit-by-unit schedule and of the split one, for layer and RMS norm."""
+    of units, then their applies, in one C loop, the group's statistics side by side or unit
+    by unit) or not: y, mean and rstd are bitwise those of the unit-by-unit schedule and of
+    the split one, for layer and RMS norm, and where a unit's pivot is far from its mean."""
     x = (3 + rng.standard_normal(N * C * S)).astype(dtype)
     w = rng.standard_normal(S if ew else C).astype(dtype)
     b = rng.standard_normal(S if ew else C).astype(dtype)
     U = N * (C // cb)
-    for rms in (False, True):
+    far = x.copy()  # every other unit's pivot (the mean of its first 16) far from its mean
+    far.reshape(U, -1)[::2, :min(16, cb * S // 2)] += 8
+    for rms, x in ((False, x), (True, x), (False, far)):
         got = []
-        for fuse, pipe, grouped in ((True, 2, True), (True, 0, False), (True, 0, True),
-                                    (True, 1, True), (True, 1, False), (False, 0, True)):
+        for fuse, pipe, grouped, vec in ((True, 2, True, -1), (True, 0, False, -1),
+                                         (True, 0, True, 1), (True, 0, True, 0),
+                                         (True, 1, True, -1), (True, 1, False, -1),
+                                         (False, 0, True, -1)):
             for t in (1, 2):
                 y = np.empty_like(x)
                 m, r = np.empty(U), np.empty(U)
                 prev = K._set_pipeline(pipe)
                 prev_g = K._set_grouped(grouped)
+                prev_v = K._set_group_vec(vec)
                 try:
                     K.planes_forward(x, y, N, C, S, 1, cb, w, b, ew, 1e-5, m, r, act, t, fuse,
                                      rms=rms)
                 finally:
                     K._set_pipeline(prev)
                     K._set_grouped(prev_g)
+                    K._set_group_vec(prev_v)
                 got.append((y, m, r))
         for other in got[1:]:
             for a, o in zip(got[0], other):

@@ -24,12 +24,13 @@ typedef T FN(uvec) __attribute__((vector_size(64), aligned(sizeof(T)), may_alias
 typedef double FN(hd8) __attribute__((vector_size(64)));
 typedef double FN(hd4) __attribute__((vector_size(32)));
 typedef double FN(hd2) __attribute__((vector_size(16)));
-static inline __attribute__((always_inline)) double FN(fn_hsum)(const FN(vec) *a,
-                                                             const FN(vec) *b)
+typedef int64_t FN(hl8) __attribute__((vector_size(64)));
+/* The tree's first level as 8 float64 lanes: t[j] = a[j] (+ b[j]), and for float32 also the
+   h = 8 step (lanes j and j + 8 of a float32 vector, converted). */
+static inline __attribute__((always_inline)) FN(hd8) FN(fn_hsum_t)(const FN(vec) *a,
+                                                                const FN(vec) *b)
 {
     FN(hd8) t;
-    FN(hd4) s4;
-    FN(hd2) s2;
 #if FN_IS_F32
     typedef float hf8 __attribute__((vector_size(32)));
     FN(vec) va = *a, vb;
@@ -49,9 +50,36 @@ static inline __attribute__((always_inline)) double FN(fn_hsum)(const FN(vec) *a
     t = *a;
     if (b) t += *b;
 #endif
+    return t;
+}
+
+static inline __attribute__((always_inline)) double FN(fn_hsum)(const FN(vec) *a,
+                                                             const FN(vec) *b)
+{
+    FN(hd8) t = FN(fn_hsum_t)(a, b);
+    FN(hd4) s4;
+    FN(hd2) s2;
     s4 = __builtin_shufflevector(t, t, 0, 1, 2, 3) + __builtin_shufflevector(t, t, 4, 5, 6, 7);
     s2 = __builtin_shufflevector(s4, s4, 0, 1) + __builtin_shufflevector(s4, s4, 2, 3);
     return s2[0] + s2[1];
+}
+
+/* fn_hsum's tree for eight first levels at once (t[k] from fn_hsum_t): lane k of the result is
+   the sum fn_hsum forms from t[k], by the same pairs in the same order (so the same bits),
+   in 7 shuffle-and-add steps instead of 8 x 3. */
+static inline __attribute__((always_inline)) FN(hd8) FN(fn_hsum8)(const FN(hd8) *t)
+{
+#define FN_H4(a, b) (__builtin_shufflevector(a, b, 0, 1, 2, 3, 8, 9, 10, 11)                  \
+                     + __builtin_shufflevector(a, b, 4, 5, 6, 7, 12, 13, 14, 15))
+#define FN_H2(a, b) (__builtin_shufflevector(a, b, 0, 1, 4, 5, 8, 9, 12, 13)                  \
+                     + __builtin_shufflevector(a, b, 2, 3, 6, 7, 10, 11, 14, 15))
+    FN(hd8) x01 = FN_H4(t[0], t[1]), x23 = FN_H4(t[2], t[3]);
+    FN(hd8) x45 = FN_H4(t[4], t[5]), x67 = FN_H4(t[6], t[7]);
+    FN(hd8) y03 = FN_H2(x01, x23), y47 = FN_H2(x45, x67);
+#undef FN_H4
+#undef FN_H2
+    return __builtin_shufflevector(y03, y47, 0, 2, 4, 6, 8, 10, 12, 14)
+           + __builtin_shufflevector(y03, y47, 1, 3, 5, 7, 9, 11, 13, 15);
 }
 
 static inline double FN(fn_hsum1)(const FN(vec) *a)
@@ -218,6 +246,30 @@ typedef struct {
    the same operations in the same order as one call, so the same bits. */
 static inline fn_idx FN(fn_bm_nv)(fn_idx n) { return n - n % (2 * FN_VL); }
 
+/* The tail of a segment x[0:n] (n >= FN_VL) from i0 (n - i0 < FN_VL) as one vector: the
+   segment's last FN_VL values minus K, with the lanes before x[i0] (already counted) zeroed.
+   A tail of up to 2 * FN_VL - 1 values was a scalar loop, two add chains as long as the tail
+   (a 7 x 7 float32 plane: 17 of its 49 values). */
+#if FN_IS_F32
+typedef int32_t FN(iv) __attribute__((vector_size(64)));
+#define FN_IOTA {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15}
+#else
+typedef int64_t FN(iv) __attribute__((vector_size(64)));
+#define FN_IOTA {0, 1, 2, 3, 4, 5, 6, 7}
+#endif
+static inline __attribute__((always_inline)) FN(iv) FN(fn_tail_mask)(fn_idx i0, fn_idx n)
+{
+    const FN(iv) io = FN_IOTA;
+    return io >= (FN(iv)){0} + (__typeof__(io[0]))(i0 - (n - FN_VL));
+}
+
+static inline __attribute__((always_inline)) FN(vec) FN(fn_tail_dev)(const T *x, fn_idx i0,
+                                                                  fn_idx n, T K)
+{
+    FN(vec) d = FN_LDV(x + n - FN_VL) - K;
+    return (FN(vec))((FN(iv))d & FN(fn_tail_mask)(i0, n));
+}
+
 static inline void FN(fn_bm_begin)(FN(fn_bm) *s, const T *x, fn_idx n)
 {
     s->a0 = s->a1 = s->q0 = s->q1 = (FN(vec)){0};
@@ -251,18 +303,44 @@ static inline __attribute__((always_inline)) void FN(fn_bm_step_in)(FN(fn_bm) *s
     s->q1 = q1;
 }
 
+/* The values past the pairs of vectors, x[fn_bm_nv(n):n], into s: in vectors when n >= FN_VL
+   (one whole, then the last vector's new lanes), else one by one into *t1, *t2 (0 otherwise). */
+static inline __attribute__((always_inline)) void FN(fn_bm_tail)(FN(fn_bm) *s, const T *x,
+                                                               fn_idx n, T *t1, T *t2)
+{
+    T e, K = s->K, u1 = 0, u2 = 0;
+    fn_idx i = FN(fn_bm_nv)(n);
+    FN(vec) d;
+    if (n >= FN_VL && i < n) {
+        if (n - i >= FN_VL) {
+            d = FN_LDV(x + i) - K;
+            s->a0 += d;
+            s->q0 += d * d;
+            i += FN_VL;
+        }
+        if (i < n) {
+            d = FN(fn_tail_dev)(x, i, n, K);
+            s->a1 += d;
+            s->q1 += d * d;
+        }
+        i = n;
+    }
+    for (; i < n; i++) {
+        e = x[i] - K;
+        u1 += e;
+        u2 += e * e;
+    }
+    *t1 = u1;
+    *t2 = u2;
+}
+
 static inline __attribute__((always_inline)) void FN(fn_bm_end_in)(FN(fn_bm) *s, const T *x,
                                                                  fn_idx n, double *mean,
                                                                  double *m2)
 {
-    T t1 = 0, t2 = 0, e, K = s->K;
+    T t1, t2, K = s->K;
     double s1, s2;
-    fn_idx i;
-    for (i = FN(fn_bm_nv)(n); i < n; i++) {
-        e = x[i] - K;
-        t1 += e;
-        t2 += e * e;
-    }
+    FN(fn_bm_tail)(s, x, n, &t1, &t2);
     s1 = (double)t1 + FN(fn_hsum)(&s->a0, &s->a1);
     s2 = (double)t2 + FN(fn_hsum)(&s->q0, &s->q1);
     if (s1 * s1 / (double)n > 0.5 * s2) {
@@ -941,27 +1019,13 @@ static inline __attribute__((always_inline)) FN(vec) FN(fn_vrelu)(FN(vec) v)
 
 /* y = ((x - mh) - ml) * a + b over a contiguous segment (one channel of one sample), then the
    activation (0 none, 1 relu, 2 silu, 3 gelu); nt: non-temporal stores. */
-FN_HOT static void FN(fn_seg_apply)(const T *x, T *y, fn_idx n, T mh, T ml, T a, T b, int act,
-                                    int nt, fn_idx pf)
+static inline __attribute__((always_inline)) void FN(fn_seg_apply_in)(
+    const T *x, T *y, fn_idx n, T mh, T ml, T a, T b, int act, int nt, fn_idx pf)
 {
     fn_idx i = 0, h = nt ? FN(fn_nt_head)(y, n) : 0;
     FN(vec) v;
     T u;
     if (h < 0) { nt = 0; h = 0; }
-    if (act > 1) {
-#if FN_IS_F32
-        float buf[FN_ACT_CHUNK] __attribute__((aligned(64)));
-        fn_idx m;
-        for (i = 0; i < n; i += m) {
-            m = n - i < FN_ACT_CHUNK ? n - i : FN_ACT_CHUNK;
-            FN(fn_seg_apply)(x + i, buf, m, mh, ml, a, b, 0, 0, pf);
-            fn_act_buf_f32(buf, y + i, m, act, nt);
-        }
-#else
-        for (i = 0; i < n; i++) y[i] = FN(fn_act)(FN_NORM_CH(x[i], mh, ml, a, b), act);
-#endif
-        return;
-    }
     for (; i < h; i++) {
         u = FN_NORM_CH(x[i], mh, ml, a, b);
         y[i] = act ? FN_RELU(u) : u;
@@ -978,30 +1042,39 @@ FN_HOT static void FN(fn_seg_apply)(const T *x, T *y, fn_idx n, T mh, T ml, T a,
     }
 }
 
+FN_HOT static void FN(fn_seg_apply)(const T *x, T *y, fn_idx n, T mh, T ml, T a, T b, int act,
+                                    int nt, fn_idx pf)
+{
+    if (act > 1) {
+#if FN_IS_F32
+        float buf[FN_ACT_CHUNK] __attribute__((aligned(64)));
+        fn_idx i, m;
+        if (nt && FN(fn_nt_head)(y, n) < 0) nt = 0;
+        for (i = 0; i < n; i += m) {
+            m = n - i < FN_ACT_CHUNK ? n - i : FN_ACT_CHUNK;
+            FN(fn_seg_apply)(x + i, buf, m, mh, ml, a, b, 0, 0, pf);
+            fn_act_buf_f32(buf, y + i, m, act, nt);
+        }
+#else
+        fn_idx i;
+        for (i = 0; i < n; i++) y[i] = FN(fn_act)(FN_NORM_CH(x[i], mh, ml, a, b), act);
+#endif
+        return;
+    }
+    FN(fn_seg_apply_in)(x, y, n, mh, ml, a, b, act, nt, pf);
+}
+
 /* Element-wise affine (layer norm): y = ((x - mh) - ml) * r * g[i] + b[i], then the
    activation. pf > 0: along the way, x[i + pf] is prefetched into L2 (the next unit, pf values
    on, while this one's apply keeps the core from reading ahead). */
-FN_HOT static void FN(fn_seg_apply_ew)(const T *x, T *y, fn_idx n, T mh, T ml, T r,
-                                       const T *g, const T *b, int act, int nt, fn_idx pf)
+static inline __attribute__((always_inline)) void FN(fn_seg_apply_ew_in)(
+    const T *x, T *y, fn_idx n, T mh, T ml, T r, const T *g, const T *b, int act, int nt,
+    fn_idx pf)
 {
     fn_idx i = 0, h = nt ? FN(fn_nt_head)(y, n) : 0;
     FN(vec) v;
     T u;
     if (h < 0) { nt = 0; h = 0; }
-    if (act > 1) {
-#if FN_IS_F32
-        float buf[FN_ACT_CHUNK] __attribute__((aligned(64)));
-        fn_idx m;
-        for (i = 0; i < n; i += m) {
-            m = n - i < FN_ACT_CHUNK ? n - i : FN_ACT_CHUNK;
-            FN(fn_seg_apply_ew)(x + i, buf, m, mh, ml, r, g + i, b + i, 0, 0, pf);
-            fn_act_buf_f32(buf, y + i, m, act, nt);
-        }
-#else
-        for (i = 0; i < n; i++) y[i] = FN(fn_act)(FN_NORM_EW(x[i], mh, ml, r, g[i], b[i]), act);
-#endif
-        return;
-    }
     for (; i < h; i++) {
         u = FN_NORM_EW(x[i], mh, ml, r, g[i], b[i]);
         y[i] = act ? FN_RELU(u) : u;
@@ -1016,6 +1089,28 @@ FN_HOT static void FN(fn_seg_apply_ew)(const T *x, T *y, fn_idx n, T mh, T ml, T
         u = FN_NORM_EW(x[i], mh, ml, r, g[i], b[i]);
         y[i] = act ? FN_RELU(u) : u;
     }
+}
+
+FN_HOT static void FN(fn_seg_apply_ew)(const T *x, T *y, fn_idx n, T mh, T ml, T r,
+                                       const T *g, const T *b, int act, int nt, fn_idx pf)
+{
+    if (act > 1) {
+#if FN_IS_F32
+        float buf[FN_ACT_CHUNK] __attribute__((aligned(64)));
+        fn_idx i, m;
+        if (nt && FN(fn_nt_head)(y, n) < 0) nt = 0;
+        for (i = 0; i < n; i += m) {
+            m = n - i < FN_ACT_CHUNK ? n - i : FN_ACT_CHUNK;
+            FN(fn_seg_apply_ew)(x + i, buf, m, mh, ml, r, g + i, b + i, 0, 0, pf);
+            fn_act_buf_f32(buf, y + i, m, act, nt);
+        }
+#else
+        fn_idx i;
+        for (i = 0; i < n; i++) y[i] = FN(fn_act)(FN_NORM_EW(x[i], mh, ml, r, g[i], b[i]), act);
+#endif
+        return;
+    }
+    FN(fn_seg_apply_ew_in)(x, y, n, mh, ml, r, g, b, act, nt, pf);
 }
 
 /* fn_seg_apply_ew on the same n columns of two rows (x0 -> y0 with mh0, ml0, r0; x1 -> y1 with
@@ -1061,13 +1156,6 @@ FN_HOT static void FN(fn_seg2_apply_ew)(const T *x0, const T *x1, T *y0, T *y1, 
     }
 }
 
-/* Layer-norm (or RMS-norm) rows of n values (n <= FN_BLK), nr of them (nr <= FN_GROUP) from
-   x, element-wise weight g and bias b: the moments of every row, then their statistics, then
-   their applies, in one loop with no call out of the clone. Each row's arithmetic is the
-   Cython grouped schedule's (planes_units_grouped: fn_seg_moments merged into an empty state,
-   fn_unit_finalize, fn_split_mean, fn_seg_apply_ew): the same bits, 3-5% less
-   time than that schedule on rows of 64-256 values (measured on a Zen 4, with fn_block_moments
-   inlined in both). */
 /* The mean as a T pair, m == mh + ml to within T rounding of ml: x - mh is exact near the
    mean, and (x - mh) - ml keeps what a single T would lose. */
 static inline void FN(fn_split_mean)(double m, T *mh, T *ml)
@@ -1096,6 +1184,127 @@ FN_HOT static void FN(fn_rows_group_fwd)(const T *x, T *y, fn_idx nr, fn_idx n, 
     for (u = 0; u < nr; u++) {
         FN(fn_split_mean)(mean_out[u], &mh, &ml);
         FN(fn_seg_apply_ew)(x + u * n, y + u * n, n, mh, ml, (T)rstd_out[u], g, b, act, nt, pf);
+    }
+}
+
+/* Short one-sample units u0 .. u0 + nr - 1 (nr <= FN_GROUP) of n = cb * S values each, from x
+   (the group's first unit; y likewise): layer-norm or RMS-norm rows (ew: element-wise weight w
+   and bias b of S values), instance-norm planes (cb = 1) or group-norm units of cb
+   planes (per-channel w and b, channel (u % ncb) * cb + j for plane j); n <= FN_BLK. The moments
+   of every unit, then the statistics of all of them side by side, one unit per float64 lane,
+   then the applies. Each unit's arithmetic is the unit-by-unit schedule's, operation for
+   operation (fn_block_moments, two fn_chan_merge into an empty state, fn_unit_finalize,
+   fn_split_mean, fn_seg_apply / fn_seg_apply_ew), so the same bits: the horizontal sums'
+   trees by fn_hsum8 (the same pairs), the rest lane by lane. What it saves is the scalar
+   chain each unit had between its moments and its apply: two trees of horizontal sums, about
+   eight divisions and a square root (in a C probe, 7 x 7 float32 planes in L2: 52 ns a unit,
+   15 of them the apply alone; side by side 37). vec = 0: unit by unit (fn_seg_moments, the
+   merge, fn_unit_finalize, the apply), for tensors past the caches (GROUP_VEC_BYTES). */
+FN_HOT static void FN(fn_units_group_fwd)(const T *x, T *y, fn_idx u0, fn_idx nr, fn_idx ncb,
+                                          fn_idx cb, fn_idx S, const T *w, const T *b, int ew,
+                                          double eps, int rms, double *mean_out,
+                                          double *rstd_out, int act, int nt, fn_idx pf,
+                                          int vec)
+{
+    const fn_idx n = cb * S;
+    const FN(hd8) Z = {0};
+    FN(hd8) t1[FN_GROUP], t2[FN_GROUP], s1 = Z, s2 = Z, kd = Z, N = Z + (double)n, sq, m, m2,
+        nn, d, q;
+    FN(fn_bm) st;
+    T e1, e2, mh, ml, rt, kn;
+    fn_idx u, j, c, cu;
+    const T *p;
+    if (!vec) {  /* unit by unit: fn_seg_moments, the merge, fn_unit_finalize, the apply */
+        double mo[3 * FN_GROUP], cc, mm, mm2;
+        for (u = 0; u < nr; u++) {
+            cc = mm = mm2 = 0;
+            FN(fn_seg_moments)(x + u * n, n, &cc, &mm, &mm2);
+            mo[3 * u] = mo[3 * u + 1] = mo[3 * u + 2] = 0;
+            fn_chan_merge(&mo[3 * u], &mo[3 * u + 1], &mo[3 * u + 2], cc, mm, mm2);
+        }
+        for (u = 0; u < nr; u++)
+            fn_unit_finalize(mo[3 * u], mo[3 * u + 1], mo[3 * u + 2], eps, rms, &mean_out[u],
+                             &rstd_out[u]);
+        cu = u0 % ncb;
+        for (u = 0; u < nr; u++, cu = cu + 1 == ncb ? 0 : cu + 1) {
+            FN(fn_split_mean)(mean_out[u], &mh, &ml);
+            rt = (T)rstd_out[u];
+            for (j = 0; j < cb; j++) {
+                p = x + u * n + j * S;
+                if (ew)
+                    FN(fn_seg_apply_ew)(p, y + (p - x), S, mh, ml, rt, w, b, act, nt, pf);
+                else
+                    FN(fn_seg_apply)(p, y + (p - x), S, mh, ml, rt * w[cu * cb + j],
+                                     b[cu * cb + j], act, nt, pf);
+            }
+        }
+        return;
+    }
+    kn = FN(fn_pivot)(x, n);
+    for (u = 0; u < nr; u++) {
+        p = x + u * n;
+        st.a0 = st.a1 = st.q0 = st.q1 = (FN(vec)){0};
+        st.K = kn;
+        if (u + 1 < nr)  /* the next unit's pivot: its tree runs beside this unit's sums */
+            kn = FN(fn_pivot)(p + n, n);
+        FN(fn_bm_step_in)(&st, p, 0, FN(fn_bm_nv)(n));
+        FN(fn_bm_tail)(&st, p, n, &e1, &e2);
+        t1[u] = FN(fn_hsum_t)(&st.a0, &st.a1);
+        t2[u] = FN(fn_hsum_t)(&st.q0, &st.q1);
+        s1[u] = (double)e1;
+        s2[u] = (double)e2;
+        kd[u] = (double)st.K;
+    }
+    for (; u < FN_GROUP; u++) t1[u] = t2[u] = Z;
+    /* fn_bm_end_in */
+    s1 += FN(fn_hsum8)(t1);
+    s2 += FN(fn_hsum8)(t2);
+    sq = s1 * s1 / N;
+    m = kd + s1 / N;
+    q = s2 - sq;
+    m2 = (FN(hd8))((FN(hl8))q & (q > Z));
+    for (u = 0; u < nr; u++)
+        if (sq[u] > 0.5 * s2[u]) {  /* the pivot far from the mean: the exact two-pass */
+            double bm, bm2;
+            FN(fn_block_moments_2p)(x + u * n, n, m[u], &bm, &bm2);
+            m[u] = bm;
+            m2[u] = bm2;
+        }
+    /* fn_seg_moments' merge into an empty state, then the caller's */
+    for (j = 0; j < 2; j++) {
+        nn = Z + N;
+        d = m - Z;
+        m = Z + d * (N / nn);
+        m2 = Z + (m2 + d * d * (Z * N / nn));
+    }
+    /* fn_unit_finalize */
+    q = rms ? m2 / N + m * m + eps : m2 / N + eps;
+    for (u = 0; u < FN_GROUP; u++) q[u] = sqrt(q[u]);
+    q = 1.0 / q;
+    for (u = 0; u < nr; u++) {
+        mean_out[u] = rms ? 0 : m[u];
+        rstd_out[u] = q[u];
+    }
+    cu = u0 % ncb;
+    for (u = 0; u < nr; u++, cu = cu + 1 == ncb ? 0 : cu + 1) {
+        FN(fn_split_mean)(mean_out[u], &mh, &ml);
+        rt = (T)rstd_out[u];
+        p = x + u * n;
+        for (j = 0; j < cb; j++) {
+            c = cu * cb + j;
+            if (ew && act > 1)
+                FN(fn_seg_apply_ew)(p + j * S, y + u * n + j * S, S, mh, ml, rt, w, b, act, nt,
+                                    pf);
+            else if (ew)
+                FN(fn_seg_apply_ew_in)(p + j * S, y + u * n + j * S, S, mh, ml, rt, w, b, act,
+                                       nt, pf);
+            else if (act > 1)
+                FN(fn_seg_apply)(p + j * S, y + u * n + j * S, S, mh, ml, rt * w[c], b[c], act,
+                                 nt, pf);
+            else
+                FN(fn_seg_apply_in)(p + j * S, y + u * n + j * S, S, mh, ml, rt * w[c], b[c],
+                                    act, nt, pf);
+        }
     }
 }
 
@@ -1874,6 +2083,7 @@ FN_HOT static void FN(fn_rows_bwd_apply)(const T *dy, const T *x, T *dx, fn_idx 
 #undef FN_NORM_EW
 #undef FN_LDV
 #undef FN_BWD_PAIR
+#undef FN_IOTA
 #undef T
 #undef FN
 #undef FN_CAT

@@ -136,6 +136,14 @@ cdef extern from "_core.h" nogil:
     void fn_rows_group_fwd_f64(const double *x, double *y, fn_idx nr, fn_idx n,
                                const double *g, const double *b, double eps, int rms,
                                double *mean_out, double *rstd_out, int act, int nt, fn_idx pf)
+    void fn_units_group_fwd_f32(const float *x, float *y, fn_idx u0, fn_idx nr, fn_idx ncb,
+                                fn_idx cb, fn_idx S, const float *w, const float *b, int ew,
+                                double eps, int rms, double *mean_out, double *rstd_out,
+                                int act, int nt, fn_idx pf, int vec)
+    void fn_units_group_fwd_f64(const double *x, double *y, fn_idx u0, fn_idx nr, fn_idx ncb,
+                                fn_idx cb, fn_idx S, const double *w, const double *b, int ew,
+                                double eps, int rms, double *mean_out, double *rstd_out,
+                                int act, int nt, fn_idx pf, int vec)
     void fn_seg_apply_ew_f32(const float *x, float *y, fn_idx n, float mh, float ml, float r,
                              const float *g, const float *b, int act, int stream,
                              fn_idx pf)
@@ -612,7 +620,7 @@ cdef void planes_unit_fused(const floating *x, floating *y, Py_ssize_t u, Py_ssi
 # 1.10. So off Intel only float32 runs of up to PIPE_SMALL_BYTES are pipelined.
 # Units of one sample of at most GROUP_UNIT_BYTES (layer-norm rows of 64-256 values, small
 # groups) go in groups of UNIT_GROUP: the moments of the group's units, then their statistics,
-# then their applies (planes_units_grouped). One unit at a time, each unit's lane sums,
+# then their applies (units_group_fwd). One unit at a time, each unit's lane sums,
 # divisions and square root stand between its moments and its apply; in groups the core can
 # overlap one unit's chain with the other units' work (the divider's throughput is not the
 # cost: dropping the two divisions of each merge into an empty state, exactly 1 and 0 there,
@@ -629,8 +637,21 @@ cdef void planes_unit_fused(const floating *x, floating *y, Py_ssize_t u, Py_ssi
 # threads: float32 rows of 64, 64 MiB 5.99 -> 4.47, 4.57 -> 3.41; rows of 128, 64 MiB 3.33 ->
 # 2.57, 2.40 -> 2.31, 2 MiB 5.98 -> 5.56, 5.92 -> 5.15; float64 rows of 128, 2 MiB 3.73 ->
 # 3.21, 3.40 -> 3.17, 64 MiB 1.95 -> 1.91, 1.50 -> 1.52.
+# In tensors under GROUP_VEC_BYTES a group's statistics go side by side, one unit per float64
+# lane (fn_units_group_fwd), with each unit's pivot taken while the unit before it is summed;
+# past it they go unit by unit (layer-norm rows: fn_rows_group_fwd). Measured on an AMD EPYC
+# (Zen 4), forward / copy into out=, new over old in one process (alternating calls, median
+# of paired ratios; the old build also without the vector tail of fn_bm_tail): instance norm
+# (32, 2048, 7, 7) float32 one thread 0.66, (8, 256, 7, 7) 0.66, float64 0.85; group norm
+# (256, 64, 7, 7) two threads 0.85; layer norm rows (4096, 64) 0.84, (8192, 64) 0.84. Side by
+# side vs unit by unit past 16 MiB: instance norm (128, 2048, 7, 7) 0.82, (64, 1024, 14, 14)
+# 0.94, (64, 256, 16, 16) 1.00, but rows of 512 bytes lost (float64 rows of 64, 32 MiB: 1.09
+# - 1.15; float32 rows of 128: 1.15). The pivots of a group all taken first (one load per unit
+# at the unit's stride) lost more past the caches: rows of 256 float32 1.17, 16 x 16 planes
+# 1.14.
 DEF UNIT_GROUP = 8  # FN_GROUP in _core_tmpl.h
 DEF GROUP_UNIT_BYTES = 1024
+DEF GROUP_VEC_BYTES = 16777216
 cdef bint _grouped = True
 
 
@@ -640,6 +661,19 @@ def _set_grouped(bint on):
     global _grouped
     prev = _grouped
     _grouped = on
+    return prev
+
+
+cdef int _group_vec = -1
+
+
+def _set_group_vec(int mode):
+    """Tests and A/B only: whether grouped units take their statistics side by side (1) or
+    unit by unit (0), -1 (the default) by the tensor's size (GROUP_VEC_BYTES); returns the
+    previous setting. The bits do not depend on it."""
+    global _group_vec
+    prev = _group_vec
+    _group_vec = mode
     return prev
 
 
@@ -984,6 +1018,7 @@ cdef void planes_fused_run(const floating *x, floating *y, Py_ssize_t N, Py_ssiz
     if small_planes(N, nb, cb, S, ew, rms, res):
         small_planes_run(x, y, N, C, S, w, b, eps, mean_out, rstd_out, act, n_threads, stream)
         return
+    cdef bint vec
     cdef bint grouped = (_grouped and nb == 1 and res == NULL
                          and cb * S * <Py_ssize_t>sizeof(floating) <= GROUP_UNIT_BYTES)
     if ((not grouped or _pipe_any or _pipeline == 2) and nb == 1 and res == NULL
@@ -1002,10 +1037,12 @@ cdef void planes_fused_run(const floating *x, floating *y, Py_ssize_t N, Py_ssiz
                                       rstd_out, act, stream)
         return
     if grouped:
-        # the apply prefetches the same row of the next group (planes_units_grouped)
+        # the apply prefetches the same row of the next group
         if pf:
             pf = UNIT_GROUP * cb * S
-        if ew and cb == 1 and S <= FN_BLK:  # layer-norm rows: the C loop
+        vec = (U * cb * S * <Py_ssize_t>sizeof(floating) < GROUP_VEC_BYTES if _group_vec < 0
+               else _group_vec == 1)
+        if ew and not vec:  # layer-norm rows past the caches: the C loop unit by unit
             if n_threads == 1:  # no parallel region (SERIAL_NOTE)
                 for g in range((U + UNIT_GROUP - 1) // UNIT_GROUP):
                     rows_group_fwd(x + g * UNIT_GROUP * S, y + g * UNIT_GROUP * S,
@@ -1022,18 +1059,18 @@ cdef void planes_fused_run(const floating *x, floating *y, Py_ssize_t N, Py_ssiz
                                mean_out + g * UNIT_GROUP, rstd_out + g * UNIT_GROUP, act,
                                stream, pf)
             return
-        if n_threads == 1:
+        if n_threads == 1:  # no parallel region (SERIAL_NOTE)
             for g in range((U + UNIT_GROUP - 1) // UNIT_GROUP):
-                planes_units_grouped(x, y, g * UNIT_GROUP, min(U, (g + 1) * UNIT_GROUP), C, S,
-                                     cb, w, b, ew, rms, eps, mean_out, rstd_out, act, stream,
-                                     pf)
+                units_group_fwd(x, y, g * UNIT_GROUP, min(U - g * UNIT_GROUP, UNIT_GROUP), C,
+                                S, cb, w, b, ew, rms, eps, mean_out, rstd_out, act, stream, pf,
+                                vec)
             if stream:
                 fn_sfence()
             return
         for g in prange((U + UNIT_GROUP - 1) // UNIT_GROUP, schedule="static",
                         num_threads=n_threads):
-            planes_units_grouped(x, y, g * UNIT_GROUP, min(U, (g + 1) * UNIT_GROUP), C, S, cb,
-                                 w, b, ew, rms, eps, mean_out, rstd_out, act, stream, pf)
+            units_group_fwd(x, y, g * UNIT_GROUP, min(U - g * UNIT_GROUP, UNIT_GROUP), C, S,
+                            cb, w, b, ew, rms, eps, mean_out, rstd_out, act, stream, pf, vec)
         return
     if (ew and nb == 1 and cb == 1 and res == NULL and act <= 1 and S >= FN_CHUNK
             and (not stream or (S * <Py_ssize_t>sizeof(floating)) % 64 == 0)
@@ -1115,40 +1152,22 @@ cdef inline void rows_group_fwd(const floating *x, floating *y, Py_ssize_t nr, P
         fn_rows_group_fwd_f64(x, y, nr, n, w, b, eps, rms, mean_out, rstd_out, act, stream, pf)
 
 
-cdef void planes_units_grouped(const floating *x, floating *y, Py_ssize_t u0, Py_ssize_t u1,
-                               Py_ssize_t C, Py_ssize_t S, Py_ssize_t cb, const floating *w,
-                               const floating *b, bint ew, bint rms, double eps,
-                               double *mean_out, double *rstd_out, int act, int stream,
-                               Py_ssize_t pf) noexcept nogil:
-    """Short one-sample units u0 .. u1-1 (at most UNIT_GROUP): the moments of all, then their
-    statistics, then their applies. Each unit's arithmetic is planes_unit_fused's (the same
-    bits); only the order changes, so the divisions and square roots of the group run side by
-    side instead of each standing between a unit's moments and its apply. pf > 0: the apply
-    prefetches x pf values on (the same place in the next group)."""
-    cdef Py_ssize_t n = cb * S, ncb = C // cb, u, k, c, ci, K = nchunks(S, FN_CHUNK)
-    cdef double mo[3 * UNIT_GROUP]
-    cdef double part[3]
-    cdef double *m
-    cdef floating mh, ml
-    for u in range(u0, u1):
-        m = mo + 3 * (u - u0)
-        m[0] = 0
-        m[1] = 0
-        m[2] = 0
-        for k in range(nchunks(n, FN_CHUNK)):
-            plane_chunk_moments(x, n, u, k, <const floating *>NULL, part)
-            fn_chan_merge(&m[0], &m[1], &m[2], part[0], part[1], part[2])
-    for u in range(u0, u1):
-        m = mo + 3 * (u - u0)
-        unit_finalize(m[0], m[1], m[2], eps, rms, &mean_out[u], &rstd_out[u])
-    for u in range(u0, u1):
-        split_mean(mean_out[u], &mh, &ml)
-        for ci in range(cb):
-            c = (u % ncb) * cb + ci
-            for k in range(K - 1, -1, -1):
-                plane_chunk_apply(x, y, S, u * cb + ci, k, c, ew, mh, ml,
-                                  <floating>rstd_out[u], w, b, act, stream,
-                                  <const floating *>NULL, <floating *>NULL, pf)
+cdef inline void units_group_fwd(const floating *x, floating *y, Py_ssize_t u0, Py_ssize_t nr,
+                                 Py_ssize_t C, Py_ssize_t S, Py_ssize_t cb, const floating *w,
+                                 const floating *b, bint ew, bint rms, double eps,
+                                 double *mean_out, double *rstd_out, int act, int stream,
+                                 Py_ssize_t pf, bint vec) noexcept nogil:
+    """Short one-sample units u0 .. u0 + nr - 1 (nr <= UNIT_GROUP, units of cb planes of S
+    values): the moments of all, then their statistics side by side, then their applies, in
+    one C loop (fn_units_group_fwd: each unit's arithmetic is planes_unit_fused's, the same
+    bits). pf > 0: the apply prefetches x pf values on (the same place in the next group)."""
+    cdef Py_ssize_t n = cb * S
+    if floating is float:
+        fn_units_group_fwd_f32(x + u0 * n, y + u0 * n, u0, nr, C // cb, cb, S, w, b, ew, eps,
+                               rms, mean_out + u0, rstd_out + u0, act, stream, pf, vec)
+    else:
+        fn_units_group_fwd_f64(x + u0 * n, y + u0 * n, u0, nr, C // cb, cb, S, w, b, ew, eps,
+                               rms, mean_out + u0, rstd_out + u0, act, stream, pf, vec)
 
 
 def planes_forward(const floating[::1] x, floating[::1] y, Py_ssize_t N, Py_ssize_t C,
