@@ -1469,6 +1469,41 @@ FN_HOT static void FN(fn_rows_apply)(const T *x, T *y, fn_idx rows, fn_idx C, co
         t1 += g1_ * ((FN_LDV((xx) + FN_VL) - mh) - ml);                                       \
     } while (0)
 
+/* The values of a block past its pairs of vectors, dy/x[i:n], i = n - n % (2 * FN_VL), as
+   fn_bm_tail does for the moments: in vectors when n >= FN_VL (one whole into s0/t0, then the
+   last vector's new lanes into s1/t1, the other lanes' terms zeroed), else one by one into
+   *e1, *e2 (0 otherwise). */
+static inline __attribute__((always_inline)) void FN(fn_bwd_tail)(
+    const T *d, const T *xx, fn_idx n, T mh, T ml, FN(vec) *s0, FN(vec) *s1, FN(vec) *t0,
+    FN(vec) *t1, T *e1, T *e2)
+{
+    fn_idx i = n - n % (2 * FN_VL);
+    FN(vec) g;
+    FN(iv) m;
+    T u1 = 0, u2 = 0;
+    if (n >= FN_VL && i < n) {
+        if (n - i >= FN_VL) {
+            g = FN_LDV(d + i);
+            *s0 += g;
+            *t0 += g * ((FN_LDV(xx + i) - mh) - ml);
+            i += FN_VL;
+        }
+        if (i < n) {
+            m = FN(fn_tail_mask)(i, n);
+            g = FN_LDV(d + n - FN_VL);
+            *s1 += (FN(vec))((FN(iv))g & m);
+            *t1 += (FN(vec))((FN(iv))(g * ((FN_LDV(xx + n - FN_VL) - mh) - ml)) & m);
+        }
+        i = n;
+    }
+    for (; i < n; i++) {
+        u1 += d[i];
+        u2 += d[i] * ((xx[i] - mh) - ml);
+    }
+    *e1 = u1;
+    *e2 = u2;
+}
+
 /* Adds sum(dy) and sum(dy * (x - m)) over a contiguous segment to *sdy, *sdyx (float64),
    block by block, each block summed in vector lanes of T. */
 static inline __attribute__((always_inline)) void FN(fn_seg_bwd_sums_in)(
@@ -1485,12 +1520,7 @@ static inline __attribute__((always_inline)) void FN(fn_seg_bwd_sums_in)(
         xx = x;
         a0 = a1 = b0 = b1 = (FN(vec)){0};
         for (i = 0; i < nv; i += 2 * FN_VL) FN_BWD_PAIR(d + i, xx + i, a0, a1, b0, b1);
-        t1 = 0;
-        t2 = 0;
-        for (; i < n; i++) {
-            t1 += d[i];
-            t2 += d[i] * ((xx[i] - mh) - ml);
-        }
+        FN(fn_bwd_tail)(d, xx, n, mh, ml, &a0, &a1, &b0, &b1, &t1, &t2);
         *sdy += (double)t1 + FN(fn_hsum)(&a0, &a1);
         *sdyx += (double)t2 + FN(fn_hsum)(&b0, &b1);
     }
@@ -1520,13 +1550,8 @@ FN_HOT static void FN(fn_seg_bwd_sums2)(const T *dya, const T *xa, const T *dyb,
             FN_BWD_PAIR(dya + i, xa + i, a0, a1, b0, b1);
             FN_BWD_PAIR(dyb + i, xb + i, c0, c1, e0, e1);
         }
-        t1 = t2 = u1 = u2 = 0;
-        for (; i < n; i++) {
-            t1 += dya[i];
-            t2 += dya[i] * ((xa[i] - mh) - ml);
-            u1 += dyb[i];
-            u2 += dyb[i] * ((xb[i] - mh) - ml);
-        }
+        FN(fn_bwd_tail)(dya, xa, n, mh, ml, &a0, &a1, &b0, &b1, &t1, &t2);
+        FN(fn_bwd_tail)(dyb, xb, n, mh, ml, &c0, &c1, &e0, &e1, &u1, &u2);
         *sdya += (double)t1 + FN(fn_hsum)(&a0, &a1);
         *sdyxa += (double)t2 + FN(fn_hsum)(&b0, &b1);
         *sdyb += (double)u1 + FN(fn_hsum)(&c0, &c1);
