@@ -6,7 +6,7 @@ import pytest
 
 import fastnorm as fn
 import reference as ref
-from conftest import cached_and_streamed
+from conftest import assert_close, cached_and_streamed
 from fastnorm._kernels import _norm as K
 
 
@@ -547,6 +547,40 @@ def test_batch_planes_two_at_a_time_same_bits(N, C, S, dtype, rng):
         got.append((y, m, r, dx, dw, db))
     for a, o in zip(*got):
         np.testing.assert_array_equal(a, o)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("N,C,S,cb", [(3, 128, 49, 64), (2, 256, 9, 64), (2, 40, 37, 10),
+                                      (1, 16, 2048, 2), (2, 6, 300, 3)])
+def test_group_units_of_small_planes_backward_same_bits(N, C, S, cb, dtype, rng):
+    """A group-norm unit of several planes, past the grouped units' 2 KiB, takes its planes'
+    sums eight side by side and its dx in one C loop (fn_planes_bwd_sums / _apply): dx,
+    dweight and dbias are bitwise those of the split schedule, which sums every plane on its
+    own (partial last eight, planes shorter than one vector, planes of exactly one block), and
+    match the reference."""
+    x = (50 + 2 * rng.standard_normal(N * C * S)).astype(dtype)
+    dy = rng.standard_normal(N * C * S).astype(dtype)
+    w = rng.standard_normal(C).astype(dtype)
+    b = np.zeros(C, dtype)
+    U = N * (C // cb)
+    m, r = np.empty(U), np.empty(U)
+    K.planes_forward(x, np.empty_like(x), N, C, S, 1, cb, w, b, False, 1e-5, m, r, 0, 1, True)
+    got = []
+    for fuse in (True, False):
+        for t in (1, 2):
+            dx = np.empty_like(x)
+            dw, db = np.empty(C), np.empty(C)
+            K.planes_backward(dy, x, dx, N, C, S, 1, cb, w, m, r, dw, db, t, fuse)
+            got.append((dx, dw, db))
+    for other in got[1:]:
+        for a, o in zip(got[0], other):
+            np.testing.assert_array_equal(a, o)
+    G = C // cb
+    dx_ref, dw_ref, db_ref = ref.channel_backward("group", dy.reshape(N, C, S),
+                                                  x.reshape(N, C, S), w, G=G)
+    assert_close(got[0][0].reshape(N, C, S), dx_ref, dtype, what="dx")
+    assert_close(got[0][1], dw_ref, dtype, scale=np.sqrt(x.size), what="dweight")
+    assert_close(got[0][2], db_ref, dtype, scale=np.sqrt(x.size), what="dbias")
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

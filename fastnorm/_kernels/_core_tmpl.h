@@ -1589,6 +1589,57 @@ FN_HOT static void FN(fn_seg_bwd_apply)(const T *dy, const T *x, T *dx, fn_idx n
     FN(fn_seg_bwd_apply_in)(dy, x, dx, n, P, Q, R, mh, ml, B, nt, pf);
 }
 
+/* The sums of nplanes consecutive planes of S <= FN_BLK values of one unit (mean mh + ml) into
+   psum[2j], psum[2j + 1], j < nplanes: per plane fn_seg_bwd_sums_in's vector lanes, their
+   lane sums eight planes side by side (fn_hsum8: fn_hsum's pairs), then the Cython
+   schedule's two additions to a zero (plane_chunk_bwd_sums, then psum), so the same bits as
+   one plane at a time. A group-norm unit of 64 planes of 7 x 7 paid two horizontal sums and a
+   call a plane. */
+FN_HOT static void FN(fn_planes_bwd_sums)(const T *dy, const T *x, fn_idx nplanes, fn_idx S, T mh,
+                                          T ml, double *psum)
+{
+    const FN(hd8) Z = {0};
+    FN(hd8) ta[FN_GROUP], tb[FN_GROUP], e1, e2, P1, P2;
+    FN(vec) a0, a1, b0, b1;
+    fn_idx j0, j, k, i, nv = S - S % (2 * FN_VL);
+    T t1, t2;
+    const T *d, *xx;
+    for (j0 = 0; j0 < nplanes; j0 += FN_GROUP) {
+        k = nplanes - j0 < FN_GROUP ? nplanes - j0 : FN_GROUP;
+        e1 = e2 = Z;
+        for (j = 0; j < k; j++) {
+            d = dy + (j0 + j) * S;
+            xx = x + (j0 + j) * S;
+            a0 = a1 = b0 = b1 = (FN(vec)){0};
+            for (i = 0; i < nv; i += 2 * FN_VL) FN_BWD_PAIR(d + i, xx + i, a0, a1, b0, b1);
+            FN(fn_bwd_tail)(d, xx, S, mh, ml, &a0, &a1, &b0, &b1, &t1, &t2);
+            ta[j] = FN(fn_hsum_t)(&a0, &a1);
+            tb[j] = FN(fn_hsum_t)(&b0, &b1);
+            e1[j] = (double)t1;
+            e2[j] = (double)t2;
+        }
+        for (; j < FN_GROUP; j++) ta[j] = tb[j] = Z;
+        P1 = Z + (Z + (e1 + FN(fn_hsum8)(ta)));
+        P2 = Z + (Z + (e2 + FN(fn_hsum8)(tb)));
+        for (j = 0; j < k; j++) {
+            psum[2 * (j0 + j)] = P1[j];
+            psum[2 * (j0 + j) + 1] = P2[j];
+        }
+    }
+}
+
+/* dx of nplanes consecutive planes of one group-norm unit, plane j weighted by w[j]:
+   fn_units_group_bwd's form for cb > 1 (P = w[c], R = r), plane by plane in one loop. */
+FN_HOT static void FN(fn_planes_bwd_apply)(const T *dy, const T *x, T *dx, fn_idx nplanes,
+                                           fn_idx S, const T *w, T Q, T R, T mh, T ml, T B,
+                                           int nt, fn_idx pf)
+{
+    fn_idx j;
+    for (j = 0; j < nplanes; j++)
+        FN(fn_seg_bwd_apply_in)(dy + j * S, x + j * S, dx + j * S, S, w[j], Q, R, mh, ml, B,
+                                nt, pf);
+}
+
 /* The backward of one-sample channel units u0 .. u1 - 1 (instance norm: cb = 1, one plane
    each; group norm: cb planes), planes of S <= FN_CHUNK values, ncb units per sample: per unit
    the sums of its planes into psum (two per plane), its coefficients cQ[u], cB[u] (the form of

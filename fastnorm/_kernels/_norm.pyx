@@ -112,6 +112,16 @@ cdef extern from "_core.h" nogil:
                                fn_idx n, const double *w, const double *mean,
                                const double *rstd, int rms, double *dwa, double *dba,
                                const double *ds, int nt, fn_idx pf)
+    void fn_planes_bwd_sums_f32(const float *dy, const float *x, fn_idx nplanes, fn_idx S,
+                                float mh, float ml, double *psum)
+    void fn_planes_bwd_sums_f64(const double *dy, const double *x, fn_idx nplanes, fn_idx S,
+                                double mh, double ml, double *psum)
+    void fn_planes_bwd_apply_f32(const float *dy, const float *x, float *dx, fn_idx nplanes,
+                                 fn_idx S, const float *w, float Q, float R, float mh, float ml,
+                                 float B, int nt, fn_idx pf)
+    void fn_planes_bwd_apply_f64(const double *dy, const double *x, double *dx, fn_idx nplanes,
+                                 fn_idx S, const double *w, double Q, double R, double mh,
+                                 double ml, double B, int nt, fn_idx pf)
     void fn_units_group_bwd_f32(const float *dy, const float *x, float *dx, fn_idx u0,
                                 fn_idx u1, fn_idx ncb, fn_idx S, fn_idx cb, const float *w,
                                 const float *mh, const float *ml, const double *rstd,
@@ -1376,6 +1386,24 @@ cdef void planes_unit_bwd_fused(const floating *dy, const floating *x, floating 
     cdef Py_ssize_t n, c, k, p
     cdef double part[2]
     cdef Py_ssize_t n1 = n0
+    if nb == 1 and cb > 1 and S <= FN_BLK:
+        # a group-norm unit of several planes: its planes' sums eight side by side, its dx
+        # in one loop (fn_planes_bwd_sums / _apply), the same bits. Backward / copy against
+        # the build before it and the vector tails, same process: (32, 2048, 7, 7) float32
+        # one thread 0.87, two 0.88, float64 0.94; (32, 1024, 14, 14) two threads 0.95
+        p = n0 * C + c0
+        if floating is float:
+            fn_planes_bwd_sums_f32(dy + p * S, x + p * S, cb, S, mh[u], ml[u], psum + 2 * p)
+        else:
+            fn_planes_bwd_sums_f64(dy + p * S, x + p * S, cb, S, mh[u], ml[u], psum + 2 * p)
+        planes_unit_bwd_coef(psum, u, C, S, nb, cb, w, rstd, cQ, cB, frozen)
+        if floating is float:
+            fn_planes_bwd_apply_f32(dy + p * S, x + p * S, dx + p * S, cb, S, w + c0, cQ[u],
+                                    <float>rstd[u], mh[u], ml[u], cB[u], stream, pf)
+        else:
+            fn_planes_bwd_apply_f64(dy + p * S, x + p * S, dx + p * S, cb, S, w + c0, cQ[u],
+                                    rstd[u], mh[u], ml[u], cB[u], stream, pf)
+        return
     if cb == 1:
         # a batch-norm channel: its planes two at a time, side by side (fn_seg_bwd_sums2)
         while n1 + 1 < n0 + nb:
