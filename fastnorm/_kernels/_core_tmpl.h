@@ -1165,13 +1165,13 @@ static inline void FN(fn_split_mean)(double m, T *mh, T *ml)
 }
 
 #define FN_GROUP 8
-FN_HOT static void FN(fn_rows_group_fwd)(const T *x, T *y, fn_idx nr, fn_idx n, const T *g,
-                                         const T *b, double eps, int rms, double *mean_out,
-                                         double *rstd_out, int act, int nt, fn_idx pf)
+/* The statistics of nr <= FN_GROUP units of n values from x, unit by unit: fn_seg_moments,
+   merged into an empty state, fn_unit_finalize (the unit-by-unit schedule's operations). */
+static inline __attribute__((always_inline)) void FN(fn_units_stats)(
+    const T *x, fn_idx nr, fn_idx n, double eps, int rms, double *mean_out, double *rstd_out)
 {
     double mo[3 * FN_GROUP], c, m, m2;
     fn_idx u;
-    T mh, ml;
     for (u = 0; u < nr; u++) {
         c = m = m2 = 0;
         FN(fn_seg_moments)(x + u * n, n, &c, &m, &m2);
@@ -1181,6 +1181,18 @@ FN_HOT static void FN(fn_rows_group_fwd)(const T *x, T *y, fn_idx nr, fn_idx n, 
     for (u = 0; u < nr; u++)
         fn_unit_finalize(mo[3 * u], mo[3 * u + 1], mo[3 * u + 2], eps, rms, &mean_out[u],
                          &rstd_out[u]);
+}
+
+/* Layer-norm (or RMS-norm) rows of n <= FN_BLK values, nr <= FN_GROUP of them, element-wise
+   weight g and bias b: the statistics of every row, then their applies, with no call out of
+   the clone but the apply's (tensors past GROUP_VEC_BYTES; in cache fn_units_group_fwd). */
+FN_HOT static void FN(fn_rows_group_fwd)(const T *x, T *y, fn_idx nr, fn_idx n, const T *g,
+                                         const T *b, double eps, int rms, double *mean_out,
+                                         double *rstd_out, int act, int nt, fn_idx pf)
+{
+    fn_idx u;
+    T mh, ml;
+    FN(fn_units_stats)(x, nr, n, eps, rms, mean_out, rstd_out);
     for (u = 0; u < nr; u++) {
         FN(fn_split_mean)(mean_out[u], &mh, &ml);
         FN(fn_seg_apply_ew)(x + u * n, y + u * n, n, mh, ml, (T)rstd_out[u], g, b, act, nt, pf);
@@ -1214,17 +1226,8 @@ FN_HOT static void FN(fn_units_group_fwd)(const T *x, T *y, fn_idx u0, fn_idx nr
     T e1, e2, mh, ml, rt, kn;
     fn_idx u, j, c, cu;
     const T *p;
-    if (!vec) {  /* unit by unit: fn_seg_moments, the merge, fn_unit_finalize, the apply */
-        double mo[3 * FN_GROUP], cc, mm, mm2;
-        for (u = 0; u < nr; u++) {
-            cc = mm = mm2 = 0;
-            FN(fn_seg_moments)(x + u * n, n, &cc, &mm, &mm2);
-            mo[3 * u] = mo[3 * u + 1] = mo[3 * u + 2] = 0;
-            fn_chan_merge(&mo[3 * u], &mo[3 * u + 1], &mo[3 * u + 2], cc, mm, mm2);
-        }
-        for (u = 0; u < nr; u++)
-            fn_unit_finalize(mo[3 * u], mo[3 * u + 1], mo[3 * u + 2], eps, rms, &mean_out[u],
-                             &rstd_out[u]);
+    if (!vec) {  /* unit by unit, then the applies */
+        FN(fn_units_stats)(x, nr, n, eps, rms, mean_out, rstd_out);
         cu = u0 % ncb;
         for (u = 0; u < nr; u++, cu = cu + 1 == ncb ? 0 : cu + 1) {
             FN(fn_split_mean)(mean_out[u], &mh, &ml);
