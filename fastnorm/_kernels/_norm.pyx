@@ -1052,7 +1052,7 @@ cdef void planes_fused_run(const floating *x, floating *y, Py_ssize_t N, Py_ssiz
             pf = UNIT_GROUP * cb * S
         vec = (U * cb * S * <Py_ssize_t>sizeof(floating) < GROUP_VEC_BYTES if _group_vec < 0
                else _group_vec == 1)
-        if ew and not vec:  # layer-norm rows past the caches: the C loop unit by unit
+        if ew and cb == 1 and not vec:  # layer-norm rows past the caches: unit by unit
             if n_threads == 1:  # no parallel region (SERIAL_NOTE)
                 for g in range((U + UNIT_GROUP - 1) // UNIT_GROUP):
                     rows_group_fwd(x + g * UNIT_GROUP * S, y + g * UNIT_GROUP * S,
