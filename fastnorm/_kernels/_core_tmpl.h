@@ -1199,50 +1199,20 @@ FN_HOT static void FN(fn_rows_group_fwd)(const T *x, T *y, fn_idx nr, fn_idx n, 
     }
 }
 
-/* Short one-sample units u0 .. u0 + nr - 1 (nr <= FN_GROUP) of n = cb * S values each, from x
-   (the group's first unit; y likewise): layer-norm or RMS-norm rows (ew: element-wise weight w
-   and bias b of S values), instance-norm planes (cb = 1) or group-norm units of cb
-   planes (per-channel w and b, channel (u % ncb) * cb + j for plane j); n <= FN_BLK. The moments
-   of every unit, then the statistics of all of them side by side, one unit per float64 lane,
-   then the applies. Each unit's arithmetic is the unit-by-unit schedule's, operation for
-   operation (fn_block_moments, two fn_chan_merge into an empty state, fn_unit_finalize,
-   fn_split_mean, fn_seg_apply / fn_seg_apply_ew), so the same bits: the horizontal sums'
-   trees by fn_hsum8 (the same pairs), the rest lane by lane. What it saves is the scalar
-   chain each unit had between its moments and its apply: two trees of horizontal sums, about
-   eight divisions and a square root (in a C probe, 7 x 7 float32 planes in L2: 52 ns a unit,
-   15 of them the apply alone; side by side 37). vec = 0: unit by unit (fn_seg_moments, the
-   merge, fn_unit_finalize, the apply), for tensors past the caches (GROUP_VEC_BYTES). */
-FN_HOT static void FN(fn_units_group_fwd)(const T *x, T *y, fn_idx u0, fn_idx nr, fn_idx ncb,
-                                          fn_idx cb, fn_idx S, const T *w, const T *b, int ew,
-                                          double eps, int rms, double *mean_out,
-                                          double *rstd_out, int act, int nt, fn_idx pf,
-                                          int vec)
+/* fn_units_stats for nr <= FN_GROUP units of n <= FN_BLK values, side by side: each unit's
+   sums in its own vectors (its pivot taken while the unit before it is summed), then their
+   lane sums, the two merges into an empty state and fn_unit_finalize in float64 lanes, one
+   unit a lane (fn_hsum8: fn_hsum's pairs), operation for operation, so the same bits. */
+static inline __attribute__((always_inline)) void FN(fn_units_stats8)(
+    const T *x, fn_idx nr, fn_idx n, double eps, int rms, double *mean_out, double *rstd_out)
 {
-    const fn_idx n = cb * S;
     const FN(hd8) Z = {0};
     FN(hd8) t1[FN_GROUP], t2[FN_GROUP], s1 = Z, s2 = Z, kd = Z, N = Z + (double)n, sq, m, m2,
         nn, d, q;
     FN(fn_bm) st;
-    T e1, e2, mh, ml, rt, kn;
-    fn_idx u, j, c, cu;
+    T e1, e2, kn;
+    fn_idx u, j;
     const T *p;
-    if (!vec) {  /* unit by unit, then the applies */
-        FN(fn_units_stats)(x, nr, n, eps, rms, mean_out, rstd_out);
-        cu = u0 % ncb;
-        for (u = 0; u < nr; u++, cu = cu + 1 == ncb ? 0 : cu + 1) {
-            FN(fn_split_mean)(mean_out[u], &mh, &ml);
-            rt = (T)rstd_out[u];
-            for (j = 0; j < cb; j++) {
-                p = x + u * n + j * S;
-                if (ew)
-                    FN(fn_seg_apply_ew)(p, y + (p - x), S, mh, ml, rt, w, b, act, nt, pf);
-                else
-                    FN(fn_seg_apply)(p, y + (p - x), S, mh, ml, rt * w[cu * cb + j],
-                                     b[cu * cb + j], act, nt, pf);
-            }
-        }
-        return;
-    }
     kn = FN(fn_pivot)(x, n);
     for (u = 0; u < nr; u++) {
         p = x + u * n;
@@ -1288,6 +1258,35 @@ FN_HOT static void FN(fn_units_group_fwd)(const T *x, T *y, fn_idx u0, fn_idx nr
         mean_out[u] = rms ? 0 : m[u];
         rstd_out[u] = q[u];
     }
+}
+
+/* Short one-sample units u0 .. u0 + nr - 1 (nr <= FN_GROUP) of n = cb * S values each, from x
+   (the group's first unit; y likewise): layer-norm or RMS-norm rows (ew: element-wise weight w
+   and bias b of S values), instance-norm planes (cb = 1) or group-norm units of cb
+   planes (per-channel w and b, channel (u % ncb) * cb + j for plane j); n <= FN_BLK. The moments
+   of every unit, then the statistics of all of them side by side, one unit per float64 lane,
+   then the applies. Each unit's arithmetic is the unit-by-unit schedule's, operation for
+   operation (fn_block_moments, two fn_chan_merge into an empty state, fn_unit_finalize,
+   fn_split_mean, fn_seg_apply / fn_seg_apply_ew), so the same bits: the horizontal sums'
+   trees by fn_hsum8 (the same pairs), the rest lane by lane. What it saves is the scalar
+   chain each unit had between its moments and its apply: two trees of horizontal sums, about
+   eight divisions and a square root (in a C probe, 7 x 7 float32 planes in L2: 52 ns a unit,
+   15 of them the apply alone; side by side 37). vec = 0: the statistics unit by unit
+   (fn_units_stats), for tensors past the caches (GROUP_VEC_BYTES). */
+FN_HOT static void FN(fn_units_group_fwd)(const T *x, T *y, fn_idx u0, fn_idx nr, fn_idx ncb,
+                                          fn_idx cb, fn_idx S, const T *w, const T *b, int ew,
+                                          double eps, int rms, double *mean_out,
+                                          double *rstd_out, int act, int nt, fn_idx pf,
+                                          int vec)
+{
+    const fn_idx n = cb * S;
+    fn_idx u, j, c, cu;
+    T mh, ml, rt;
+    const T *p;
+    if (vec)
+        FN(fn_units_stats8)(x, nr, n, eps, rms, mean_out, rstd_out);
+    else
+        FN(fn_units_stats)(x, nr, n, eps, rms, mean_out, rstd_out);
     cu = u0 % ncb;
     for (u = 0; u < nr; u++, cu = cu + 1 == ncb ? 0 : cu + 1) {
         FN(fn_split_mean)(mean_out[u], &mh, &ml);
