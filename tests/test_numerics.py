@@ -197,6 +197,41 @@ def test_bitwise_identical_for_1_to_4_threads(case, shape):
             np.testing.assert_array_equal(a, b, err_msg=f"{t} threads vs 1")
 
 
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("op", ["batch", "instance", "group"])
+def test_parameter_gradients_over_many_channels_same_bits_at_any_thread_count(op, layout):
+    """dweight / dbias from N * C = 40000 (sample, channel) sums, which the threads share out
+    by channel (with 3 threads a thread starts mid-group: 200 channels, groups of 8): the same
+    bits for 1 to 4 threads, and the float64 reference's values."""
+    rng = np.random.default_rng(11)
+    shape = (200, 200, 2, 3)
+    G = 25 if op == "group" else None
+    x = oc.arrange(3 + rng.standard_normal(shape), layout)
+    dy = oc.arrange(rng.standard_normal(shape), layout)
+    w = 1 + 0.1 * rng.standard_normal(200)
+    lay = "NHWC" if layout == "NHWC" else "NCHW"
+    fwd = {"batch": fn.batch_norm_forward, "instance": fn.instance_norm_forward,
+           "group": lambda a, *k, **kw: fn.group_norm_forward(a, G, *k, **kw)}[op]
+    bwd = {"batch": fn.batch_norm_backward, "instance": fn.instance_norm_backward,
+           "group": lambda d, a, m, r, *k, **kw: fn.group_norm_backward(d, a, m, r, G, *k,
+                                                                        **kw)}[op]
+    _, rdw, rdb = ref.channel_backward(op, ref.to_nchw(dy, layout), ref.to_nchw(x, layout), w,
+                                       G=G)
+    for dtype, tol in ((np.float32, 2e-3), (np.float64, 1e-9)):
+        runs = []
+        for t in (1, 2, 3, 4):
+            with fn.threads(t):
+                _, m, r = fwd(x.astype(dtype), w.astype(dtype), layout=lay)
+                runs.append(bwd(dy.astype(dtype), x.astype(dtype), m, r, w.astype(dtype),
+                                layout=lay))
+        for t, other in zip((2, 3, 4), runs[1:]):
+            for a, b in zip(runs[0], other):
+                np.testing.assert_array_equal(a, b, err_msg=f"{t} threads vs 1")
+        scale = np.max(np.abs(rdw)) + np.max(np.abs(rdb))
+        assert np.max(np.abs(runs[0][1] - rdw)) <= tol * scale
+        assert np.max(np.abs(runs[0][2] - rdb)) <= tol * scale
+
+
 # ---- long reductions --------------------------------------------------------------------------
 
 BIG = 41_000_000  # elements in one reduction: more than 4e7
