@@ -584,6 +584,41 @@ def test_group_units_of_small_planes_backward_same_bits(N, C, S, cb, dtype, rng)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("N,C,S,cb", [(3, 128, 49, 64), (2, 256, 9, 64), (2, 40, 37, 10),
+                                      (2, 64, 5, 64), (1, 16, 300, 2), (2, 6, 300, 3)])
+def test_group_units_of_small_planes_one_run_same_bits(N, C, S, cb, dtype, rng):
+    """A group-norm unit of several planes (past the grouped units' 1 KiB) is normalized as one
+    run of vectors across its planes, a vector over a plane boundary taking each lane's
+    coefficients from its own plane (fn_planes_apply; the backward's dx likewise,
+    fn_planes_bwd_apply): y and dx are bitwise those of the split schedule's plane-by-plane
+    loop, with streaming stores or not, into an output one element off its alignment (a
+    scalar head) or not, with relu or not, and match the reference."""
+    x = (50 + 2 * rng.standard_normal(N * C * S)).astype(dtype)
+    dy = rng.standard_normal(N * C * S).astype(dtype)
+    w = rng.standard_normal(C).astype(dtype)
+    b = rng.standard_normal(C).astype(dtype)
+    U = N * (C // cb)
+    for act in (0, 1):
+        got = []
+        for fuse, t, stream, off in ((False, 1, 0, 0), (True, 1, 0, 0), (True, 2, 1, 0),
+                                     (True, 1, 1, 1), (False, 2, 1, 1)):
+            y = np.empty(x.size + off, dtype)[off:]
+            dx = np.empty(x.size + off, dtype)[off:]
+            m, r = np.empty(U), np.empty(U)
+            dw, db = np.empty(C), np.empty(C)
+            K.planes_forward(x, y, N, C, S, 1, cb, w, b, False, 1e-5, m, r, act, t, fuse,
+                             stream=stream)
+            K.planes_backward(dy, x, dx, N, C, S, 1, cb, w, m, r, dw, db, t, fuse,
+                              stream=stream)
+            got.append((y.copy(), m, r, dx.copy(), dw, db))
+        for other in got[1:]:
+            for a, o in zip(got[0], other):
+                np.testing.assert_array_equal(a, o)
+    ry, _, _ = ref.channel_forward("group", x.reshape(N, C, S), w, b, G=C // cb)
+    assert_close(got[0][0].reshape(N, C, S), np.maximum(ry, 0), dtype, what="y")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("n", [1, 15, 4097, 3 * 4096 * 4 + 21])
 def test_parallel_copy(n, dtype, rng):
     """The benchmarks' floor copies every element, memcpy or streaming (four-page blocks, a

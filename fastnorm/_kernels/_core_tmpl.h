@@ -1156,6 +1156,129 @@ FN_HOT static void FN(fn_seg2_apply_ew)(const T *x0, const T *x1, T *y0, T *y1, 
     }
 }
 
+/* ---- runs of planes --------------------------------------------------------------------- */
+/* A one-sample group-norm unit's planes are one contiguous run of np * S values; its apply
+   went plane by plane: a call, a head and a scalar tail a plane and, past the streaming
+   threshold, ordinary stores into every line two planes share (a plane of 14 x 14 float32 is
+   12.25 lines). These loops run over the whole run in vectors: a vector inside plane j uses
+   plane j's coefficients, one across a plane boundary takes each lane's from its own plane
+   (fn_run_coef), so every value gets the same operations as in the plane loop (the same bits),
+   and the run streams every line but its own head and tail. */
+
+/* Lane k of the result: the coefficient of the plane holding run value i + k, where plane j
+   holds [e - S, e) and i < e < i + FN_VL (the vector crosses the end of plane j); a plane's
+   coefficient is r * c[j'] (mul) or c[j'], computed as the plane loop computes it. */
+static inline __attribute__((always_inline)) FN(vec) FN(fn_run_coef)(const T *c, T r, int mul,
+                                                                   fn_idx i, fn_idx j, fn_idx e,
+                                                                   fn_idx S)
+{
+    FN(vec) v;
+    fn_idx k, jj;
+    if (S >= FN_VL) {  /* two planes at most */
+        const FN(iv) io = FN_IOTA;
+        FN(iv) m = io < (FN(iv)){0} + (__typeof__(io[0]))(e - i);
+        FN(vec) lo = (FN(vec)){0} + (mul ? r * c[j] : c[j]);
+        FN(vec) hi = (FN(vec)){0} + (mul ? r * c[j + 1] : c[j + 1]);
+        return (FN(vec))(((FN(iv))lo & m) | ((FN(iv))hi & ~m));
+    }
+    for (k = 0; k < FN_VL; k++) {
+        jj = i + k < e ? j : j + 1 + (i + k - e) / S;
+        v[k] = mul ? r * c[jj] : c[jj];
+    }
+    return v;
+}
+
+/* Plane state of the run loops below: at value i past the end e of plane j, move to the plane
+   holding i and load its coefficients (SET). */
+#define FN_RUN_AT(i, SET)                                                                     \
+    if ((i) >= e) {                                                                           \
+        do {                                                                                  \
+            j++;                                                                              \
+            e += S;                                                                           \
+        } while ((i) >= e);                                                                   \
+        SET;                                                                                  \
+    }
+
+/* y = ((x - mh) - ml) * (r * w[j]) + b[j] over the np planes of S values of one run (plane j:
+   values [j * S, (j + 1) * S)), then relu if act (act 0 or 1 only): fn_seg_apply's operations
+   per value. */
+FN_HOT static void FN(fn_planes_apply)(const T *x, T *y, fn_idx np, fn_idx S, T mh, T ml, T r,
+                                       const T *w, const T *b, int act, int nt, fn_idx pf)
+{
+    const fn_idx n = np * S;
+    fn_idx i = 0, j = 0, e = S, h = nt ? FN(fn_nt_head)(y, n) : 0;
+    T a = r * w[0], bj = b[0], u;
+    FN(vec) v;
+#define FN_RUN_SET (a = r * w[j], bj = b[j])
+#define FN_RUN_ONE                                                                            \
+    do {                                                                                      \
+        FN_RUN_AT(i, FN_RUN_SET);                                                             \
+        u = FN_NORM_CH(x[i], mh, ml, a, bj);                                                  \
+        y[i] = act ? FN_RELU(u) : u;                                                          \
+    } while (0)
+    if (h < 0) { nt = 0; h = 0; }
+    for (; i < h; i++) FN_RUN_ONE;
+    while (i + FN_VL <= n) {
+        FN_RUN_AT(i, FN_RUN_SET);
+        for (; i + FN_VL <= e; i += FN_VL) {  /* the vectors inside plane j */
+            if (pf) __builtin_prefetch(x + i + pf, 0, 2);
+            v = FN_NORM_CH(FN_LDV(x + i), mh, ml, a, bj);
+            if (act) v = FN(fn_vrelu)(v);
+            FN(fn_vst)(y + i, v, nt);
+        }
+        if (i < e && i + FN_VL <= n) {  /* the vector across its end */
+            v = FN_NORM_CH(FN_LDV(x + i), mh, ml, FN(fn_run_coef)(w, r, 1, i, j, e, S),
+                           FN(fn_run_coef)(b, r, 0, i, j, e, S));
+            if (act) v = FN(fn_vrelu)(v);
+            FN(fn_vst)(y + i, v, nt);
+            i += FN_VL;
+        }
+    }
+    for (; i < n; i++) FN_RUN_ONE;
+#undef FN_RUN_ONE
+#undef FN_RUN_SET
+}
+
+/* dx = (dy * w[j] - Q) * R + ((x - mh) - ml) * B over the np planes of S values of one run of
+   a group-norm unit (fn_seg_bwd_apply's form for cb > 1: P = w[c]): the same operations per
+   value as plane by plane. */
+FN_HOT static void FN(fn_planes_bwd_apply)(const T *dy, const T *x, T *dx, fn_idx np,
+                                           fn_idx S, const T *w, T Q, T R, T mh, T ml, T B,
+                                           int nt, fn_idx pf)
+{
+    const fn_idx n = np * S;
+    fn_idx i = 0, j = 0, e = S, h = nt ? FN(fn_nt_head)(dx, n) : 0;
+    T P = w[0];
+    FN(vec) v;
+#define FN_RUN_ONE                                                                            \
+    do {                                                                                      \
+        FN_RUN_AT(i, P = w[j]);                                                               \
+        dx[i] = (dy[i] * P - Q) * R + ((x[i] - mh) - ml) * B;                                 \
+    } while (0)
+    if (h < 0) { nt = 0; h = 0; }
+    for (; i < h; i++) FN_RUN_ONE;
+    while (i + FN_VL <= n) {
+        FN_RUN_AT(i, P = w[j]);
+        for (; i + FN_VL <= e; i += FN_VL) {  /* the vectors inside plane j */
+            if (pf) {
+                __builtin_prefetch(dy + i + pf, 0, 2);
+                __builtin_prefetch(x + i + pf, 0, 2);
+            }
+            v = (FN_LDV(dy + i) * P - Q) * R + ((FN_LDV(x + i) - mh) - ml) * B;
+            FN(fn_vst)(dx + i, v, nt);
+        }
+        if (i < e && i + FN_VL <= n) {  /* the vector across its end */
+            v = (FN_LDV(dy + i) * FN(fn_run_coef)(w, 0, 0, i, j, e, S) - Q) * R
+                + ((FN_LDV(x + i) - mh) - ml) * B;
+            FN(fn_vst)(dx + i, v, nt);
+            i += FN_VL;
+        }
+    }
+    for (; i < n; i++) FN_RUN_ONE;
+#undef FN_RUN_ONE
+}
+#undef FN_RUN_AT
+
 /* The mean as a T pair, m == mh + ml to within T rounding of ml: x - mh is exact near the
    mean, and (x - mh) - ml keeps what a single T would lose. */
 static inline void FN(fn_split_mean)(double m, T *mh, T *ml)
@@ -1628,18 +1751,6 @@ FN_HOT static void FN(fn_planes_bwd_sums)(const T *dy, const T *x, fn_idx nplane
             psum[2 * (j0 + j) + 1] = P2[j];
         }
     }
-}
-
-/* dx of nplanes consecutive planes of one group-norm unit, plane j weighted by w[j]:
-   fn_units_group_bwd's form for cb > 1 (P = w[c], R = r), plane by plane in one loop. */
-FN_HOT static void FN(fn_planes_bwd_apply)(const T *dy, const T *x, T *dx, fn_idx nplanes,
-                                           fn_idx S, const T *w, T Q, T R, T mh, T ml, T B,
-                                           int nt, fn_idx pf)
-{
-    fn_idx j;
-    for (j = 0; j < nplanes; j++)
-        FN(fn_seg_bwd_apply_in)(dy + j * S, x + j * S, dx + j * S, S, w[j], Q, R, mh, ml, B,
-                                nt, pf);
 }
 
 /* The backward of one-sample channel units u0 .. u1 - 1 (instance norm: cb = 1, one plane
