@@ -585,12 +585,14 @@ def test_group_units_of_small_planes_backward_same_bits(N, C, S, cb, dtype, rng)
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("N,C,S,cb", [(3, 128, 49, 64), (2, 256, 9, 64), (2, 40, 37, 10),
-                                      (2, 64, 5, 64), (1, 16, 300, 2), (2, 6, 300, 3)])
+                                      (2, 64, 5, 64), (1, 16, 300, 2), (2, 6, 300, 3),
+                                      (4, 20, 49, 1), (3, 32, 9, 4), (2, 24, 5, 1)])
 def test_group_units_of_small_planes_one_run_same_bits(N, C, S, cb, dtype, rng):
     """A group-norm unit of several planes (past the grouped units' 1 KiB) is normalized as one
     run of vectors across its planes, a vector over a plane boundary taking each lane's
     coefficients from its own plane (fn_planes_apply; the backward's dx likewise,
-    fn_planes_bwd_apply): y and dx are bitwise those of the split schedule's plane-by-plane
+    fn_planes_bwd_apply), and so, when streaming, are the planes of a group of small units
+    (the last three cases): y and dx are bitwise those of the split schedule's plane-by-plane
     loop, with streaming stores or not, into an output one element off its alignment (a
     scalar head) or not, with relu or not, and match the reference."""
     x = (50 + 2 * rng.standard_normal(N * C * S)).astype(dtype)
