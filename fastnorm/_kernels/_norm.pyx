@@ -1409,10 +1409,11 @@ cdef void planes_unit_bwd_fused(const floating *dy, const floating *x, floating 
     cdef Py_ssize_t n1 = n0
     if nb == 1 and cb > 1 and S <= FN_BLK:
         # a group-norm unit of several planes: its planes' sums eight side by side, its dx
-        # in one run across its planes (fn_planes_bwd_sums / _apply), the same bits; the run
-        # against plane by plane: (32, 1024, 14, 14) float32 one thread 0.69, two 0.70. Backward / copy against
-        # the build before it and the vector tails, same process: (32, 2048, 7, 7) float32
-        # one thread 0.87, two 0.88, float64 0.94; (32, 1024, 14, 14) two threads 0.95
+        # in one run across its planes (fn_planes_bwd_sums / _apply), the same bits. Backward
+        # / copy against the build before it and the vector tails, same process: (32, 2048,
+        # 7, 7) float32 one thread 0.87, two 0.88, float64 0.94; (32, 1024, 14, 14) two
+        # threads 0.95; the run against plane by plane (with the faster dweight sum, ca3b44a):
+        # (32, 1024, 14, 14) float32 one thread 0.69, two 0.70
         p = n0 * C + c0
         if floating is float:
             fn_planes_bwd_sums_f32(dy + p * S, x + p * S, cb, S, mh[u], ml[u], psum + 2 * p)
@@ -1472,7 +1473,6 @@ cdef inline void units_group_bwd(const floating *dy, const floating *x, floating
     else:
         fn_units_group_bwd_f64(dy, x, dx, u0, u1, ncb, S, cb, w, mh, ml, rstd, psum, cQ, cB,
                                stream, frozen, pf)
-
 
 
 # dweight / dbias from the per-(row, channel) sums the backward leaves behind: the planes'
@@ -2366,7 +2366,6 @@ cdef void cols_unit_bwd_coef(Py_ssize_t g, Py_ssize_t R, Py_ssize_t C, Py_ssize_
             if frozen:  # statistics are constants (eval mode): dx = dy * w * r
                 coef[3 * C + c] = 0
                 coef[5 * C + c] = 0
-
 
 
 cdef void cols_bwd_coef(const double *mean, const double *rstd, const floating *w,
