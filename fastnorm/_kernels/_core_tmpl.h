@@ -1812,9 +1812,10 @@ FN_HOT static void FN(fn_units_group_bwd)(const T *dy, const T *x, T *dx, fn_idx
     double sdy, sg, sgx, r, cnt = (double)(cb * S);
     T rt;
     /* Ordinary stores: past the streaming threshold, streaming these units' dx (as runs across
-       their planes, fn_run_bwd_apply_in, so that no line took both kinds) measured slower
-       than not streaming: instance norm (32, 1024, 14, 14) float32 backward / copy 2.40 vs
-       1.82 at one thread, 1.96 vs 1.94 at two. */
+       their planes, so that no line took both kinds) measured slower than not streaming:
+       instance norm (32, 1024, 14, 14) float32 backward / copy 2.40 vs 1.82 at one thread,
+       1.96 vs 1.94 at two. Taking the next unit's sums between a unit's coefficients and its
+       dx (software pipelining) lost too: 1.01-1.04 on 7 x 7 planes, 1.18 on 14 x 14. */
     nt = 0;
     for (u = u0; u < u1; u++) {
         sdy = sg = sgx = 0;
