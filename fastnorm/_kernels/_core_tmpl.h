@@ -1247,7 +1247,7 @@ FN_HOT static void FN(fn_planes_apply)(const T *x, T *y, fn_idx np, fn_idx S, T 
 {
     T MH[FN_RUN_PLANES], ML[FN_RUN_PLANES], A[FN_RUN_PLANES];
     fn_idx j0, k, m;
-    for (k = 0; k < FN_RUN_PLANES; k++) {
+    for (k = 0; k < FN_RUN_PLANES && k < np; k++) {
         MH[k] = mh;
         ML[k] = ml;
     }
@@ -1801,22 +1801,20 @@ FN_HOT static void FN(fn_planes_bwd_sums)(const T *dy, const T *x, fn_idx nplane
    the sums of its planes into psum (two per plane), its coefficients cQ[u], cB[u] (the form of
    planes_unit_bwd_coef), then the dx of its planes (plane_chunk_bwd_apply's), in one loop: the
    operations of the Cython schedule (planes_unit_bwd_fused), so the same bits, without its
-   calls per plane. mh, ml, rstd: per unit. */
+   calls per plane. mh, ml, rstd: per unit. dx with ordinary stores at any size: streamed (as
+   runs across the planes, so that no line took both kinds) it measured slower, instance norm
+   (32, 1024, 14, 14) float32 backward / copy 2.40 vs 1.82 at one thread, 1.96 vs 1.94 at two;
+   with the store kind a parameter that is always 0, 1.04-1.05 (its branches stay in). */
 FN_HOT static void FN(fn_units_group_bwd)(const T *dy, const T *x, T *dx, fn_idx u0, fn_idx u1,
                                           fn_idx ncb, fn_idx S, fn_idx cb, const T *w,
                                           const T *mh, const T *ml, const double *rstd,
-                                          double *psum, T *cQ, T *cB, int nt, int frozen,
-                                          fn_idx pf)
+                                          double *psum, T *cQ, T *cB, int frozen, fn_idx pf)
 {
     fn_idx u, j, p, c;
     double sdy, sg, sgx, r, cnt = (double)(cb * S);
     T rt;
-    /* Ordinary stores: past the streaming threshold, streaming these units' dx (as runs across
-       their planes, so that no line took both kinds) measured slower than not streaming:
-       instance norm (32, 1024, 14, 14) float32 backward / copy 2.40 vs 1.82 at one thread,
-       1.96 vs 1.94 at two. Taking the next unit's sums between a unit's coefficients and its
-       dx (software pipelining) lost too: 1.01-1.04 on 7 x 7 planes, 1.18 on 14 x 14. */
-    nt = 0;
+    /* Taking the next unit's sums between a unit's coefficients and its dx (software
+       pipelining) lost: 1.01-1.04 on 7 x 7 planes, 1.18 on 14 x 14 (backward / copy, paired). */
     for (u = u0; u < u1; u++) {
         sdy = sg = sgx = 0;
         for (j = 0; j < cb; j++) {
@@ -1843,10 +1841,10 @@ FN_HOT static void FN(fn_units_group_bwd)(const T *dy, const T *x, T *dx, fn_idx
             c = (u % ncb) * cb + j;
             if (cb == 1)
                 FN(fn_seg_bwd_apply_in)(dy + p * S, x + p * S, dx + p * S, S, 1, cQ[u],
-                                        rt * w[c], mh[u], ml[u], cB[u], nt, pf);
+                                        rt * w[c], mh[u], ml[u], cB[u], 0, pf);
             else
                 FN(fn_seg_bwd_apply_in)(dy + p * S, x + p * S, dx + p * S, S, w[c], cQ[u], rt,
-                                        mh[u], ml[u], cB[u], nt, pf);
+                                        mh[u], ml[u], cB[u], 0, pf);
         }
     }
 }

@@ -131,12 +131,12 @@ cdef extern from "_core.h" nogil:
     void fn_units_group_bwd_f32(const float *dy, const float *x, float *dx, fn_idx u0,
                                 fn_idx u1, fn_idx ncb, fn_idx S, fn_idx cb, const float *w,
                                 const float *mh, const float *ml, const double *rstd,
-                                double *psum, float *cQ, float *cB, int nt, int frozen,
+                                double *psum, float *cQ, float *cB, int frozen,
                                 fn_idx pf)
     void fn_units_group_bwd_f64(const double *dy, const double *x, double *dx, fn_idx u0,
                                 fn_idx u1, fn_idx ncb, fn_idx S, fn_idx cb, const double *w,
                                 const double *mh, const double *ml, const double *rstd,
-                                double *psum, double *cQ, double *cB, int nt, int frozen,
+                                double *psum, double *cQ, double *cB, int frozen,
                                 fn_idx pf)
     void fn_seg_col_moments_f32(const float *x, fn_idx rows, fn_idx C, fn_idx rb, float *scr,
                                 double *bm, double *bm2, double *n, double *mean, double *m2)
@@ -1464,15 +1464,15 @@ cdef inline void units_group_bwd(const floating *dy, const floating *x, floating
                                  Py_ssize_t g, Py_ssize_t U, Py_ssize_t ncb, Py_ssize_t S,
                                  Py_ssize_t cb, const floating *w, const floating *mh,
                                  const floating *ml, const double *rstd, double *psum,
-                                 floating *cQ, floating *cB, int stream, bint frozen,
+                                 floating *cQ, floating *cB, bint frozen,
                                  Py_ssize_t pf) noexcept nogil:
     cdef Py_ssize_t u0 = g * UNIT_GROUP, u1 = min(U, u0 + UNIT_GROUP)
     if floating is float:
         fn_units_group_bwd_f32(dy, x, dx, u0, u1, ncb, S, cb, w, mh, ml, rstd, psum, cQ, cB,
-                               stream, frozen, pf)
+                               frozen, pf)
     else:
         fn_units_group_bwd_f64(dy, x, dx, u0, u1, ncb, S, cb, w, mh, ml, rstd, psum, cQ, cB,
-                               stream, frozen, pf)
+                               frozen, pf)
 
 
 # dweight / dbias from the per-(row, channel) sums the backward leaves behind: the planes'
@@ -1573,20 +1573,17 @@ def planes_backward(const floating[::1] dy, const floating[::1] x, floating[::1]
     cdef Py_ssize_t NG = (U + UNIT_GROUP - 1) // UNIT_GROUP
     if (fuse and nb == 1 and K == 1
             and cb * S * <Py_ssize_t>sizeof(floating) <= GROUP_BWD_UNIT_BYTES):
-        # small one-sample units, UNIT_GROUP at a time in one C loop (units_group_bwd)
+        # small one-sample units, UNIT_GROUP at a time in one C loop (units_group_bwd), with
+        # ordinary stores at any size (fn_units_group_bwd)
         with nogil:
             if n_threads == 1:  # no parallel region (SERIAL_NOTE)
                 for g in range(NG):
                     units_group_bwd(&dy[0], &x[0], &dx[0], g, U, ncb, S, cb, &w[0], &cmh[0],
-                                    &cml[0], &rstd[0], &psum[0], &cQ[0], &cB[0], stream,
-                                    frozen, pf)
-                if stream:
-                    fn_sfence()
+                                    &cml[0], &rstd[0], &psum[0], &cQ[0], &cB[0], frozen, pf)
             else:
                 for g in prange(NG, schedule="static", num_threads=n_threads):
                     units_group_bwd(&dy[0], &x[0], &dx[0], g, U, ncb, S, cb, &w[0], &cmh[0],
-                                    &cml[0], &rstd[0], &psum[0], &cQ[0], &cB[0], stream,
-                                    frozen, pf)
+                                    &cml[0], &rstd[0], &psum[0], &cQ[0], &cB[0], frozen, pf)
     elif fuse and n_threads == 1:  # no parallel region (SERIAL_NOTE)
         with nogil:
             for u in range(U):
