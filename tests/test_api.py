@@ -761,7 +761,7 @@ def test_streaming_stores_start_on_a_whole_line(dtype):
     item size never streams."""
     K = pytest.importorskip("fastnorm._kernels._norm")
     item = np.dtype(dtype).itemsize
-    vl = 64 // item
+    vl = K.VECTOR_BYTES // item
     base = np.zeros(4096, dtype=np.uint8)
     start = (-base.ctypes.data) % 64  # base[start] is on a line boundary
     for off in range(0, 72, item):

@@ -50,9 +50,20 @@ static inline void fn_sfence(void)
 }
 
 /* Elements per moment block: 8 KiB of float32, well inside L1, long enough that the per-block
-   horizontal sums and the float64 merge cost little. Each float32 accumulator lane (32 of them,
-   two 64-byte vectors) sums at most 64 terms. */
+   horizontal sums and the float64 merge cost little. Each float32 accumulator lane (16 of them,
+   two 32-byte vectors) sums at most 128 terms. */
 #define FN_BLK 2048
+
+/* Bytes per GCC vector in the kernels: 32, the widest register of every x86-64-v3 CPU, so
+   the lane arithmetic (and with it every result's bits) is the same in the AVX-512, AVX2 and
+   baseline clones, and every clone keeps its accumulators in registers. With 64-byte vectors
+   the AVX-512 clone was as good, but GCC has no register for a 64-byte vector without AVX-512
+   and lowered every one in the AVX2 clone to stack round trips (the block-moments step went
+   from 31 instructions to 201, 138 of them loads and stores of the stack): on an AMD EPYC
+   (Zen 3, AVX2) layer norm of (197, 768) float32 took 2.2x PyTorch's time. */
+#ifndef FN_VB
+#define FN_VB 32
+#endif
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(FN_NO_CLONES) \
     && defined(__linux__)

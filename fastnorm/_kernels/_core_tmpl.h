@@ -4,11 +4,11 @@
 #define FN(name) FN_CAT(name, FN_SFX)
 #define T FN_T
 
-/* 64-byte GCC vectors: accumulators (two per reduction, so the add chains overlap) and
-   unaligned loads straight from the data. */
-typedef T FN(vec) __attribute__((vector_size(64)));
-typedef T FN(uvec) __attribute__((vector_size(64), aligned(sizeof(T)), may_alias));
-#define FN_VL ((fn_idx)(64 / sizeof(T)))
+/* FN_VB-byte GCC vectors (_core.h): accumulators (two per reduction, so the add chains
+   overlap) and unaligned loads straight from the data. */
+typedef T FN(vec) __attribute__((vector_size(FN_VB)));
+typedef T FN(uvec) __attribute__((vector_size(FN_VB), aligned(sizeof(T)), may_alias));
+#define FN_VL ((fn_idx)(FN_VB / sizeof(T)))
 /* an unaligned vector load */
 #define FN_LDV(p) (*(const FN(uvec) *)(p))
 /* Rows swept side by side go FN_ROWS_RUN vectors of one, then of the next (see
@@ -25,27 +25,27 @@ typedef double FN(hd8) __attribute__((vector_size(64)));
 typedef double FN(hd4) __attribute__((vector_size(32)));
 typedef double FN(hd2) __attribute__((vector_size(16)));
 typedef int64_t FN(hl8) __attribute__((vector_size(64)));
-/* The tree's first level as 8 float64 lanes: t[j] = a[j] (+ b[j]), and for float32 also the
-   h = 8 step (lanes j and j + 8 of a float32 vector, converted). */
-static inline __attribute__((always_inline)) FN(hd8) FN(fn_hsum_t)(const FN(vec) *a,
+/* The tree's first level as 4 float64 lanes: t[j] = a[j] (+ b[j]), and for float32 also the
+   h = 4 step (lanes j and j + 4 of a float32 vector, converted). */
+static inline __attribute__((always_inline)) FN(hd4) FN(fn_hsum_t)(const FN(vec) *a,
                                                                 const FN(vec) *b)
 {
-    FN(hd8) t;
+    FN(hd4) t;
 #if FN_IS_F32
-    typedef float hf8 __attribute__((vector_size(32)));
+    typedef float hf4 __attribute__((vector_size(16)));
     FN(vec) va = *a, vb;
-    FN(hd8) lo = __builtin_convertvector(
-        (hf8)__builtin_shufflevector(va, va, 0, 1, 2, 3, 4, 5, 6, 7), FN(hd8));
-    FN(hd8) hi = __builtin_convertvector(
-        (hf8)__builtin_shufflevector(va, va, 8, 9, 10, 11, 12, 13, 14, 15), FN(hd8));
+    FN(hd4) lo = __builtin_convertvector(
+        (hf4)__builtin_shufflevector(va, va, 0, 1, 2, 3), FN(hd4));
+    FN(hd4) hi = __builtin_convertvector(
+        (hf4)__builtin_shufflevector(va, va, 4, 5, 6, 7), FN(hd4));
     if (b) {
         vb = *b;
         lo += __builtin_convertvector(
-            (hf8)__builtin_shufflevector(vb, vb, 0, 1, 2, 3, 4, 5, 6, 7), FN(hd8));
+            (hf4)__builtin_shufflevector(vb, vb, 0, 1, 2, 3), FN(hd4));
         hi += __builtin_convertvector(
-            (hf8)__builtin_shufflevector(vb, vb, 8, 9, 10, 11, 12, 13, 14, 15), FN(hd8));
+            (hf4)__builtin_shufflevector(vb, vb, 4, 5, 6, 7), FN(hd4));
     }
-    t = lo + hi;  /* h = 8 */
+    t = lo + hi;  /* h = 4 */
 #else
     t = *a;
     if (b) t += *b;
@@ -56,30 +56,26 @@ static inline __attribute__((always_inline)) FN(hd8) FN(fn_hsum_t)(const FN(vec)
 static inline __attribute__((always_inline)) double FN(fn_hsum)(const FN(vec) *a,
                                                              const FN(vec) *b)
 {
-    FN(hd8) t = FN(fn_hsum_t)(a, b);
-    FN(hd4) s4;
-    FN(hd2) s2;
-    s4 = __builtin_shufflevector(t, t, 0, 1, 2, 3) + __builtin_shufflevector(t, t, 4, 5, 6, 7);
-    s2 = __builtin_shufflevector(s4, s4, 0, 1) + __builtin_shufflevector(s4, s4, 2, 3);
+    FN(hd4) t = FN(fn_hsum_t)(a, b);
+    FN(hd2) s2 = __builtin_shufflevector(t, t, 0, 1) + __builtin_shufflevector(t, t, 2, 3);
     return s2[0] + s2[1];
 }
 
 /* fn_hsum's tree for eight first levels at once (t[k] from fn_hsum_t): lane k of the result is
    the sum fn_hsum forms from t[k], by the same pairs in the same order (so the same bits),
-   in 7 shuffle-and-add steps instead of 8 x 3. */
-static inline __attribute__((always_inline)) FN(hd8) FN(fn_hsum8)(const FN(hd8) *t)
+   in 4 shuffle-and-add steps instead of 8 x 2. */
+static inline __attribute__((always_inline)) FN(hd8) FN(fn_hsum8)(const FN(hd4) *t)
 {
-#define FN_H4(a, b) (__builtin_shufflevector(a, b, 0, 1, 2, 3, 8, 9, 10, 11)                  \
-                     + __builtin_shufflevector(a, b, 4, 5, 6, 7, 12, 13, 14, 15))
-#define FN_H2(a, b) (__builtin_shufflevector(a, b, 0, 1, 4, 5, 8, 9, 12, 13)                  \
-                     + __builtin_shufflevector(a, b, 2, 3, 6, 7, 10, 11, 14, 15))
-    FN(hd8) x01 = FN_H4(t[0], t[1]), x23 = FN_H4(t[2], t[3]);
-    FN(hd8) x45 = FN_H4(t[4], t[5]), x67 = FN_H4(t[6], t[7]);
-    FN(hd8) y03 = FN_H2(x01, x23), y47 = FN_H2(x45, x67);
-#undef FN_H4
+#define FN_H2(a, b) (__builtin_shufflevector(a, b, 0, 1, 4, 5)                                \
+                     + __builtin_shufflevector(a, b, 2, 3, 6, 7))
+#define FN_H1(a, b) (__builtin_shufflevector(a, b, 0, 2, 4, 6)                                \
+                     + __builtin_shufflevector(a, b, 1, 3, 5, 7))
+    FN(hd4) x01 = FN_H2(t[0], t[1]), x23 = FN_H2(t[2], t[3]);
+    FN(hd4) x45 = FN_H2(t[4], t[5]), x67 = FN_H2(t[6], t[7]);
+    FN(hd4) y03 = FN_H1(x01, x23), y47 = FN_H1(x45, x67);
 #undef FN_H2
-    return __builtin_shufflevector(y03, y47, 0, 2, 4, 6, 8, 10, 12, 14)
-           + __builtin_shufflevector(y03, y47, 1, 3, 5, 7, 9, 11, 13, 15);
+#undef FN_H1
+    return __builtin_shufflevector(y03, y47, 0, 1, 2, 3, 4, 5, 6, 7);
 }
 
 static inline double FN(fn_hsum1)(const FN(vec) *a)
@@ -93,22 +89,16 @@ static inline double FN(fn_hsum1)(const FN(vec) *a)
    tenth of a 256-value row's time). */
 static inline T FN(fn_pivot)(const T *x, fn_idx n)
 {
-    FN(vec) a;
+    FN(vec) a, b;
     fn_idx j;
-    if (n < 16) {
+    if (n < 2 * FN_VL) {
         double s = 0;
         for (j = 0; j < n; j++) s += (double)x[j];
         return (T)(s / (double)n);
     }
     a = FN_LDV(x);
-#if FN_IS_F32
-    return (T)(FN(fn_hsum)(&a, NULL) * (1.0 / 16.0));
-#else
-    {
-        FN(vec) b = FN_LDV(x + 8);
-        return (T)(FN(fn_hsum)(&a, &b) * (1.0 / 16.0));
-    }
-#endif
+    b = FN_LDV(x + FN_VL);
+    return (T)(FN(fn_hsum)(&a, &b) * (1.0 / (double)(2 * FN_VL)));
 }
 
 /* ---- activation epilogue (inference forwards) ------------------------------------------- */
@@ -130,7 +120,7 @@ static inline T FN(fn_act)(T v, int act)
    differs between the AVX-512, AVX2 and baseline clones of their callers. exp: Cody-Waite reduction x = n ln2 + r and a degree-6 polynomial (about 1 ulp);
    erf: Abramowitz & Stegun 7.1.26 (absolute error <= 1.5e-7, below float32's resolution of
    the GELU output). */
-typedef int32_t fn_ivec_f32 __attribute__((vector_size(64)));
+typedef int32_t fn_ivec_f32 __attribute__((vector_size(FN_VB)));
 
 /* m ? a : b lane by lane (m from a vector comparison: all ones or all zeros). */
 static inline __attribute__((always_inline)) FN(vec) fn_vsel_f32(fn_ivec_f32 m, FN(vec) a, FN(vec) b)
@@ -251,11 +241,11 @@ static inline fn_idx FN(fn_bm_nv)(fn_idx n) { return n - n % (2 * FN_VL); }
    A tail of up to 2 * FN_VL - 1 values was a scalar loop, two add chains as long as the tail
    (a 7 x 7 float32 plane: 17 of its 49 values). */
 #if FN_IS_F32
-typedef int32_t FN(iv) __attribute__((vector_size(64)));
-#define FN_IOTA {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15}
-#else
-typedef int64_t FN(iv) __attribute__((vector_size(64)));
+typedef int32_t FN(iv) __attribute__((vector_size(FN_VB)));
 #define FN_IOTA {0, 1, 2, 3, 4, 5, 6, 7}
+#else
+typedef int64_t FN(iv) __attribute__((vector_size(FN_VB)));
+#define FN_IOTA {0, 1, 2, 3}
 #endif
 static inline __attribute__((always_inline)) FN(iv) FN(fn_tail_mask)(fn_idx i0, fn_idx n)
 {
@@ -754,7 +744,7 @@ static inline __attribute__((always_inline)) void FN(fn_vst)(T *p, FN(vec) v, in
         char *q = (char *)p;
         const char *s = (const char *)&v;
         int j;
-        for (j = 0; j < 64; j += 16) {
+        for (j = 0; j < FN_VB; j += 16) {
 #if FN_IS_F32
             __m128 t;
             memcpy(&t, s + j, 16);
@@ -1006,7 +996,7 @@ FN_HOT static void FN(fn_rows_minmax)(const T *x, fn_idx rows, fn_idx C, T *mn, 
 #define FN_RELU(v) ((v) < (T)0 ? (T)0 : (v))
 static inline __attribute__((always_inline)) FN(vec) FN(fn_vrelu)(FN(vec) v)
 {
-    typedef int64_t iv __attribute__((vector_size(64)));
+    typedef int64_t iv __attribute__((vector_size(FN_VB)));
     return (FN(vec))((iv)v & ~(iv)(v < (T)0));
 }
 
@@ -1349,7 +1339,8 @@ static inline __attribute__((always_inline)) void FN(fn_units_stats8)(
     const T *x, fn_idx nr, fn_idx n, double eps, int rms, double *mean_out, double *rstd_out)
 {
     const FN(hd8) Z = {0};
-    FN(hd8) t1[FN_GROUP], t2[FN_GROUP], s1 = Z, s2 = Z, kd = Z, N = Z + (double)n, sq, m, m2,
+    FN(hd4) t1[FN_GROUP], t2[FN_GROUP];
+    FN(hd8) s1 = Z, s2 = Z, kd = Z, N = Z + (double)n, sq, m, m2,
         nn, d, q;
     FN(fn_bm) st;
     T e1, e2, kn;
@@ -1370,7 +1361,7 @@ static inline __attribute__((always_inline)) void FN(fn_units_stats8)(
         s2[u] = (double)e2;
         kd[u] = (double)st.K;
     }
-    for (; u < FN_GROUP; u++) t1[u] = t2[u] = Z;
+    for (; u < FN_GROUP; u++) t1[u] = t2[u] = (FN(hd4)){0};
     /* fn_bm_end_in */
     s1 += FN(fn_hsum8)(t1);
     s2 += FN(fn_hsum8)(t2);
@@ -1767,7 +1758,8 @@ FN_HOT static void FN(fn_planes_bwd_sums)(const T *dy, const T *x, fn_idx nplane
                                           T ml, double *psum)
 {
     const FN(hd8) Z = {0};
-    FN(hd8) ta[FN_GROUP], tb[FN_GROUP], e1, e2, P1, P2;
+    FN(hd4) ta[FN_GROUP], tb[FN_GROUP];
+    FN(hd8) e1, e2, P1, P2;
     FN(vec) a0, a1, b0, b1;
     fn_idx j0, j, k, i, nv = S - S % (2 * FN_VL);
     T t1, t2;
@@ -1786,7 +1778,7 @@ FN_HOT static void FN(fn_planes_bwd_sums)(const T *dy, const T *x, fn_idx nplane
             e1[j] = (double)t1;
             e2[j] = (double)t2;
         }
-        for (; j < FN_GROUP; j++) ta[j] = tb[j] = Z;
+        for (; j < FN_GROUP; j++) ta[j] = tb[j] = (FN(hd4)){0};
         P1 = Z + (Z + (e1 + FN(fn_hsum8)(ta)));
         P2 = Z + (Z + (e2 + FN(fn_hsum8)(tb)));
         for (j = 0; j < k; j++) {

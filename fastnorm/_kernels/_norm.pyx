@@ -49,6 +49,7 @@ ctypedef fused floating:
 cdef extern from "_core.h" nogil:
     ctypedef Py_ssize_t fn_idx
     int FN_BLK
+    int FN_VB
     void fn_chan_merge(double *n, double *mean, double *m2, double nb, double mb, double m2b)
     void fn_unit_finalize(double n, double mean, double m2, double eps, int rms,
                           double *mean_out, double *rstd_out)
@@ -708,6 +709,10 @@ def _set_group_vec(int mode):
     return prev
 
 
+#: bytes per vector of the kernels' lane arithmetic (FN_VB in _core.h)
+VECTOR_BYTES = FN_VB
+
+
 def _stream_head(floating[::1] a, Py_ssize_t n):
     """Tests only: the values a streamed segment of n values starting at a[0] stores one by
     one before its streaming stores begin (fn_nt_head), or -1 if it never streams."""
@@ -821,7 +826,7 @@ cdef void planes_team_pipelined(const floating *x, floating *y, Py_ssize_t U, Py
     cdef Py_ssize_t lo = team_lo(U), hi = team_lo_next(U), L = hi - lo, k, kn
     cdef Py_ssize_t W = ways(L * n * <Py_ssize_t>sizeof(floating))
     cdef Py_ssize_t Q = (L + W - 1) // W
-    cdef Py_ssize_t step = 2 * (64 // sizeof(floating))  # fn_bm_step's pair of vectors
+    cdef Py_ssize_t step = 2 * (FN_VB // sizeof(floating))  # fn_bm_step's pair of vectors
     cdef fn_bm_f64 st  # the larger of the two states
     cdef double un = 0, um = 0, um2 = 0, cn, cm, cm2, bm, bm2
     cdef floating mh, ml, r
