@@ -61,9 +61,7 @@ static inline void fn_sfence(void)
    and lowered every one in the AVX2 clone to stack round trips (the block-moments step went
    from 31 instructions to 201, 138 of them loads and stores of the stack): on an AMD EPYC
    (Zen 3, AVX2) layer norm of (197, 768) float32 took 2.2x PyTorch's time. */
-#ifndef FN_VB
 #define FN_VB 32
-#endif
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(FN_NO_CLONES) \
     && defined(__linux__)

@@ -21,10 +21,9 @@ typedef T FN(uvec) __attribute__((vector_size(FN_VB), aligned(sizeof(T)), may_al
    tree: t[j] = a[j] (+ b[j]), then t[j] += t[j + h] for h = VL/2, ..., 1. Short segments (a
    plane of 14x14, a row of 256) pay for this once per block, so it runs as vector shuffles
    and adds in the tree's own order (the same bits as the scalar tree), not through memory. */
-typedef double FN(hd8) __attribute__((vector_size(64)));
 typedef double FN(hd4) __attribute__((vector_size(32)));
 typedef double FN(hd2) __attribute__((vector_size(16)));
-typedef int64_t FN(hl8) __attribute__((vector_size(64)));
+typedef int64_t FN(hl4) __attribute__((vector_size(32)));
 /* The tree's first level as 4 float64 lanes: t[j] = a[j] (+ b[j]), and for float32 also the
    h = 4 step (lanes j and j + 4 of a float32 vector, converted). */
 static inline __attribute__((always_inline)) FN(hd4) FN(fn_hsum_t)(const FN(vec) *a,
@@ -61,21 +60,17 @@ static inline __attribute__((always_inline)) double FN(fn_hsum)(const FN(vec) *a
     return s2[0] + s2[1];
 }
 
-/* fn_hsum's tree for eight first levels at once (t[k] from fn_hsum_t): lane k of the result is
+/* fn_hsum's tree for four first levels at once (t[k] from fn_hsum_t): lane k of the result is
    the sum fn_hsum forms from t[k], by the same pairs in the same order (so the same bits),
-   in 4 shuffle-and-add steps instead of 8 x 2. */
-static inline __attribute__((always_inline)) FN(hd8) FN(fn_hsum8)(const FN(hd4) *t)
+   in 2 shuffle-and-add steps instead of 4 x 2. */
+static inline __attribute__((always_inline)) FN(hd4) FN(fn_hsum4)(const FN(hd4) *t)
 {
-#define FN_H2(a, b) (__builtin_shufflevector(a, b, 0, 1, 4, 5)                                \
-                     + __builtin_shufflevector(a, b, 2, 3, 6, 7))
-#define FN_H1(a, b) (__builtin_shufflevector(a, b, 0, 2, 4, 6)                                \
-                     + __builtin_shufflevector(a, b, 1, 3, 5, 7))
-    FN(hd4) x01 = FN_H2(t[0], t[1]), x23 = FN_H2(t[2], t[3]);
-    FN(hd4) x45 = FN_H2(t[4], t[5]), x67 = FN_H2(t[6], t[7]);
-    FN(hd4) y03 = FN_H1(x01, x23), y47 = FN_H1(x45, x67);
-#undef FN_H2
-#undef FN_H1
-    return __builtin_shufflevector(y03, y47, 0, 1, 2, 3, 4, 5, 6, 7);
+    FN(hd4) x01 = __builtin_shufflevector(t[0], t[1], 0, 1, 4, 5)
+                  + __builtin_shufflevector(t[0], t[1], 2, 3, 6, 7);
+    FN(hd4) x23 = __builtin_shufflevector(t[2], t[3], 0, 1, 4, 5)
+                  + __builtin_shufflevector(t[2], t[3], 2, 3, 6, 7);
+    return __builtin_shufflevector(x01, x23, 0, 2, 4, 6)
+           + __builtin_shufflevector(x01, x23, 1, 3, 5, 7);
 }
 
 static inline double FN(fn_hsum1)(const FN(vec) *a)
@@ -1334,17 +1329,16 @@ FN_HOT static void FN(fn_rows_group_fwd)(const T *x, T *y, fn_idx nr, fn_idx n, 
 /* fn_units_stats for nr <= FN_GROUP units of n <= FN_BLK values, side by side: each unit's
    sums in its own vectors (its pivot taken while the unit before it is summed), then their
    lane sums, the two merges into an empty state and fn_unit_finalize in float64 lanes, one
-   unit a lane (fn_hsum8: fn_hsum's pairs), operation for operation, so the same bits. */
+   unit a lane (fn_hsum4: fn_hsum's pairs), operation for operation, so the same bits. */
 static inline __attribute__((always_inline)) void FN(fn_units_stats8)(
     const T *x, fn_idx nr, fn_idx n, double eps, int rms, double *mean_out, double *rstd_out)
 {
-    const FN(hd8) Z = {0};
-    FN(hd4) t1[FN_GROUP], t2[FN_GROUP];
-    FN(hd8) s1 = Z, s2 = Z, kd = Z, N = Z + (double)n, sq, m, m2,
-        nn, d, q;
+    const FN(hd4) Z = {0};
+    FN(hd4) t1[FN_GROUP], t2[FN_GROUP], s1, s2, kd, N = Z + (double)n, sq, m, m2, nn, d, q;
+    double e1d[FN_GROUP], e2d[FN_GROUP], kdd[FN_GROUP];
     FN(fn_bm) st;
     T e1, e2, kn;
-    fn_idx u, j;
+    fn_idx u, j, h, k;
     const T *p;
     kn = FN(fn_pivot)(x, n);
     for (u = 0; u < nr; u++) {
@@ -1357,39 +1351,46 @@ static inline __attribute__((always_inline)) void FN(fn_units_stats8)(
         FN(fn_bm_tail)(&st, p, n, &e1, &e2);
         t1[u] = FN(fn_hsum_t)(&st.a0, &st.a1);
         t2[u] = FN(fn_hsum_t)(&st.q0, &st.q1);
-        s1[u] = (double)e1;
-        s2[u] = (double)e2;
-        kd[u] = (double)st.K;
+        e1d[u] = (double)e1;
+        e2d[u] = (double)e2;
+        kdd[u] = (double)st.K;
     }
-    for (; u < FN_GROUP; u++) t1[u] = t2[u] = (FN(hd4)){0};
-    /* fn_bm_end_in */
-    s1 += FN(fn_hsum8)(t1);
-    s2 += FN(fn_hsum8)(t2);
-    sq = s1 * s1 / N;
-    m = kd + s1 / N;
-    q = s2 - sq;
-    m2 = (FN(hd8))((FN(hl8))q & (q > Z));
-    for (u = 0; u < nr; u++)
-        if (sq[u] > 0.5 * s2[u]) {  /* the pivot far from the mean: the exact two-pass */
-            double bm, bm2;
-            FN(fn_block_moments_2p)(x + u * n, n, m[u], &bm, &bm2);
-            m[u] = bm;
-            m2[u] = bm2;
+    for (; u < FN_GROUP; u++) {
+        t1[u] = t2[u] = Z;
+        e1d[u] = e2d[u] = kdd[u] = 0;
+    }
+    /* four units a step, one a float64 lane (32-byte vectors: registers in every clone) */
+    for (h = 0; h < nr; h += 4) {
+        /* fn_bm_end_in */
+        s1 = (FN(hd4)){e1d[h], e1d[h + 1], e1d[h + 2], e1d[h + 3]} + FN(fn_hsum4)(t1 + h);
+        s2 = (FN(hd4)){e2d[h], e2d[h + 1], e2d[h + 2], e2d[h + 3]} + FN(fn_hsum4)(t2 + h);
+        kd = (FN(hd4)){kdd[h], kdd[h + 1], kdd[h + 2], kdd[h + 3]};
+        sq = s1 * s1 / N;
+        m = kd + s1 / N;
+        q = s2 - sq;
+        m2 = (FN(hd4))((FN(hl4))q & (q > Z));
+        for (k = 0; k < 4 && h + k < nr; k++)
+            if (sq[k] > 0.5 * s2[k]) {  /* the pivot far from the mean: the exact two-pass */
+                double bm, bm2;
+                FN(fn_block_moments_2p)(x + (h + k) * n, n, m[k], &bm, &bm2);
+                m[k] = bm;
+                m2[k] = bm2;
+            }
+        /* fn_seg_moments' merge into an empty state, then the caller's */
+        for (j = 0; j < 2; j++) {
+            nn = Z + N;
+            d = m - Z;
+            m = Z + d * (N / nn);
+            m2 = Z + (m2 + d * d * (Z * N / nn));
         }
-    /* fn_seg_moments' merge into an empty state, then the caller's */
-    for (j = 0; j < 2; j++) {
-        nn = Z + N;
-        d = m - Z;
-        m = Z + d * (N / nn);
-        m2 = Z + (m2 + d * d * (Z * N / nn));
-    }
-    /* fn_unit_finalize */
-    q = rms ? m2 / N + m * m + eps : m2 / N + eps;
-    for (u = 0; u < FN_GROUP; u++) q[u] = sqrt(q[u]);
-    q = 1.0 / q;
-    for (u = 0; u < nr; u++) {
-        mean_out[u] = rms ? 0 : m[u];
-        rstd_out[u] = q[u];
+        /* fn_unit_finalize */
+        q = rms ? m2 / N + m * m + eps : m2 / N + eps;
+        for (k = 0; k < 4; k++) q[k] = sqrt(q[k]);
+        q = 1.0 / q;
+        for (k = 0; k < 4 && h + k < nr; k++) {
+            mean_out[h + k] = rms ? 0 : m[k];
+            rstd_out[h + k] = q[k];
+        }
     }
 }
 
@@ -1401,7 +1402,7 @@ static inline __attribute__((always_inline)) void FN(fn_units_stats8)(
    then the applies. Each unit's arithmetic is the unit-by-unit schedule's, operation for
    operation (fn_block_moments, two fn_chan_merge into an empty state, fn_unit_finalize,
    fn_split_mean, fn_seg_apply / fn_seg_apply_ew), so the same bits: the horizontal sums'
-   trees by fn_hsum8 (the same pairs), the rest lane by lane. What it saves is the scalar
+   trees by fn_hsum4 (the same pairs), the rest lane by lane. What it saves is the scalar
    chain each unit had between its moments and its apply: two trees of horizontal sums, about
    eight divisions and a square root (in a C probe, 7 x 7 float32 planes in L2: 52 ns a unit,
    15 of them the apply alone; side by side 37). vec = 0: the statistics unit by unit
@@ -1750,23 +1751,22 @@ FN_HOT static void FN(fn_seg_bwd_apply)(const T *dy, const T *x, T *dx, fn_idx n
 
 /* The sums of nplanes consecutive planes of S <= FN_BLK values of one unit (mean mh + ml) into
    psum[2j], psum[2j + 1], j < nplanes: per plane fn_seg_bwd_sums_in's vector lanes, their
-   lane sums eight planes side by side (fn_hsum8: fn_hsum's pairs), then the Cython
+   lane sums four planes side by side (fn_hsum4: fn_hsum's pairs), then the Cython
    schedule's two additions to a zero (plane_chunk_bwd_sums, then psum), so the same bits as
    one plane at a time. A group-norm unit of 64 planes of 7 x 7 paid two horizontal sums and a
    call a plane. */
 FN_HOT static void FN(fn_planes_bwd_sums)(const T *dy, const T *x, fn_idx nplanes, fn_idx S, T mh,
                                           T ml, double *psum)
 {
-    const FN(hd8) Z = {0};
-    FN(hd4) ta[FN_GROUP], tb[FN_GROUP];
-    FN(hd8) e1, e2, P1, P2;
+    const FN(hd4) Z = {0};
+    FN(hd4) ta[FN_GROUP], tb[FN_GROUP], P1, P2;
+    double e1[FN_GROUP], e2[FN_GROUP];
     FN(vec) a0, a1, b0, b1;
-    fn_idx j0, j, k, i, nv = S - S % (2 * FN_VL);
+    fn_idx j0, j, k, i, h, nv = S - S % (2 * FN_VL);
     T t1, t2;
     const T *d, *xx;
     for (j0 = 0; j0 < nplanes; j0 += FN_GROUP) {
         k = nplanes - j0 < FN_GROUP ? nplanes - j0 : FN_GROUP;
-        e1 = e2 = Z;
         for (j = 0; j < k; j++) {
             d = dy + (j0 + j) * S;
             xx = x + (j0 + j) * S;
@@ -1778,12 +1778,19 @@ FN_HOT static void FN(fn_planes_bwd_sums)(const T *dy, const T *x, fn_idx nplane
             e1[j] = (double)t1;
             e2[j] = (double)t2;
         }
-        for (; j < FN_GROUP; j++) ta[j] = tb[j] = (FN(hd4)){0};
-        P1 = Z + (Z + (e1 + FN(fn_hsum8)(ta)));
-        P2 = Z + (Z + (e2 + FN(fn_hsum8)(tb)));
-        for (j = 0; j < k; j++) {
-            psum[2 * (j0 + j)] = P1[j];
-            psum[2 * (j0 + j) + 1] = P2[j];
+        for (; j < FN_GROUP; j++) {
+            ta[j] = tb[j] = Z;
+            e1[j] = e2[j] = 0;
+        }
+        for (h = 0; h < k; h += 4) {  /* four planes a step, one a float64 lane */
+            P1 = Z + (Z + ((FN(hd4)){e1[h], e1[h + 1], e1[h + 2], e1[h + 3]}
+                           + FN(fn_hsum4)(ta + h)));
+            P2 = Z + (Z + ((FN(hd4)){e2[h], e2[h + 1], e2[h + 2], e2[h + 3]}
+                           + FN(fn_hsum4)(tb + h)));
+            for (j = h; j < k && j < h + 4; j++) {
+                psum[2 * (j0 + j)] = P1[j - h];
+                psum[2 * (j0 + j) + 1] = P2[j - h];
+            }
         }
     }
 }
