@@ -78,8 +78,8 @@ static inline double FN(fn_hsum1)(const FN(vec) *a)
     return FN(fn_hsum)(a, NULL);
 }
 
-/* A pivot near the mean of x[0:n]: the mean of its first (up to) 16 values, summed in float64
-   as the tree t[j] += t[j + h], h = 8, 4, 2, 1, which is fn_hsum's order: in registers (every
+/* A pivot near the mean of x[0:n]: the mean of its first (up to) two vectors of values, summed
+   in float64 as fn_hsum sums two accumulators: in registers (every
    short unit pays for it once per block; through memory, store-to-load forwarding made it a
    tenth of a 256-value row's time). */
 static inline T FN(fn_pivot)(const T *x, fn_idx n)
@@ -111,7 +111,7 @@ static inline T FN(fn_act)(T v, int act)
 
 #if FN_IS_F32
 /* Vector float32 activations, so the epilogue costs about what the memory pass already
-   costs. Always inlined: these take and return 64-byte vectors, whose calling convention
+   costs. Always inlined: these take and return FN_VB-byte vectors, whose calling convention
    differs between the AVX-512, AVX2 and baseline clones of their callers. exp: Cody-Waite reduction x = n ln2 + r and a degree-6 polynomial (about 1 ulp);
    erf: Abramowitz & Stegun 7.1.26 (absolute error <= 1.5e-7, below float32's resolution of
    the GELU output). */
