@@ -1292,6 +1292,8 @@ static inline void FN(fn_split_mean)(double m, T *mh, T *ml)
 }
 
 #define FN_GROUP 8
+/* fn_units_stats8 and fn_planes_bwd_sums take the units four float64 lanes at a time */
+_Static_assert(FN_GROUP % 4 == 0, "FN_GROUP must be a multiple of 4");
 /* The statistics of nr <= FN_GROUP units of n values from x, unit by unit: fn_seg_moments,
    merged into an empty state, fn_unit_finalize (the unit-by-unit schedule's operations). */
 static inline __attribute__((always_inline)) void FN(fn_units_stats)(
