@@ -73,6 +73,15 @@ static inline __attribute__((always_inline)) FN(hd4) FN(fn_hsum4)(const FN(hd4) 
            + __builtin_shufflevector(x01, x23, 1, 3, 5, 7);
 }
 
+/* e[k] + fn_hsum4(t)[k], k < 4: the lane sums of four units (t from fn_hsum_t) with the
+   values past their pairs of vectors (e, from fn_bm_tail / fn_bwd_tail) added as fn_bm_end_in
+   adds them. */
+static inline __attribute__((always_inline)) FN(hd4) FN(fn_hsum4_plus)(const double *e,
+                                                                    const FN(hd4) *t)
+{
+    return (FN(hd4)){e[0], e[1], e[2], e[3]} + FN(fn_hsum4)(t);
+}
+
 static inline double FN(fn_hsum1)(const FN(vec) *a)
 {
     return FN(fn_hsum)(a, NULL);
@@ -1364,8 +1373,8 @@ static inline __attribute__((always_inline)) void FN(fn_units_stats8)(
     /* four units a step, one a float64 lane (32-byte vectors: registers in every clone) */
     for (h = 0; h < nr; h += 4) {
         /* fn_bm_end_in */
-        s1 = (FN(hd4)){e1d[h], e1d[h + 1], e1d[h + 2], e1d[h + 3]} + FN(fn_hsum4)(t1 + h);
-        s2 = (FN(hd4)){e2d[h], e2d[h + 1], e2d[h + 2], e2d[h + 3]} + FN(fn_hsum4)(t2 + h);
+        s1 = FN(fn_hsum4_plus)(e1d + h, t1 + h);
+        s2 = FN(fn_hsum4_plus)(e2d + h, t2 + h);
         kd = (FN(hd4)){kdd[h], kdd[h + 1], kdd[h + 2], kdd[h + 3]};
         sq = s1 * s1 / N;
         m = kd + s1 / N;
@@ -1785,10 +1794,8 @@ FN_HOT static void FN(fn_planes_bwd_sums)(const T *dy, const T *x, fn_idx nplane
             e1[j] = e2[j] = 0;
         }
         for (h = 0; h < k; h += 4) {  /* four planes a step, one a float64 lane */
-            P1 = Z + (Z + ((FN(hd4)){e1[h], e1[h + 1], e1[h + 2], e1[h + 3]}
-                           + FN(fn_hsum4)(ta + h)));
-            P2 = Z + (Z + ((FN(hd4)){e2[h], e2[h + 1], e2[h + 2], e2[h + 3]}
-                           + FN(fn_hsum4)(tb + h)));
+            P1 = Z + (Z + FN(fn_hsum4_plus)(e1 + h, ta + h));
+            P2 = Z + (Z + FN(fn_hsum4_plus)(e2 + h, tb + h));
             for (j = h; j < k && j < h + 4; j++) {
                 psum[2 * (j0 + j)] = P1[j - h];
                 psum[2 * (j0 + j) + 1] = P2[j - h];
