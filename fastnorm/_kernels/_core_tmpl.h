@@ -2198,32 +2198,34 @@ static void FN(fn_seg_apply_res)(const T *x, const T *r, T *s, T *y, fn_idx len,
     }
 }
 
-/* Channels-last reduce of one block x[rows, C], for the NV column vectors from c0:
-   sdy[c] += sum(dy), sdyx[c] += sum(dy * (x - m)), swept row by row as fn_col_sums_grp. */
+/* Channels-last reduce of one block, for the NV column vectors from c0: sdy[c] += sum(dy),
+   sdyx[c] += sum(dy * (x - m)); the block is ns streams of `rows` rows, stream k qs rows after
+   stream k - 1, swept row by row across the streams as fn_col_sums_grp. */
 static inline __attribute__((always_inline)) void FN(fn_rows_bwd_sums_grp)(
-    const T *dy, const T *x, fn_idx rows, fn_idx C, const T *mh, const T *ml, double *sdy,
-    double *sdyx, fn_idx c0, const int NV)
+    const T *dy, const T *x, fn_idx rows, fn_idx ns, fn_idx qs, fn_idx C, const T *mh,
+    const T *ml, double *sdy, double *sdyx, fn_idx c0, const int NV)
 {
     FN(vec) a[FN_CG], b[FN_CG], g;
     T ta[64 / sizeof(T)], tb[64 / sizeof(T)];
-    fn_idx r, o, i;
+    fn_idx r, k, o, i;
     int j;
     for (j = 0; j < NV; j++)
         a[j] = b[j] = (FN(vec)){0};
-    for (r = 0; r < rows; r++) {
-        o = r * C + c0;
-        if (C > NV * FN_VL) {  /* as fn_col_sums_grp */
-            FN(fn_pf_cols)(dy + (r + rows) * C, C, c0, NV);
-            FN(fn_pf_cols)(x + (r + rows) * C, C, c0, NV);
+    for (r = 0; r < rows; r++)
+        for (k = 0; k < ns; k++) {
+            o = (r + k * qs) * C + c0;
+            if (C > NV * FN_VL) {  /* as fn_col_sums_grp */
+                FN(fn_pf_cols)(dy + (r + k * qs + rows) * C, C, c0, NV);
+                FN(fn_pf_cols)(x + (r + k * qs + rows) * C, C, c0, NV);
+            }
+            for (j = 0; j < NV; j++) {
+                g = *(const FN(uvec) *)(dy + o + j * FN_VL);
+                a[j] += g;
+                b[j] += g * ((*(const FN(uvec) *)(x + o + j * FN_VL)
+                              - *(const FN(uvec) *)(mh + c0 + j * FN_VL))
+                             - *(const FN(uvec) *)(ml + c0 + j * FN_VL));
+            }
         }
-        for (j = 0; j < NV; j++) {
-            g = *(const FN(uvec) *)(dy + o + j * FN_VL);
-            a[j] += g;
-            b[j] += g * ((*(const FN(uvec) *)(x + o + j * FN_VL)
-                          - *(const FN(uvec) *)(mh + c0 + j * FN_VL))
-                         - *(const FN(uvec) *)(ml + c0 + j * FN_VL));
-        }
-    }
     for (j = 0; j < NV; j++) {
         memcpy(ta, &a[j], sizeof ta);
         memcpy(tb, &b[j], sizeof tb);
@@ -2234,34 +2236,55 @@ static inline __attribute__((always_inline)) void FN(fn_rows_bwd_sums_grp)(
     }
 }
 
-/* Channels-last reduce of one block x[rows, C] (in L1): sdy[c] += sum(dy),
-   sdyx[c] += sum(dy * (x - m)) per column. */
-FN_HOT static void FN(fn_rows_bwd_sums)(const T *dy, const T *x, fn_idx rows, fn_idx C,
-                                        const T *mh, const T *ml, double *sdy, double *sdyx)
+/* fn_rows_bwd_sums_grp over every column of one block (in L1). */
+static inline __attribute__((always_inline)) void FN(fn_rows_bwd_sums_blk)(
+    const T *dy, const T *x, fn_idx rows, fn_idx ns, fn_idx qs, fn_idx C, const T *mh,
+    const T *ml, double *sdy, double *sdyx)
 {
-    fn_idx r, c, cv = C - C % FN_VL;
+    fn_idx r, k, c, o, cv = C - C % FN_VL;
     T u1, u2;
+#define FN_BSG(nv) FN(fn_rows_bwd_sums_grp)(dy, x, rows, ns, qs, C, mh, ml, sdy, sdyx, c, nv)
     for (c = 0; c + FN_CG * FN_VL <= cv; c += FN_CG * FN_VL)
-        FN(fn_rows_bwd_sums_grp)(dy, x, rows, C, mh, ml, sdy, sdyx, c, FN_CG);
+        FN_BSG(FN_CG);
     switch ((cv - c) / FN_VL) {
-    case 7: FN(fn_rows_bwd_sums_grp)(dy, x, rows, C, mh, ml, sdy, sdyx, c, 7); break;
-    case 6: FN(fn_rows_bwd_sums_grp)(dy, x, rows, C, mh, ml, sdy, sdyx, c, 6); break;
-    case 5: FN(fn_rows_bwd_sums_grp)(dy, x, rows, C, mh, ml, sdy, sdyx, c, 5); break;
-    case 4: FN(fn_rows_bwd_sums_grp)(dy, x, rows, C, mh, ml, sdy, sdyx, c, 4); break;
-    case 3: FN(fn_rows_bwd_sums_grp)(dy, x, rows, C, mh, ml, sdy, sdyx, c, 3); break;
-    case 2: FN(fn_rows_bwd_sums_grp)(dy, x, rows, C, mh, ml, sdy, sdyx, c, 2); break;
-    case 1: FN(fn_rows_bwd_sums_grp)(dy, x, rows, C, mh, ml, sdy, sdyx, c, 1); break;
+    case 7: FN_BSG(7); break;
+    case 6: FN_BSG(6); break;
+    case 5: FN_BSG(5); break;
+    case 4: FN_BSG(4); break;
+    case 3: FN_BSG(3); break;
+    case 2: FN_BSG(2); break;
+    case 1: FN_BSG(1); break;
     default: break;
     }
+#undef FN_BSG
     for (c = cv; c < C; c++) {
         u1 = 0;
         u2 = 0;
-        for (r = 0; r < rows; r++) {
-            u1 += dy[r * C + c];
-            u2 += dy[r * C + c] * ((x[r * C + c] - mh[c]) - ml[c]);
-        }
+        for (r = 0; r < rows; r++)
+            for (k = 0; k < ns; k++) {
+                o = (r + k * qs) * C + c;
+                u1 += dy[o];
+                u2 += dy[o] * ((x[o] - mh[c]) - ml[c]);
+            }
         sdy[c] += u1;
         sdyx[c] += u2;
+    }
+}
+
+/* Channels-last reduce of x[rows, C] and dy: sdy[c] += sum(dy), sdyx[c] += sum(dy * (x - m))
+   per column, in blocks of about rb rows with float32 partials, the rows swept as
+   FN_COL_STREAMS streams in the blocks of fn_seg_col_moments. */
+FN_HOT static void FN(fn_rows_bwd_sums)(const T *dy, const T *x, fn_idx rows, fn_idx C,
+                                        fn_idx rb, const T *mh, const T *ml, double *sdy,
+                                        double *sdyx)
+{
+    const fn_idx ns = FN_COL_STREAMS, sb = rb / FN_COL_STREAMS;
+    fn_idx qs = sb > 0 ? rows / (ns * sb) * sb : 0, r, b;
+    for (r = 0; r < qs; r += sb)
+        FN(fn_rows_bwd_sums_blk)(dy + r * C, x + r * C, sb, ns, qs, C, mh, ml, sdy, sdyx);
+    for (r = ns * qs; r < rows; r += rb) {
+        b = rows - r < rb ? rows - r : rb;
+        FN(fn_rows_bwd_sums_blk)(dy + r * C, x + r * C, b, 1, 0, C, mh, ml, sdy, sdyx);
     }
 }
 

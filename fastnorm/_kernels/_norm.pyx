@@ -227,10 +227,10 @@ cdef extern from "_core.h" nogil:
                               double mh, double ml, double a, double b, const double *g,
                               const double *bb, int act, int stream)
     void fn_rows_bwd_sums_f32(const float *dy, const float *x, fn_idx rows, fn_idx C,
-                              const float *mh, const float *ml, double *sdy,
+                              fn_idx rb, const float *mh, const float *ml, double *sdy,
                               double *sdyx)
     void fn_rows_bwd_sums_f64(const double *dy, const double *x, fn_idx rows, fn_idx C,
-                              const double *mh, const double *ml, double *sdy,
+                              fn_idx rb, const double *mh, const double *ml, double *sdy,
                               double *sdyx)
     void fn_rows_bwd_apply_f32(const float *dy, const float *x, float *dx, fn_idx rows, fn_idx C,
                                const float *P, const float *Q, const float *R, const float *mh,
@@ -408,12 +408,12 @@ cdef inline void seg_bwd_apply(const floating *dy, const floating *x, floating *
 
 
 cdef inline void rows_bwd_sums(const floating *dy, const floating *x, Py_ssize_t rows,
-                               Py_ssize_t C, const floating *mh, const floating *ml,
-                               double *sdy, double *sdyx) noexcept nogil:
+                               Py_ssize_t C, Py_ssize_t rb, const floating *mh,
+                               const floating *ml, double *sdy, double *sdyx) noexcept nogil:
     if floating is float:
-        fn_rows_bwd_sums_f32(dy, x, rows, C, mh, ml, sdy, sdyx)
+        fn_rows_bwd_sums_f32(dy, x, rows, C, rb, mh, ml, sdy, sdyx)
     else:
-        fn_rows_bwd_sums_f64(dy, x, rows, C, mh, ml, sdy, sdyx)
+        fn_rows_bwd_sums_f64(dy, x, rows, C, rb, mh, ml, sdy, sdyx)
 
 
 cdef inline void rows_bwd_apply(const floating *dy, const floating *x, floating *dx,
@@ -2336,16 +2336,12 @@ def cols_apply(const floating[::1] x, floating[::1] y, Py_ssize_t G0, Py_ssize_t
 cdef void cols_chunk_bwd_sums(const floating *dy, const floating *x, Py_ssize_t R, Py_ssize_t C,
                               Py_ssize_t rb, Py_ssize_t g, Py_ssize_t k, const floating *mh,
                               const floating *ml, double *sdy, double *sdyx) noexcept nogil:
-    cdef Py_ssize_t chr_ = rb * CHUNK_BLOCKS, r0 = k * chr_
-    cdef Py_ssize_t end = min(r0 + chr_, R), r, c, off
+    cdef Py_ssize_t chr_ = rb * CHUNK_BLOCKS, r0 = k * chr_, c
     for c in range(C):
         sdy[c] = 0
         sdyx[c] = 0
-    r = r0
-    while r < end:
-        off = (g * R + r) * C
-        rows_bwd_sums(dy + off, x + off, min(rb, end - r), C, mh, ml, sdy, sdyx)
-        r += rb
+    rows_bwd_sums(dy + (g * R + r0) * C, x + (g * R + r0) * C, min(chr_, R - r0), C, rb, mh,
+                  ml, sdy, sdyx)
 
 
 cdef void cols_unit_bwd_coef(Py_ssize_t g, Py_ssize_t R, Py_ssize_t C, Py_ssize_t cg,
