@@ -1151,15 +1151,15 @@ cdef void planes_pair_fused(const floating *x, floating *y, Py_ssize_t u0, Py_ss
     threads 0.96. (Round 8 had tried two rows per apply vector by vector and lost: 1.68 ->
     1.80; that sweep aliased, see fn_rowsn_bwd_apply_ew.)"""
     cdef Py_ssize_t K = nchunks(S, FN_CHUNK), u, k, off, ln, q
-    cdef double un, um, um2
+    cdef double mom[6]
     cdef floating mh[2]
     cdef floating ml[2]
+    # the two units' moments side by side, two read streams (planes_pair_moments: the bits of
+    # one unit at a time)
+    planes_pair_moments(x, S, u0, u0 + 1 if u1 - u0 == 2 else -1, K, mom, mom + 3)
     for u in range(u0, u1):
-        un = 0
-        um = 0
-        um2 = 0
-        unit_run_moments(x, S, u, <const floating *>NULL, &un, &um, &um2)
-        unit_finalize(un, um, um2, eps, rms, &mean_out[u], &rstd_out[u])
+        unit_finalize(mom[3 * (u - u0)], mom[3 * (u - u0) + 1], mom[3 * (u - u0) + 2], eps,
+                      rms, &mean_out[u], &rstd_out[u])
         split_mean(mean_out[u], &mh[u - u0], &ml[u - u0])
     for k in range(K - 1, -1, -1):
         off = k * FN_CHUNK
