@@ -2329,6 +2329,42 @@ static inline __attribute__((always_inline)) void FN(fn_rows_bwd_sums_grp)(
     }
 }
 
+/* fn_rows_bwd_sums_grp for up to FN_CGM vectors (float64, as fn_col_sums_grp16). */
+static inline __attribute__((always_inline)) void FN(fn_rows_bwd_sums_grp16)(
+    const T *dy, const T *x, fn_idx rows, fn_idx ns, fn_idx qs, fn_idx C, const T *mh,
+    const T *ml, double *sdy, double *sdyx, fn_idx c0, const int NV)
+{
+    FN(vec) a[FN_CGM], b[FN_CGM], g;
+    T ta[64 / sizeof(T)], tb[64 / sizeof(T)];
+    fn_idx r, k, o, i;
+    int j;
+    for (j = 0; j < NV; j++)
+        a[j] = b[j] = (FN(vec)){0};
+    for (r = 0; r < rows; r++)
+        for (k = 0; k < ns; k++) {
+            o = (r + k * qs) * C + c0;
+            if (C > NV * FN_VL) {  /* as fn_col_sums_grp */
+                FN(fn_pf_cols)(dy + (r + k * qs + rows) * C, C, c0, NV);
+                FN(fn_pf_cols)(x + (r + k * qs + rows) * C, C, c0, NV);
+            }
+            for (j = 0; j < NV; j++) {
+                g = *(const FN(uvec) *)(dy + o + j * FN_VL);
+                a[j] += g;
+                b[j] += g * ((*(const FN(uvec) *)(x + o + j * FN_VL)
+                              - *(const FN(uvec) *)(mh + c0 + j * FN_VL))
+                             - *(const FN(uvec) *)(ml + c0 + j * FN_VL));
+            }
+        }
+    for (j = 0; j < NV; j++) {
+        memcpy(ta, &a[j], sizeof ta);
+        memcpy(tb, &b[j], sizeof tb);
+        for (i = 0; i < FN_VL; i++) {
+            sdy[c0 + j * FN_VL + i] += ta[i];
+            sdyx[c0 + j * FN_VL + i] += tb[i];
+        }
+    }
+}
+
 /* fn_rows_bwd_sums_grp over every column of one block (in L1). */
 static inline __attribute__((always_inline)) void FN(fn_rows_bwd_sums_blk)(
     const T *dy, const T *x, fn_idx rows, fn_idx ns, fn_idx qs, fn_idx C, const T *mh,
@@ -2337,8 +2373,26 @@ static inline __attribute__((always_inline)) void FN(fn_rows_bwd_sums_blk)(
     fn_idx r, k, c, o, cv = C - C % FN_VL;
     T u1, u2;
 #define FN_BSG(nv) FN(fn_rows_bwd_sums_grp)(dy, x, rows, ns, qs, C, mh, ml, sdy, sdyx, c, nv)
+#if FN_IS_F32
     for (c = 0; c + FN_CG * FN_VL <= cv; c += FN_CG * FN_VL)
         FN_BSG(FN_CG);
+#else  /* float64: sweeps of up to 16 vectors, as the moments' */
+#define FN_BSG16(nv) FN(fn_rows_bwd_sums_grp16)(dy, x, rows, ns, qs, C, mh, ml, sdy, sdyx, c, nv)
+    for (c = 0; c + FN_CGM * FN_VL <= cv; c += FN_CGM * FN_VL)
+        FN_BSG16(FN_CGM);
+    switch ((cv - c) / FN_VL) {
+    case 15: FN_BSG16(15); c = cv; break;
+    case 14: FN_BSG16(14); c = cv; break;
+    case 13: FN_BSG16(13); c = cv; break;
+    case 12: FN_BSG16(12); c = cv; break;
+    case 11: FN_BSG16(11); c = cv; break;
+    case 10: FN_BSG16(10); c = cv; break;
+    case 9: FN_BSG16(9); c = cv; break;
+    case 8: FN_BSG(8); c = cv; break;
+    default: break;
+    }
+#undef FN_BSG16
+#endif
     switch ((cv - c) / FN_VL) {
     case 7: FN_BSG(7); break;
     case 6: FN_BSG(6); break;
