@@ -124,7 +124,8 @@ extensions = [
         ["fastnorm/_kernels/_norm.pyx"],
         include_dirs=[np.get_include(), "fastnorm/_kernels"],
         define_macros=macros,
-        depends=["fastnorm/_kernels/_core.h", "fastnorm/_kernels/_core_tmpl.h"],
+        depends=["fastnorm/_kernels/_core.h", "fastnorm/_kernels/_core_tmpl.h",
+                 "fastnorm/_kernels/_core_grp.h"],
     ),
     Extension("fastnorm._kernels._buffers", ["fastnorm/_kernels/_buffers.pyx"]),
 ]

@@ -458,68 +458,12 @@ static inline __attribute__((always_inline)) void FN(fn_pf_cols)(const T *p, fn_
         __builtin_prefetch((const char *)p + o, 0, 2);
 }
 
-/* Per column c of x (row stride ld), for the NV column vectors from c0: s[c] = sum(d),
-   q[c] = sum(d^2) with d = (x - sh[c]) - sl[c] (sl may be NULL: d = x - sh), over the rows of
-   a block of ns streams of `rows` rows each, stream k starting qs rows after stream k - 1, in
-   the order row r of every stream, then row r + 1 (see fn_seg_col_moments). NV is a constant
-   after inlining, so the accumulators live in registers. */
-static inline __attribute__((always_inline)) void FN(fn_col_sums_grp)(
-    const T *x, fn_idx rows, fn_idx ns, fn_idx qs, fn_idx C, fn_idx ld, const T *sh,
-    const T *sl, T *s, T *q, fn_idx c0, const int NV)
-{
-    FN(vec) as[FN_CG], aq[FN_CG], d;
-    const T *row;
-    fn_idx r, k;
-    int j;
-    for (j = 0; j < NV; j++)
-        as[j] = aq[j] = (FN(vec)){0};
-    for (r = 0; r < rows; r++)
-        for (k = 0; k < ns; k++) {
-            row = x + (r + k * qs) * ld + c0;
-            if (C > NV * FN_VL) FN(fn_pf_cols)(x + (r + k * qs + rows) * ld, C, c0, NV);
-            for (j = 0; j < NV; j++) {  /* the shifts come from L1: registers hold the sums */
-                d = *(const FN(uvec) *)(row + j * FN_VL)
-                    - *(const FN(uvec) *)(sh + c0 + j * FN_VL);
-                if (sl) d = d - *(const FN(uvec) *)(sl + c0 + j * FN_VL);
-                as[j] += d;
-                aq[j] += d * d;
-            }
-        }
-    for (j = 0; j < NV; j++) {
-        *(FN(uvec) *)(s + c0 + j * FN_VL) = as[j];
-        *(FN(uvec) *)(q + c0 + j * FN_VL) = aq[j];
-    }
-}
-
-/* fn_col_sums_grp for 9 to FN_CGM vectors (arrays of 8 for up to 8 kept GCC's code for
-   those as it was: with arrays of 16, 64 float32 channels lost 6%). */
-static inline __attribute__((always_inline)) void FN(fn_col_sums_grp16)(
-    const T *x, fn_idx rows, fn_idx ns, fn_idx qs, fn_idx C, fn_idx ld, const T *sh,
-    const T *sl, T *s, T *q, fn_idx c0, const int NV)
-{
-    FN(vec) as[FN_CGM], aq[FN_CGM], d;
-    const T *row;
-    fn_idx r, k;
-    int j;
-    for (j = 0; j < NV; j++)
-        as[j] = aq[j] = (FN(vec)){0};
-    for (r = 0; r < rows; r++)
-        for (k = 0; k < ns; k++) {
-            row = x + (r + k * qs) * ld + c0;
-            if (C > NV * FN_VL) FN(fn_pf_cols)(x + (r + k * qs + rows) * ld, C, c0, NV);
-            for (j = 0; j < NV; j++) {  /* the shifts come from L1: registers hold the sums */
-                d = *(const FN(uvec) *)(row + j * FN_VL)
-                    - *(const FN(uvec) *)(sh + c0 + j * FN_VL);
-                if (sl) d = d - *(const FN(uvec) *)(sl + c0 + j * FN_VL);
-                as[j] += d;
-                aq[j] += d * d;
-            }
-        }
-    for (j = 0; j < NV; j++) {
-        *(FN(uvec) *)(s + c0 + j * FN_VL) = as[j];
-        *(FN(uvec) *)(q + c0 + j * FN_VL) = aq[j];
-    }
-}
+#define FN_GRP_SFX
+#define FN_GRP_N FN_CG
+#include "_core_grp.h"
+#define FN_GRP_SFX 16
+#define FN_GRP_N FN_CGM
+#include "_core_grp.h"
 
 /* s[c] = sum(d), q[c] = sum(d^2) per column over the rows of a block of ns streams of `rows`
    rows (row stride ld; stream k qs rows after stream k - 1), as fn_col_sums_grp. */
@@ -2288,80 +2232,6 @@ static void FN(fn_seg_apply_res)(const T *x, const T *r, T *s, T *y, fn_idx len,
             FN(fn_seg_apply_ew)(buf, y + i, m, mh, ml, a, g + i, bb + i, act, nt, 0);
         else
             FN(fn_seg_apply)(buf, y + i, m, mh, ml, a, b, act, nt, 0);
-    }
-}
-
-/* Channels-last reduce of one block, for the NV column vectors from c0: sdy[c] += sum(dy),
-   sdyx[c] += sum(dy * (x - m)); the block is ns streams of `rows` rows, stream k qs rows after
-   stream k - 1, swept row by row across the streams as fn_col_sums_grp. */
-static inline __attribute__((always_inline)) void FN(fn_rows_bwd_sums_grp)(
-    const T *dy, const T *x, fn_idx rows, fn_idx ns, fn_idx qs, fn_idx C, const T *mh,
-    const T *ml, double *sdy, double *sdyx, fn_idx c0, const int NV)
-{
-    FN(vec) a[FN_CG], b[FN_CG], g;
-    T ta[64 / sizeof(T)], tb[64 / sizeof(T)];
-    fn_idx r, k, o, i;
-    int j;
-    for (j = 0; j < NV; j++)
-        a[j] = b[j] = (FN(vec)){0};
-    for (r = 0; r < rows; r++)
-        for (k = 0; k < ns; k++) {
-            o = (r + k * qs) * C + c0;
-            if (C > NV * FN_VL) {  /* as fn_col_sums_grp */
-                FN(fn_pf_cols)(dy + (r + k * qs + rows) * C, C, c0, NV);
-                FN(fn_pf_cols)(x + (r + k * qs + rows) * C, C, c0, NV);
-            }
-            for (j = 0; j < NV; j++) {
-                g = *(const FN(uvec) *)(dy + o + j * FN_VL);
-                a[j] += g;
-                b[j] += g * ((*(const FN(uvec) *)(x + o + j * FN_VL)
-                              - *(const FN(uvec) *)(mh + c0 + j * FN_VL))
-                             - *(const FN(uvec) *)(ml + c0 + j * FN_VL));
-            }
-        }
-    for (j = 0; j < NV; j++) {
-        memcpy(ta, &a[j], sizeof ta);
-        memcpy(tb, &b[j], sizeof tb);
-        for (i = 0; i < FN_VL; i++) {
-            sdy[c0 + j * FN_VL + i] += ta[i];
-            sdyx[c0 + j * FN_VL + i] += tb[i];
-        }
-    }
-}
-
-/* fn_rows_bwd_sums_grp for up to FN_CGM vectors (float64, as fn_col_sums_grp16). */
-static inline __attribute__((always_inline)) void FN(fn_rows_bwd_sums_grp16)(
-    const T *dy, const T *x, fn_idx rows, fn_idx ns, fn_idx qs, fn_idx C, const T *mh,
-    const T *ml, double *sdy, double *sdyx, fn_idx c0, const int NV)
-{
-    FN(vec) a[FN_CGM], b[FN_CGM], g;
-    T ta[64 / sizeof(T)], tb[64 / sizeof(T)];
-    fn_idx r, k, o, i;
-    int j;
-    for (j = 0; j < NV; j++)
-        a[j] = b[j] = (FN(vec)){0};
-    for (r = 0; r < rows; r++)
-        for (k = 0; k < ns; k++) {
-            o = (r + k * qs) * C + c0;
-            if (C > NV * FN_VL) {  /* as fn_col_sums_grp */
-                FN(fn_pf_cols)(dy + (r + k * qs + rows) * C, C, c0, NV);
-                FN(fn_pf_cols)(x + (r + k * qs + rows) * C, C, c0, NV);
-            }
-            for (j = 0; j < NV; j++) {
-                g = *(const FN(uvec) *)(dy + o + j * FN_VL);
-                a[j] += g;
-                b[j] += g * ((*(const FN(uvec) *)(x + o + j * FN_VL)
-                              - *(const FN(uvec) *)(mh + c0 + j * FN_VL))
-                             - *(const FN(uvec) *)(ml + c0 + j * FN_VL));
-            }
-        }
-    for (j = 0; j < NV; j++) {
-        memcpy(ta, &a[j], sizeof ta);
-        memcpy(tb, &b[j], sizeof tb);
-        for (i = 0; i < FN_VL; i++) {
-            sdy[c0 + j * FN_VL + i] += ta[i];
-            sdyx[c0 + j * FN_VL + i] += tb[i];
-        }
     }
 }
 
