@@ -595,17 +595,6 @@ FN_HOT static void FN(fn_block_col_moments)(const T *x, fn_idx rows, fn_idx ns, 
     }
 }
 
-/* Read streams of a channels-last pass: the rows of a chunk are swept as this many runs at
-   once, a quarter of the chunk apart. One core here keeps too few lines in flight with one
-   sequential read stream (its prefetch runs one stream at a time ahead): measured on an AMD
-   EPYC (Zen 3), one thread, column sums of 64 float32 channels over 25 MiB in chunks of 512
-   rows, time / copy of the same array, 31 rounds: one stream 0.89 (quartiles 0.83-0.93), two
-   0.71, four 0.55 (0.52-0.59), eight 0.52; one stream with software prefetch 2 or 8 KiB ahead
-   0.71-0.73. */
-#ifndef FN_COL_STREAMS
-#define FN_COL_STREAMS 4
-#endif
-
 /* Per-column moments of x[rows, C] in blocks of about rb rows, merged in order into
    (n, mean, m2). Every block after the first pivots on the running mean. The rows are swept
    as FN_COL_STREAMS streams: block b is rows [b*sb, (b+1)*sb) of each of FN_COL_STREAMS
@@ -615,8 +604,8 @@ FN_HOT static void FN(fn_block_col_moments)(const T *x, fn_idx rows, fn_idx ns, 
 static void FN(fn_seg_col_moments)(const T *x, fn_idx rows, fn_idx C, fn_idx rb, T *scr,
                                    double *bm, double *bm2, double *n, double *mean, double *m2)
 {
-    const fn_idx ns = FN_COL_STREAMS, sb = rb / FN_COL_STREAMS;
-    fn_idx qs = sb > 0 ? rows / (ns * sb) * sb : 0, r, b;
+    const fn_idx ns = FN_COL_STREAMS, sb = rb / FN_COL_STREAMS, qs = fn_col_run_rows(rows, rb);
+    fn_idx r, b;
     for (r = 0; r < qs; r += sb) {
         FN(fn_block_col_moments)(x + r * C, sb, ns, qs, C, *n > 0 ? mean : NULL, scr, bm, bm2);
         fn_chan_merge_vec(n, mean, m2, C, (double)(sb * ns), bm, bm2);
@@ -2286,8 +2275,8 @@ FN_HOT static void FN(fn_rows_bwd_sums)(const T *dy, const T *x, fn_idx rows, fn
                                         fn_idx rb, const T *mh, const T *ml, double *sdy,
                                         double *sdyx)
 {
-    const fn_idx ns = FN_COL_STREAMS, sb = rb / FN_COL_STREAMS;
-    fn_idx qs = sb > 0 ? rows / (ns * sb) * sb : 0, r, b;
+    const fn_idx ns = FN_COL_STREAMS, sb = rb / FN_COL_STREAMS, qs = fn_col_run_rows(rows, rb);
+    fn_idx r, b;
     for (r = 0; r < qs; r += sb)
         FN(fn_rows_bwd_sums_blk)(dy + r * C, x + r * C, sb, ns, qs, C, mh, ml, sdy, sdyx);
     for (r = ns * qs; r < rows; r += rb) {
