@@ -1072,7 +1072,8 @@ static inline __attribute__((always_inline)) FN(vec) FN(fn_vrelu)(FN(vec) v)
 static inline __attribute__((always_inline)) void FN(fn_seg_apply_in)(
     const T *x, T *y, fn_idx n, T mh, T ml, T a, T b, int act, int nt, fn_idx pf)
 {
-    fn_idx i = 0, h = nt ? FN(fn_nt_head)(y, n) : 0;
+    fn_idx i = 0, nv, h = nt ? FN(fn_nt_head)(y, n) : 0;
+    const int desc = fn_alias(y, x) == 1;
     FN(vec) v;
     T u;
     if (h < 0) { nt = 0; h = 0; }
@@ -1080,13 +1081,14 @@ static inline __attribute__((always_inline)) void FN(fn_seg_apply_in)(
         u = FN_NORM_CH(x[i], mh, ml, a, b);
         y[i] = act ? FN_RELU(u) : u;
     }
-    for (; i + FN_VL <= n; i += FN_VL) {
+    nv = h + (n - h) / FN_VL * FN_VL;
+    FN_VFOR(i, h, nv, FN_VL, desc,
         if (pf) __builtin_prefetch(x + i + pf, 0, 2);
         v = FN_NORM_CH(FN_LDV(x + i), mh, ml, a, b);
         if (act) v = FN(fn_vrelu)(v);
         FN(fn_vst)(y + i, v, nt);
-    }
-    for (; i < n; i++) {
+    );
+    for (i = nv; i < n; i++) {
         u = FN_NORM_CH(x[i], mh, ml, a, b);
         y[i] = act ? FN_RELU(u) : u;
     }
@@ -1121,7 +1123,8 @@ static inline __attribute__((always_inline)) void FN(fn_seg_apply_ew_in)(
     const T *x, T *y, fn_idx n, T mh, T ml, T r, const T *g, const T *b, int act, int nt,
     fn_idx pf)
 {
-    fn_idx i = 0, h = nt ? FN(fn_nt_head)(y, n) : 0;
+    fn_idx i = 0, nv, h = nt ? FN(fn_nt_head)(y, n) : 0;
+    const int desc = (fn_alias(y, x) | fn_alias(y, g) | fn_alias(y, b)) == 1;
     FN(vec) v;
     T u;
     if (h < 0) { nt = 0; h = 0; }
@@ -1129,13 +1132,14 @@ static inline __attribute__((always_inline)) void FN(fn_seg_apply_ew_in)(
         u = FN_NORM_EW(x[i], mh, ml, r, g[i], b[i]);
         y[i] = act ? FN_RELU(u) : u;
     }
-    for (; i + FN_VL <= n; i += FN_VL) {
+    nv = h + (n - h) / FN_VL * FN_VL;
+    FN_VFOR(i, h, nv, FN_VL, desc,
         if (pf) __builtin_prefetch(x + i + pf, 0, 2);
         v = FN_NORM_EW(FN_LDV(x + i), mh, ml, r, FN_LDV(g + i), FN_LDV(b + i));
         if (act) v = FN(fn_vrelu)(v);
         FN(fn_vst)(y + i, v, nt);
-    }
-    for (; i < n; i++) {
+    );
+    for (i = nv; i < n; i++) {
         u = FN_NORM_EW(x[i], mh, ml, r, g[i], b[i]);
         y[i] = act ? FN_RELU(u) : u;
     }
@@ -1173,8 +1177,11 @@ FN_HOT static void FN(fn_seg2_apply_ew)(const T *x0, const T *x1, T *y0, T *y1, 
                                         T mh0, T ml0, T r0, T mh1, T ml1, T r1, const T *g,
                                         const T *b, int act, int nt)
 {
-    fn_idx i, j, e, nv, h = nt ? FN(fn_nt_head)(y0, n) : 0;
+    fn_idx i, j, e, k, nr, nv, h = nt ? FN(fn_nt_head)(y0, n) : 0;
     const fn_idx run = FN_PAIR_RUN * FN_VL;
+    const int al = fn_alias(y0, x0) | fn_alias(y0, x1) | fn_alias(y1, x0) | fn_alias(y1, x1)
+                   | fn_alias(y0, g) | fn_alias(y0, b) | fn_alias(y1, g) | fn_alias(y1, b);
+    const int desc = al == 1;
     FN(vec) v;
     T u;
     if (h < 0) { nt = 0; h = 0; }
@@ -1185,18 +1192,20 @@ FN_HOT static void FN(fn_seg2_apply_ew)(const T *x0, const T *x1, T *y0, T *y1, 
         y1[i] = act ? FN_RELU(u) : u;
     }
     nv = h + (n - h) / FN_VL * FN_VL;
-    for (i = h; i < nv; i += run) {
+    nr = (nv - h + run - 1) / run;
+    for (k = 0; k < nr; k++) {  /* the runs, last first when desc */
+        i = h + (desc ? nr - 1 - k : k) * run;
         e = nv - i < run ? nv : i + run;
-        for (j = i; j < e; j += FN_VL) {
+        FN_VFOR(j, i, e, FN_VL, desc,
             v = FN_NORM_EW(FN_LDV(x0 + j), mh0, ml0, r0, FN_LDV(g + j), FN_LDV(b + j));
             if (act) v = FN(fn_vrelu)(v);
             FN(fn_vst)(y0 + j, v, nt);
-        }
-        for (j = i; j < e; j += FN_VL) {
+        );
+        FN_VFOR(j, i, e, FN_VL, desc,
             v = FN_NORM_EW(FN_LDV(x1 + j), mh1, ml1, r1, FN_LDV(g + j), FN_LDV(b + j));
             if (act) v = FN(fn_vrelu)(v);
             FN(fn_vst)(y1 + j, v, nt);
-        }
+        );
     }
     for (i = nv; i < n; i++) {
         u = FN_NORM_EW(x0[i], mh0, ml0, r0, g[i], b[i]);
@@ -1256,7 +1265,7 @@ static inline __attribute__((always_inline)) void FN(fn_run_apply_in)(
     int act, int nt, fn_idx pf)
 {
     const fn_idx n = np * S;
-    fn_idx i = 0, j = 0, e = S, h = nt ? FN(fn_nt_head)(y, n) : 0;
+    fn_idx i = 0, j = 0, e = S, h = nt ? FN(fn_nt_head)(y, n) : 0, nv, s;
     T mh = MH[0], ml = ML[0], a = A[0], b = B[0], u;
     FN(vec) v;
 #define FN_RUN_SET (mh = MH[j], ml = ML[j], a = A[j], b = B[j])
@@ -1267,6 +1276,38 @@ static inline __attribute__((always_inline)) void FN(fn_run_apply_in)(
         y[i] = act ? FN_RELU(u) : u;                                                          \
     } while (0)
     if (h < 0) { nt = 0; h = 0; }
+    if (fn_alias(y, x) == 1) {  /* the same vectors, last first; plane j holds [s, s + S) */
+        nv = h + (n - h) / FN_VL * FN_VL;
+        j = np - 1;
+        s = j * S;
+        FN_RUN_SET;
+        for (i = nv; i > h;) {
+            i -= FN_VL;
+            if (i < s) {
+                do {
+                    j--;
+                    s -= S;
+                } while (i < s);
+                FN_RUN_SET;
+            }
+            if (pf) __builtin_prefetch(x + i + pf, 0, 2);
+            if (i + FN_VL <= s + S)
+                v = FN_NORM_CH(FN_LDV(x + i), mh, ml, a, b);
+            else
+                v = FN_NORM_CH(FN_LDV(x + i), FN(fn_run_coef)(MH, i, j, s + S, S),
+                               FN(fn_run_coef)(ML, i, j, s + S, S),
+                               FN(fn_run_coef)(A, i, j, s + S, S),
+                               FN(fn_run_coef)(B, i, j, s + S, S));
+            if (act) v = FN(fn_vrelu)(v);
+            FN(fn_vst)(y + i, v, nt);
+        }
+        j = 0;
+        e = S;
+        FN_RUN_SET;
+        for (i = 0; i < h; i++) FN_RUN_ONE;
+        for (i = nv; i < n; i++) FN_RUN_ONE;
+        return;
+    }
     for (; i < h; i++) FN_RUN_ONE;
     while (i + FN_VL <= n) {
         FN_RUN_AT(i, FN_RUN_SET);
@@ -1316,7 +1357,7 @@ FN_HOT static void FN(fn_planes_bwd_apply)(const T *dy, const T *x, T *dx, fn_id
                                            int nt, fn_idx pf)
 {
     const fn_idx n = np * S;
-    fn_idx i = 0, j = 0, e = S, h = nt ? FN(fn_nt_head)(dx, n) : 0;
+    fn_idx i = 0, j = 0, e = S, h = nt ? FN(fn_nt_head)(dx, n) : 0, nv, s;
     T P = w[0];
     FN(vec) v;
 #define FN_RUN_ONE                                                                            \
@@ -1325,6 +1366,38 @@ FN_HOT static void FN(fn_planes_bwd_apply)(const T *dy, const T *x, T *dx, fn_id
         dx[i] = (dy[i] * P - Q) * R + ((x[i] - mh) - ml) * B;                                 \
     } while (0)
     if (h < 0) { nt = 0; h = 0; }
+    if ((fn_alias(dx, dy) | fn_alias(dx, x)) == 1) {  /* last first, as fn_run_apply_in */
+        nv = h + (n - h) / FN_VL * FN_VL;
+        j = np - 1;
+        s = j * S;
+        P = w[j];
+        for (i = nv; i > h;) {
+            i -= FN_VL;
+            if (i < s) {
+                do {
+                    j--;
+                    s -= S;
+                } while (i < s);
+                P = w[j];
+            }
+            if (pf) {
+                __builtin_prefetch(dy + i + pf, 0, 2);
+                __builtin_prefetch(x + i + pf, 0, 2);
+            }
+            if (i + FN_VL <= s + S)
+                v = (FN_LDV(dy + i) * P - Q) * R + ((FN_LDV(x + i) - mh) - ml) * B;
+            else
+                v = (FN_LDV(dy + i) * FN(fn_run_coef)(w, i, j, s + S, S) - Q) * R
+                    + ((FN_LDV(x + i) - mh) - ml) * B;
+            FN(fn_vst)(dx + i, v, nt);
+        }
+        j = 0;
+        e = S;
+        P = w[0];
+        for (i = 0; i < h; i++) FN_RUN_ONE;
+        for (i = nv; i < n; i++) FN_RUN_ONE;
+        return;
+    }
     for (; i < h; i++) FN_RUN_ONE;
     while (i + FN_VL <= n) {
         FN_RUN_AT(i, P = w[j]);
@@ -1602,7 +1675,10 @@ static inline __attribute__((always_inline)) void FN(fn_rows_apply_k)(
     const T *b, int act, int nt)
 {
     FN(vec) MH[8], ML[8], A[8], B[8], v;
-    fn_idx r, C = K * FN_VL;
+    fn_idx r, k, C = K * FN_VL;
+    const int desc = fn_alias(y, x) == 1;
+    const T *xr;
+    T *yr;
     int j, ntr;
     for (j = 0; j < K; j++) {
         MH[j] = *(const FN(uvec) *)(mh + j * FN_VL);
@@ -1610,25 +1686,28 @@ static inline __attribute__((always_inline)) void FN(fn_rows_apply_k)(
         A[j] = *(const FN(uvec) *)(a + j * FN_VL);
         B[j] = *(const FN(uvec) *)(b + j * FN_VL);
     }
-    for (r = 0; r < rows; r++, x += C, y += C) {
-        ntr = nt && FN(fn_nt_head)(y, C) == 0;
-        for (j = 0; j < K; j++) {
-            v = ((*(const FN(uvec) *)(x + j * FN_VL) - MH[j]) - ML[j]) * A[j] + B[j];
+    for (k = 0; k < rows; k++) {  /* rows and their vectors last first when desc */
+        r = desc ? rows - 1 - k : k;
+        xr = x + r * C;
+        yr = y + r * C;
+        ntr = nt && FN(fn_nt_head)(yr, C) == 0;
+        FN_VFOR(j, 0, K, 1, desc,
+            v = ((*(const FN(uvec) *)(xr + j * FN_VL) - MH[j]) - ML[j]) * A[j] + B[j];
             if (act) v = FN(fn_vrelu)(v);
-            FN(fn_vst)(y + j * FN_VL, v, ntr);
-        }
+            FN(fn_vst)(yr + j * FN_VL, v, ntr);
+        );
     }
 }
 
 FN_HOT static void FN(fn_rows_apply)(const T *x, T *y, fn_idx rows, fn_idx C, const T *mh,
                                      const T *ml, const T *a, const T *b, int act, int nt)
 {
-    fn_idx r, c, cv = C - C % FN_VL;
+    fn_idx r, k, c, cv = C - C % FN_VL;
     const T *xr;
     T *yr;
     FN(vec) v;
     T u;
-    int ntr;
+    int ntr, desc;
     if (act > 1) {
 #if FN_IS_F32  /* whole rows into the buffer, then the activation over them as one run */
         float buf[FN_ACT_CHUNK] __attribute__((aligned(64)));
@@ -1664,18 +1743,20 @@ FN_HOT static void FN(fn_rows_apply)(const T *x, T *y, fn_idx rows, fn_idx C, co
         default: break;
         }
     }
-    for (r = 0; r < rows; r++) {
+    desc = fn_alias(y, x) == 1;
+    for (k = 0; k < rows; k++) {  /* rows and their vectors last first when desc */
+        r = desc ? rows - 1 - k : k;
         xr = x + r * C;
         yr = y + r * C;
         ntr = nt && FN(fn_nt_head)(yr, C) == 0;
-        for (c = 0; c < cv; c += FN_VL) {
+        FN_VFOR(c, 0, cv, FN_VL, desc,
             v = ((*(const FN(uvec) *)(xr + c) - *(const FN(uvec) *)(mh + c))
                  - *(const FN(uvec) *)(ml + c)) * *(const FN(uvec) *)(a + c)
                 + *(const FN(uvec) *)(b + c);
             if (act) v = FN(fn_vrelu)(v);
             FN(fn_vst)(yr + c, v, ntr);
-        }
-        for (; c < C; c++) {
+        );
+        for (c = cv; c < C; c++) {
             u = ((xr[c] - mh[c]) - ml[c]) * a[c] + b[c];
             yr[c] = act ? FN_RELU(u) : u;
         }
@@ -1796,18 +1877,20 @@ static inline __attribute__((always_inline)) void FN(fn_seg_bwd_apply_in)(
     const T *dy, const T *x, T *dx, fn_idx n, T P, T Q, T R, T mh, T ml, T B, int nt,
     fn_idx pf)
 {
-    fn_idx i = 0, h = nt ? FN(fn_nt_head)(dx, n) : 0;
+    fn_idx i = 0, nv, h = nt ? FN(fn_nt_head)(dx, n) : 0;
+    const int desc = (fn_alias(dx, dy) | fn_alias(dx, x)) == 1;
     if (h < 0) { nt = 0; h = 0; }
     for (; i < h; i++) dx[i] = (dy[i] * P - Q) * R + ((x[i] - mh) - ml) * B;
-    for (; i + FN_VL <= n; i += FN_VL) {
+    nv = h + (n - h) / FN_VL * FN_VL;
+    FN_VFOR(i, h, nv, FN_VL, desc,
         if (pf) {
             __builtin_prefetch(dy + i + pf, 0, 2);
             __builtin_prefetch(x + i + pf, 0, 2);
         }
         FN(fn_vst)(dx + i, (*(const FN(uvec) *)(dy + i) * P - Q) * R
                                + ((*(const FN(uvec) *)(x + i) - mh) - ml) * B, nt);
-    }
-    for (; i < n; i++) dx[i] = (dy[i] * P - Q) * R + ((x[i] - mh) - ml) * B;
+    );
+    for (i = nv; i < n; i++) dx[i] = (dy[i] * P - Q) * R + ((x[i] - mh) - ml) * B;
 }
 
 FN_HOT static void FN(fn_seg_bwd_apply)(const T *dy, const T *x, T *dx, fn_idx n, T P, T Q,
@@ -2042,12 +2125,15 @@ static inline __attribute__((always_inline)) void FN(fn_row_bwd_apply_ew_in)(
     const T *dy, const T *x, T *dx, fn_idx n, const T *w, T Q, T r, T mh, T ml, T B,
     const T *ds, int nt, fn_idx pf)
 {
-    fn_idx i = 0, h = nt ? FN(fn_nt_head)(dx, n) : 0;
+    fn_idx i = 0, nv, h = nt ? FN(fn_nt_head)(dx, n) : 0;
+    const int desc = (fn_alias(dx, dy) | fn_alias(dx, x) | fn_alias(dx, w) | fn_alias(dx, ds))
+                     == 1;
     FN(vec) v;
     if (h < 0) { nt = 0; h = 0; }
     for (; i < h; i++)
         dx[i] = ((dy[i] * w[i] - Q) * r + ((x[i] - mh) - ml) * B) + (ds ? ds[i] : (T)0);
-    for (; i + FN_VL <= n; i += FN_VL) {
+    nv = h + (n - h) / FN_VL * FN_VL;
+    FN_VFOR(i, h, nv, FN_VL, desc,
         if (pf) {
             __builtin_prefetch(dy + i + pf, 0, 2);
             __builtin_prefetch(x + i + pf, 0, 2);
@@ -2056,8 +2142,8 @@ static inline __attribute__((always_inline)) void FN(fn_row_bwd_apply_ew_in)(
             + ((*(const FN(uvec) *)(x + i) - mh) - ml) * B;
         if (ds) v = v + *(const FN(uvec) *)(ds + i);
         FN(fn_vst)(dx + i, v, nt);
-    }
-    for (; i < n; i++)
+    );
+    for (i = nv; i < n; i++)
         dx[i] = ((dy[i] * w[i] - Q) * r + ((x[i] - mh) - ml) * B) + (ds ? ds[i] : (T)0);
 }
 
@@ -2119,10 +2205,10 @@ static inline __attribute__((always_inline)) void FN(fn_rowsn_bwd_apply_ew_n)(
 {
     const T *dy[4], *x[4], *ds[4];
     T *dx[4], Q[4], r[4], mh[4], ml[4], B[4];
-    fn_idx i, j, e, nv, h = nt ? FN(fn_nt_head)(dxr[0], n) : 0;
+    fn_idx i, j, e, q, nq, nv, h = nt ? FN(fn_nt_head)(dxr[0], n) : 0;
     const fn_idx run = FN_ROWS_RUN * FN_VL;
     FN(vec) v;
-    int k;
+    int k, m, al = 0, desc;
     if (h < 0) { nt = 0; h = 0; }
     for (k = 0; k < NR; k++) {
         dy[k] = dyr[k];
@@ -2135,20 +2221,28 @@ static inline __attribute__((always_inline)) void FN(fn_rowsn_bwd_apply_ew_n)(
         ml[k] = mlr[k];
         B[k] = Br[k];
     }
+    for (k = 0; k < NR; k++) {
+        al |= fn_alias(dx[k], w);
+        for (m = 0; m < NR; m++)
+            al |= fn_alias(dx[k], dy[m]) | fn_alias(dx[k], x[m]) | fn_alias(dx[k], ds[m]);
+    }
+    desc = al == 1;
     for (k = 0; k < NR; k++)
         for (i = 0; i < h; i++)
             dx[k][i] = ((dy[k][i] * w[i] - Q[k]) * r[k] + ((x[k][i] - mh[k]) - ml[k]) * B[k])
                        + (ds[k] ? ds[k][i] : (T)0);
     nv = h + (n - h) / FN_VL * FN_VL;
-    for (i = h; i < nv; i += run) {
+    nq = (nv - h + run - 1) / run;
+    for (q = 0; q < nq; q++) {  /* the runs, last first when desc */
+        i = h + (desc ? nq - 1 - q : q) * run;
         e = nv - i < run ? nv : i + run;
         for (k = 0; k < NR; k++)
-            for (j = i; j < e; j += FN_VL) {
+            FN_VFOR(j, i, e, FN_VL, desc,
                 v = (*(const FN(uvec) *)(dy[k] + j) * *(const FN(uvec) *)(w + j) - Q[k]) * r[k]
                     + ((*(const FN(uvec) *)(x[k] + j) - mh[k]) - ml[k]) * B[k];
                 if (ds[k]) v = v + *(const FN(uvec) *)(ds[k] + j);
                 FN(fn_vst)(dx[k] + j, v, nt);
-            }
+            );
     }
     for (k = 0; k < NR; k++)
         for (j = nv; j < n; j++)
@@ -2305,7 +2399,10 @@ static inline __attribute__((always_inline)) void FN(fn_rows_bwd_apply_k)(
     /* coefficients in registers, as fn_rows_apply_k (K <= 8: float64 channels-last with 64
        channels, bwd / copy, one thread, two threads: 2.69 -> 2.53, 3.43 -> 3.10) */
     FN(vec) VP[8], VQ[8], VR[8], MH[8], ML[8], VB[8];
-    fn_idx r, C = K * FN_VL;
+    fn_idx r, k, C = K * FN_VL;
+    const int desc = (fn_alias(dx, dy) | fn_alias(dx, x)) == 1;
+    const T *xr, *dr;
+    T *o;
     int j, ntr;
     for (j = 0; j < K; j++) {
         VP[j] = (FN(vec)){0} + (T)1;
@@ -2316,12 +2413,17 @@ static inline __attribute__((always_inline)) void FN(fn_rows_bwd_apply_k)(
         ML[j] = *(const FN(uvec) *)(ml + j * FN_VL);
         VB[j] = *(const FN(uvec) *)(B + j * FN_VL);
     }
-    for (r = 0; r < rows; r++, x += C, dy += C, dx += C) {
-        ntr = nt && FN(fn_nt_head)(dx, C) == 0;
-        for (j = 0; j < K; j++)
-            FN(fn_vst)(dx + j * FN_VL,
-                       (*(const FN(uvec) *)(dy + j * FN_VL) * VP[j] - VQ[j]) * VR[j]
-                       + ((*(const FN(uvec) *)(x + j * FN_VL) - MH[j]) - ML[j]) * VB[j], ntr);
+    for (k = 0; k < rows; k++) {  /* rows and their vectors last first when desc */
+        r = desc ? rows - 1 - k : k;
+        xr = x + r * C;
+        dr = dy + r * C;
+        o = dx + r * C;
+        ntr = nt && FN(fn_nt_head)(o, C) == 0;
+        FN_VFOR(j, 0, K, 1, desc,
+            FN(fn_vst)(o + j * FN_VL,
+                       (*(const FN(uvec) *)(dr + j * FN_VL) * VP[j] - VQ[j]) * VR[j]
+                       + ((*(const FN(uvec) *)(xr + j * FN_VL) - MH[j]) - ML[j]) * VB[j], ntr);
+        );
     }
 }
 
@@ -2329,9 +2431,10 @@ FN_HOT static void FN(fn_rows_bwd_apply)(const T *dy, const T *x, T *dx, fn_idx 
                                          const T *P, const T *Q, const T *R, const T *mh,
                                          const T *ml, const T *B, int nt)
 {
-    fn_idx r, c, cv = C - C % FN_VL;
+    fn_idx r, k, c, cv = C - C % FN_VL;
     const T *xr, *dr;
     T *o;
+    const int desc = (fn_alias(dx, dy) | fn_alias(dx, x)) == 1;
     int ntr;
     if (cv == C) {
         switch (C / FN_VL) {
@@ -2351,30 +2454,33 @@ FN_HOT static void FN(fn_rows_bwd_apply)(const T *dy, const T *x, T *dx, fn_idx 
        (32, 28, 28, 256) 3.73 -> 3.58, float64 (32, 28, 28, 128) 3.59 -> 3.05, (32, 14, 14,
        512) float32 5.57 -> 5.21; alternating builds, two rounds each, float64 3.33 / 3.54 ->
        3.03 / 3.27, float32 within the noise (3.49 / 3.49 -> 3.40 / 3.62). */
-    for (r = 0; r < rows; r++) {
+    for (k = 0; k < rows; k++) {  /* rows and their vectors last first when desc */
+        r = desc ? rows - 1 - k : k;
         xr = x + r * C;
         dr = dy + r * C;
         o = dx + r * C;
         ntr = nt && FN(fn_nt_head)(o, C) == 0;
         if (!P) {
-            for (c = 0; c < cv; c += FN_VL)
+            FN_VFOR(c, 0, cv, FN_VL, desc,
                 FN(fn_vst)(o + c,
                            (*(const FN(uvec) *)(dr + c) - *(const FN(uvec) *)(Q + c))
                            * *(const FN(uvec) *)(R + c)
                            + ((*(const FN(uvec) *)(xr + c) - *(const FN(uvec) *)(mh + c))
                               - *(const FN(uvec) *)(ml + c)) * *(const FN(uvec) *)(B + c),
                            ntr);
-            for (; c < C; c++)
+            );
+            for (c = cv; c < C; c++)
                 o[c] = (dr[c] - Q[c]) * R[c] + ((xr[c] - mh[c]) - ml[c]) * B[c];
             continue;
         }
-        for (c = 0; c < cv; c += FN_VL)
+        FN_VFOR(c, 0, cv, FN_VL, desc,
             FN(fn_vst)(o + c,
                        (*(const FN(uvec) *)(dr + c) * *(const FN(uvec) *)(P + c)
                         - *(const FN(uvec) *)(Q + c)) * *(const FN(uvec) *)(R + c)
                        + ((*(const FN(uvec) *)(xr + c) - *(const FN(uvec) *)(mh + c))
                           - *(const FN(uvec) *)(ml + c)) * *(const FN(uvec) *)(B + c), ntr);
-        for (; c < C; c++)
+        );
+        for (c = cv; c < C; c++)
             o[c] = (dr[c] * P[c] - Q[c]) * R[c] + ((xr[c] - mh[c]) - ml[c]) * B[c];
     }
 }
