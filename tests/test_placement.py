@@ -1,8 +1,8 @@
 """Where the output sits relative to the inputs within a 4 KiB page does not change a bit.
 
-The apply loops go down the addresses instead of up when out= sits a little past an input in
-its page (4 KiB aliasing, see fn_alias in _core.h). Every placement here, descending or not,
-streaming stores or not, must give the bits of a fresh output."""
+The apply loops over long segments go down the addresses instead of up when out= sits a little
+past an input in its page (4 KiB aliasing, see fn_alias in _core.h). Every placement here,
+descending or not, streaming stores or not, must give the bits of a fresh output."""
 import numpy as np
 import pytest
 
@@ -30,9 +30,11 @@ def empty_at(a, off):
     return v
 
 
-CASES = [  # (op, layout, shape): channels-first planes, runs of small planes, channels-last
-    ("batch", "NCHW", (3, 8, 20, 20)),      # (K <= 8 vectors and wider rows), rows, (C,H,W)
+CASES = [  # (op, layout, shape): planes (long ones descend), runs of small planes,
+    ("batch", "NCHW", (3, 8, 20, 20)),      # channels-last (K <= 8 vectors and wider rows),
+    ("batch", "NCHW", (2, 4, 48, 48)),      # layer-norm rows and (C, H, W) samples
     ("instance", "NCHW", (2, 6, 7, 9)),
+    ("instance", "NCHW", (2, 3, 50, 50)),
     ("group", "NCHW", (2, 16, 5, 5)),
     ("group", "NCHW", (2, 64, 2, 3)),       # planes shorter than a vector
     ("group", "NCHW", (2, 32, 30, 30)),
@@ -44,6 +46,7 @@ CASES = [  # (op, layout, shape): channels-first planes, runs of small planes, c
     ("layer", "rows", (64, 1000)),
     ("layer", "rows", (6, 4096)),
     ("layer", "chw", (4, 16, 24, 24)),
+    ("layer", "chw", (4, 64, 40, 40)),
 ]
 
 

@@ -1073,7 +1073,7 @@ static inline __attribute__((always_inline)) void FN(fn_seg_apply_in)(
     const T *x, T *y, fn_idx n, T mh, T ml, T a, T b, int act, int nt, fn_idx pf)
 {
     fn_idx i = 0, nv, h = nt ? FN(fn_nt_head)(y, n) : 0;
-    const int desc = fn_alias(y, x) == 1;
+    const int desc = FN_DESC(fn_alias(y, x), n * sizeof(T));
     FN(vec) v;
     T u;
     if (h < 0) { nt = 0; h = 0; }
@@ -1123,8 +1123,7 @@ static inline __attribute__((always_inline)) void FN(fn_seg_apply_ew_in)(
     const T *x, T *y, fn_idx n, T mh, T ml, T r, const T *g, const T *b, int act, int nt,
     fn_idx pf)
 {
-    fn_idx i = 0, nv, h = nt ? FN(fn_nt_head)(y, n) : 0;
-    const int desc = (fn_alias(y, x) | fn_alias(y, g) | fn_alias(y, b)) == 1;
+    fn_idx i = 0, h = nt ? FN(fn_nt_head)(y, n) : 0;
     FN(vec) v;
     T u;
     if (h < 0) { nt = 0; h = 0; }
@@ -1132,14 +1131,13 @@ static inline __attribute__((always_inline)) void FN(fn_seg_apply_ew_in)(
         u = FN_NORM_EW(x[i], mh, ml, r, g[i], b[i]);
         y[i] = act ? FN_RELU(u) : u;
     }
-    nv = h + (n - h) / FN_VL * FN_VL;
-    FN_VFOR(i, h, nv, FN_VL, desc,
+    for (; i + FN_VL <= n; i += FN_VL) {
         if (pf) __builtin_prefetch(x + i + pf, 0, 2);
         v = FN_NORM_EW(FN_LDV(x + i), mh, ml, r, FN_LDV(g + i), FN_LDV(b + i));
         if (act) v = FN(fn_vrelu)(v);
         FN(fn_vst)(y + i, v, nt);
-    );
-    for (i = nv; i < n; i++) {
+    }
+    for (; i < n; i++) {
         u = FN_NORM_EW(x[i], mh, ml, r, g[i], b[i]);
         y[i] = act ? FN_RELU(u) : u;
     }
@@ -1181,7 +1179,7 @@ FN_HOT static void FN(fn_seg2_apply_ew)(const T *x0, const T *x1, T *y0, T *y1, 
     const fn_idx run = FN_PAIR_RUN * FN_VL;
     const int al = fn_alias(y0, x0) | fn_alias(y0, x1) | fn_alias(y1, x0) | fn_alias(y1, x1)
                    | fn_alias(y0, g) | fn_alias(y0, b) | fn_alias(y1, g) | fn_alias(y1, b);
-    const int desc = al == 1;
+    const int desc = FN_DESC(al, n * sizeof(T));
     FN(vec) v;
     T u;
     if (h < 0) { nt = 0; h = 0; }
@@ -1265,7 +1263,7 @@ static inline __attribute__((always_inline)) void FN(fn_run_apply_in)(
     int act, int nt, fn_idx pf)
 {
     const fn_idx n = np * S;
-    fn_idx i = 0, j = 0, e = S, h = nt ? FN(fn_nt_head)(y, n) : 0, nv, s;
+    fn_idx i = 0, j = 0, e = S, h = nt ? FN(fn_nt_head)(y, n) : 0;
     T mh = MH[0], ml = ML[0], a = A[0], b = B[0], u;
     FN(vec) v;
 #define FN_RUN_SET (mh = MH[j], ml = ML[j], a = A[j], b = B[j])
@@ -1276,38 +1274,6 @@ static inline __attribute__((always_inline)) void FN(fn_run_apply_in)(
         y[i] = act ? FN_RELU(u) : u;                                                          \
     } while (0)
     if (h < 0) { nt = 0; h = 0; }
-    if (fn_alias(y, x) == 1) {  /* the same vectors, last first; plane j holds [s, s + S) */
-        nv = h + (n - h) / FN_VL * FN_VL;
-        j = np - 1;
-        s = j * S;
-        FN_RUN_SET;
-        for (i = nv; i > h;) {
-            i -= FN_VL;
-            if (i < s) {
-                do {
-                    j--;
-                    s -= S;
-                } while (i < s);
-                FN_RUN_SET;
-            }
-            if (pf) __builtin_prefetch(x + i + pf, 0, 2);
-            if (i + FN_VL <= s + S)
-                v = FN_NORM_CH(FN_LDV(x + i), mh, ml, a, b);
-            else
-                v = FN_NORM_CH(FN_LDV(x + i), FN(fn_run_coef)(MH, i, j, s + S, S),
-                               FN(fn_run_coef)(ML, i, j, s + S, S),
-                               FN(fn_run_coef)(A, i, j, s + S, S),
-                               FN(fn_run_coef)(B, i, j, s + S, S));
-            if (act) v = FN(fn_vrelu)(v);
-            FN(fn_vst)(y + i, v, nt);
-        }
-        j = 0;
-        e = S;
-        FN_RUN_SET;
-        for (i = 0; i < h; i++) FN_RUN_ONE;
-        for (i = nv; i < n; i++) FN_RUN_ONE;
-        return;
-    }
     for (; i < h; i++) FN_RUN_ONE;
     while (i + FN_VL <= n) {
         FN_RUN_AT(i, FN_RUN_SET);
@@ -1357,7 +1323,7 @@ FN_HOT static void FN(fn_planes_bwd_apply)(const T *dy, const T *x, T *dx, fn_id
                                            int nt, fn_idx pf)
 {
     const fn_idx n = np * S;
-    fn_idx i = 0, j = 0, e = S, h = nt ? FN(fn_nt_head)(dx, n) : 0, nv, s;
+    fn_idx i = 0, j = 0, e = S, h = nt ? FN(fn_nt_head)(dx, n) : 0;
     T P = w[0];
     FN(vec) v;
 #define FN_RUN_ONE                                                                            \
@@ -1366,38 +1332,6 @@ FN_HOT static void FN(fn_planes_bwd_apply)(const T *dy, const T *x, T *dx, fn_id
         dx[i] = (dy[i] * P - Q) * R + ((x[i] - mh) - ml) * B;                                 \
     } while (0)
     if (h < 0) { nt = 0; h = 0; }
-    if ((fn_alias(dx, dy) | fn_alias(dx, x)) == 1) {  /* last first, as fn_run_apply_in */
-        nv = h + (n - h) / FN_VL * FN_VL;
-        j = np - 1;
-        s = j * S;
-        P = w[j];
-        for (i = nv; i > h;) {
-            i -= FN_VL;
-            if (i < s) {
-                do {
-                    j--;
-                    s -= S;
-                } while (i < s);
-                P = w[j];
-            }
-            if (pf) {
-                __builtin_prefetch(dy + i + pf, 0, 2);
-                __builtin_prefetch(x + i + pf, 0, 2);
-            }
-            if (i + FN_VL <= s + S)
-                v = (FN_LDV(dy + i) * P - Q) * R + ((FN_LDV(x + i) - mh) - ml) * B;
-            else
-                v = (FN_LDV(dy + i) * FN(fn_run_coef)(w, i, j, s + S, S) - Q) * R
-                    + ((FN_LDV(x + i) - mh) - ml) * B;
-            FN(fn_vst)(dx + i, v, nt);
-        }
-        j = 0;
-        e = S;
-        P = w[0];
-        for (i = 0; i < h; i++) FN_RUN_ONE;
-        for (i = nv; i < n; i++) FN_RUN_ONE;
-        return;
-    }
     for (; i < h; i++) FN_RUN_ONE;
     while (i + FN_VL <= n) {
         FN_RUN_AT(i, P = w[j]);
@@ -1676,7 +1610,7 @@ static inline __attribute__((always_inline)) void FN(fn_rows_apply_k)(
 {
     FN(vec) MH[8], ML[8], A[8], B[8], v;
     fn_idx r, k, C = K * FN_VL;
-    const int desc = fn_alias(y, x) == 1;
+    const int desc = FN_DESC(fn_alias(y, x), rows * C * sizeof(T));
     const T *xr;
     T *yr;
     int j, ntr;
@@ -1743,7 +1677,7 @@ FN_HOT static void FN(fn_rows_apply)(const T *x, T *y, fn_idx rows, fn_idx C, co
         default: break;
         }
     }
-    desc = fn_alias(y, x) == 1;
+    desc = FN_DESC(fn_alias(y, x), rows * C * sizeof(T));
     for (k = 0; k < rows; k++) {  /* rows and their vectors last first when desc */
         r = desc ? rows - 1 - k : k;
         xr = x + r * C;
@@ -1878,7 +1812,7 @@ static inline __attribute__((always_inline)) void FN(fn_seg_bwd_apply_in)(
     fn_idx pf)
 {
     fn_idx i = 0, nv, h = nt ? FN(fn_nt_head)(dx, n) : 0;
-    const int desc = (fn_alias(dx, dy) | fn_alias(dx, x)) == 1;
+    const int desc = FN_DESC(fn_alias(dx, dy) | fn_alias(dx, x), n * sizeof(T));
     if (h < 0) { nt = 0; h = 0; }
     for (; i < h; i++) dx[i] = (dy[i] * P - Q) * R + ((x[i] - mh) - ml) * B;
     nv = h + (n - h) / FN_VL * FN_VL;
@@ -2125,15 +2059,12 @@ static inline __attribute__((always_inline)) void FN(fn_row_bwd_apply_ew_in)(
     const T *dy, const T *x, T *dx, fn_idx n, const T *w, T Q, T r, T mh, T ml, T B,
     const T *ds, int nt, fn_idx pf)
 {
-    fn_idx i = 0, nv, h = nt ? FN(fn_nt_head)(dx, n) : 0;
-    const int desc = (fn_alias(dx, dy) | fn_alias(dx, x) | fn_alias(dx, w) | fn_alias(dx, ds))
-                     == 1;
+    fn_idx i = 0, h = nt ? FN(fn_nt_head)(dx, n) : 0;
     FN(vec) v;
     if (h < 0) { nt = 0; h = 0; }
     for (; i < h; i++)
         dx[i] = ((dy[i] * w[i] - Q) * r + ((x[i] - mh) - ml) * B) + (ds ? ds[i] : (T)0);
-    nv = h + (n - h) / FN_VL * FN_VL;
-    FN_VFOR(i, h, nv, FN_VL, desc,
+    for (; i + FN_VL <= n; i += FN_VL) {
         if (pf) {
             __builtin_prefetch(dy + i + pf, 0, 2);
             __builtin_prefetch(x + i + pf, 0, 2);
@@ -2142,8 +2073,8 @@ static inline __attribute__((always_inline)) void FN(fn_row_bwd_apply_ew_in)(
             + ((*(const FN(uvec) *)(x + i) - mh) - ml) * B;
         if (ds) v = v + *(const FN(uvec) *)(ds + i);
         FN(fn_vst)(dx + i, v, nt);
-    );
-    for (i = nv; i < n; i++)
+    }
+    for (; i < n; i++)
         dx[i] = ((dy[i] * w[i] - Q) * r + ((x[i] - mh) - ml) * B) + (ds ? ds[i] : (T)0);
 }
 
@@ -2226,7 +2157,7 @@ static inline __attribute__((always_inline)) void FN(fn_rowsn_bwd_apply_ew_n)(
         for (m = 0; m < NR; m++)
             al |= fn_alias(dx[k], dy[m]) | fn_alias(dx[k], x[m]) | fn_alias(dx[k], ds[m]);
     }
-    desc = al == 1;
+    desc = FN_DESC(al, n * sizeof(T));
     for (k = 0; k < NR; k++)
         for (i = 0; i < h; i++)
             dx[k][i] = ((dy[k][i] * w[i] - Q[k]) * r[k] + ((x[k][i] - mh[k]) - ml[k]) * B[k])
@@ -2400,7 +2331,7 @@ static inline __attribute__((always_inline)) void FN(fn_rows_bwd_apply_k)(
        channels, bwd / copy, one thread, two threads: 2.69 -> 2.53, 3.43 -> 3.10) */
     FN(vec) VP[8], VQ[8], VR[8], MH[8], ML[8], VB[8];
     fn_idx r, k, C = K * FN_VL;
-    const int desc = (fn_alias(dx, dy) | fn_alias(dx, x)) == 1;
+    const int desc = FN_DESC(fn_alias(dx, dy) | fn_alias(dx, x), rows * C * sizeof(T));
     const T *xr, *dr;
     T *o;
     int j, ntr;
@@ -2434,7 +2365,7 @@ FN_HOT static void FN(fn_rows_bwd_apply)(const T *dy, const T *x, T *dx, fn_idx 
     fn_idx r, k, c, cv = C - C % FN_VL;
     const T *xr, *dr;
     T *o;
-    const int desc = (fn_alias(dx, dy) | fn_alias(dx, x)) == 1;
+    const int desc = FN_DESC(fn_alias(dx, dy) | fn_alias(dx, x), rows * C * sizeof(T));
     int ntr;
     if (cv == C) {
         switch (C / FN_VL) {
