@@ -44,22 +44,22 @@ typedef ptrdiff_t fn_idx;
    A load whose address matches an older store still in flight in its low 12 bits is held
    until that store is done, even though the two differ above bit 11. An ascending loop that
    writes y[i] and reads x[i] loads, just after each store, the x value at the same offset in
-   its page whenever y sits 1 to a few hundred bytes past x there ((y - x) mod 4096 small): every
-   vector waits. Measured on this project's Zen 3, one thread, out= at (y - x) mod 4096 = 32
-   / 64 / 128 bytes against -16 (a fresh output): layer norm over (64, 56, 56) float32
-   backward 2.04 / 2.36 / 1.75x as slow, float64 forward 2.21 / 3.30 (48 bytes) / 1.24x, batch
-   norm float32 forward 1.39 / 1.50 / 1.19x, instance norm 1.34 / 1.82 / 1.27x, channels-last
-   1.24 / 1.25 / 1.11x; a plain streaming copy up to 16x. The apply loops that write one long
-   segment (a plane of at least FN_DESC_MIN bytes, the channels-last rows of a chunk, the pair
-   of layer-norm samples) then go down the addresses instead (FN_VFOR): the load that matches
-   a store now comes before it. Going down is wrong the other way round (an input just past y),
-   so a loop descends only when some input is just before y and none is just after it
-   (fn_alias: bit 0 / bit 1). NumPy's own large arrays all sit 16 bytes into a page and
-   fastnorm's outputs at its start, so the default placements never descend. Short segments
-   keep ascending: read backwards one after the other, they defeat the hardware prefetcher
-   (layer-norm rows of 4 KiB: 1.47x as slow), and so did descending the runs of group-norm
-   planes (1.7x at every offset) and 2 KiB blocks read backwards in ascending order (layer
-   norm over (64, 56, 56) float64 forward 1.74x). */
+   its page whenever y sits 1 to a few hundred bytes past x there ((y - x) mod 4096 small):
+   every vector waits. Measured on this project's Zen 3, one thread, out= at (y - x) mod 4096
+   = 32 / 64 / 128 bytes against -16 (a fresh output): layer norm over (64, 56, 56) float32
+   backward 2.04 / 2.36 / 1.75x as slow, float64 forward 3.30 / 1.88 (48) / 1.24x (112),
+   batch norm float32 forward 1.39 / 1.50 / 1.19x, instance norm 1.34 / 1.82 / 1.27x,
+   channels-last 1.24 / 1.25 / 1.11x; a plain streaming copy up to 16x. The apply loops that
+   write one long segment (a plane of at least FN_DESC_MIN bytes, the channels-last rows of a
+   chunk, the pair of layer-norm samples, backward layer-norm rows that long) then go down the
+   addresses instead (FN_VFOR): the load that matches a store now comes before it. Going down
+   is wrong the other way round (an input just past y), so a loop descends only when some
+   input is just before y and none is just after it (fn_alias: bit 0 / bit 1). NumPy's own
+   large arrays all sit 16 bytes into a page and fastnorm's outputs at its start, so the
+   default placements never descend. Short segments keep ascending: read backwards one after
+   the other, they defeat the hardware prefetcher (layer-norm rows of 4 KiB: 1.47x as slow),
+   and so did descending the runs of group-norm planes (1.7x at every offset) and 2 KiB blocks
+   read backwards in ascending order (layer norm over (64, 56, 56) float64 forward 1.74x). */
 #ifndef FN_ALIAS_BYTES
 #define FN_ALIAS_BYTES 1024
 #endif
