@@ -13,6 +13,9 @@ typedef T FN(uvec) __attribute__((vector_size(FN_VB), aligned(sizeof(T)), may_al
 #define FN_LDV(p) (*(const FN(uvec) *)(p))
 /* Rows swept side by side go FN_ROWS_RUN vectors of one, then of the next (see
    fn_rowsn_bwd_apply_ew). */
+#ifndef FN_ROWS_RUN
+#define FN_ROWS_RUN 16
+#endif
 /* The forward's pair of rows (fn_seg2_apply_ew) goes FN_PAIR_RUN vectors (1 KiB with 32-byte
    vectors) at a time: with rows a whole number of pages apart and y at x's offset in its page
    (out=np.empty_like(x)), the second row's loads fall on the low 12 address bits of the first
@@ -22,9 +25,6 @@ typedef T FN(uvec) __attribute__((vector_size(FN_VB), aligned(sizeof(T)), may_al
    float64 0.87 / 0.95; 64 vs 32: 1.03 / 1.06 float32, 1.01 / 0.93 float64. */
 #ifndef FN_PAIR_RUN
 #define FN_PAIR_RUN 32
-#endif
-#ifndef FN_ROWS_RUN
-#define FN_ROWS_RUN 16
 #endif
 
 /* Sum of the lanes of two accumulators (or one, b == NULL), in float64, as a fixed pairwise
