@@ -475,6 +475,46 @@ static inline __attribute__((always_inline)) void FN(fn_pf_cols)(const T *p, fn_
 #define FN_GRP_N FN_CGM
 #include "_core_grp.h"
 
+/* The register sweeps over the column vectors [0, cv) of a block, in c (the caller's): G(nv)
+   sweeps nv vectors from c with arrays of FN_CG, G16(nv) with arrays of FN_CGM. float32:
+   groups of FN_CG (the 16-vector sweep made 64 channels 13% slower); float64: sweeps of up to
+   FN_CGM vectors, a 9-15 vector rest in one sweep. Then the 1-7 vectors left. Shared by the
+   moments (fn_col_sums) and the backward's sums (fn_rows_bwd_sums_blk). */
+#if FN_IS_F32
+#define FN_COL_SWEEPS_WIDE(G, G16)                                                            \
+    for (c = 0; c + FN_CG * FN_VL <= cv; c += FN_CG * FN_VL) G(FN_CG)
+#else
+#define FN_COL_SWEEPS_WIDE(G, G16)                                                            \
+    do {                                                                                      \
+        for (c = 0; c + FN_CGM * FN_VL <= cv; c += FN_CGM * FN_VL) G16(FN_CGM);               \
+        switch ((cv - c) / FN_VL) {                                                           \
+        case 15: G16(15); c = cv; break;                                                      \
+        case 14: G16(14); c = cv; break;                                                      \
+        case 13: G16(13); c = cv; break;                                                      \
+        case 12: G16(12); c = cv; break;                                                      \
+        case 11: G16(11); c = cv; break;                                                      \
+        case 10: G16(10); c = cv; break;                                                      \
+        case 9: G16(9); c = cv; break;                                                        \
+        case 8: G(8); c = cv; break;                                                          \
+        default: break;                                                                       \
+        }                                                                                     \
+    } while (0)
+#endif
+#define FN_COL_SWEEPS(G, G16)                                                                 \
+    do {                                                                                      \
+        FN_COL_SWEEPS_WIDE(G, G16);                                                           \
+        switch ((cv - c) / FN_VL) {                                                           \
+        case 7: G(7); break;                                                                  \
+        case 6: G(6); break;                                                                  \
+        case 5: G(5); break;                                                                  \
+        case 4: G(4); break;                                                                  \
+        case 3: G(3); break;                                                                  \
+        case 2: G(2); break;                                                                  \
+        case 1: G(1); break;                                                                  \
+        default: break;                                                                       \
+        }                                                                                     \
+    } while (0)
+
 /* s[c] = sum(d), q[c] = sum(d^2) per column over the rows of a block of ns streams of `rows`
    rows (row stride ld; stream k qs rows after stream k - 1), as fn_col_sums_grp. */
 static inline __attribute__((always_inline)) void FN(fn_col_sums)(
@@ -510,37 +550,9 @@ static inline __attribute__((always_inline)) void FN(fn_col_sums)(
         return;
     }
 #define FN_CSG(nv) FN(fn_col_sums_grp)(x, rows, ns, qs, C, ld, sh, sl, s, q, c, nv)
-#if FN_IS_F32
-    /* float32: groups of FN_CG (the 16-vector sweep made 64 channels 13% slower here) */
-    for (c = 0; c + FN_CG * FN_VL <= cv; c += FN_CG * FN_VL)
-        FN_CSG(FN_CG);
-#else  /* float64: one sweep of the row's cv / FN_VL <= FN_CGM vectors */
 #define FN_CSG16(nv) FN(fn_col_sums_grp16)(x, rows, ns, qs, C, ld, sh, sl, s, q, c, nv)
-    c = 0;
-    switch (cv / FN_VL) {
-    case 16: FN_CSG16(16); c = cv; break;
-    case 15: FN_CSG16(15); c = cv; break;
-    case 14: FN_CSG16(14); c = cv; break;
-    case 13: FN_CSG16(13); c = cv; break;
-    case 12: FN_CSG16(12); c = cv; break;
-    case 11: FN_CSG16(11); c = cv; break;
-    case 10: FN_CSG16(10); c = cv; break;
-    case 9: FN_CSG16(9); c = cv; break;
-    case 8: FN_CSG(8); c = cv; break;
-    default: break;
-    }
+    FN_COL_SWEEPS(FN_CSG, FN_CSG16);
 #undef FN_CSG16
-#endif
-    switch ((cv - c) / FN_VL) {
-    case 7: FN_CSG(7); break;
-    case 6: FN_CSG(6); break;
-    case 5: FN_CSG(5); break;
-    case 4: FN_CSG(4); break;
-    case 3: FN_CSG(3); break;
-    case 2: FN_CSG(2); break;
-    case 1: FN_CSG(1); break;
-    default: break;
-    }
 #undef FN_CSG
     for (c = cv; c < C; c++) {
         s[c] = 0;
@@ -2258,36 +2270,9 @@ static inline __attribute__((always_inline)) void FN(fn_rows_bwd_sums_blk)(
     fn_idx r, k, c, o, cv = C - C % FN_VL;
     T u1, u2;
 #define FN_BSG(nv) FN(fn_rows_bwd_sums_grp)(dy, x, rows, ns, qs, C, mh, ml, sdy, sdyx, c, nv)
-#if FN_IS_F32
-    for (c = 0; c + FN_CG * FN_VL <= cv; c += FN_CG * FN_VL)
-        FN_BSG(FN_CG);
-#else  /* float64: sweeps of up to 16 vectors, as the moments' */
 #define FN_BSG16(nv) FN(fn_rows_bwd_sums_grp16)(dy, x, rows, ns, qs, C, mh, ml, sdy, sdyx, c, nv)
-    for (c = 0; c + FN_CGM * FN_VL <= cv; c += FN_CGM * FN_VL)
-        FN_BSG16(FN_CGM);
-    switch ((cv - c) / FN_VL) {
-    case 15: FN_BSG16(15); c = cv; break;
-    case 14: FN_BSG16(14); c = cv; break;
-    case 13: FN_BSG16(13); c = cv; break;
-    case 12: FN_BSG16(12); c = cv; break;
-    case 11: FN_BSG16(11); c = cv; break;
-    case 10: FN_BSG16(10); c = cv; break;
-    case 9: FN_BSG16(9); c = cv; break;
-    case 8: FN_BSG(8); c = cv; break;
-    default: break;
-    }
+    FN_COL_SWEEPS(FN_BSG, FN_BSG16);
 #undef FN_BSG16
-#endif
-    switch ((cv - c) / FN_VL) {
-    case 7: FN_BSG(7); break;
-    case 6: FN_BSG(6); break;
-    case 5: FN_BSG(5); break;
-    case 4: FN_BSG(4); break;
-    case 3: FN_BSG(3); break;
-    case 2: FN_BSG(2); break;
-    case 1: FN_BSG(1); break;
-    default: break;
-    }
 #undef FN_BSG
     for (c = cv; c < C; c++) {
         u1 = 0;
@@ -2422,6 +2407,8 @@ FN_HOT static void FN(fn_rows_bwd_apply)(const T *dy, const T *x, T *dx, fn_idx 
 #undef FN_NORM_CH
 #undef FN_NORM_EW
 #undef FN_LDV
+#undef FN_COL_SWEEPS
+#undef FN_COL_SWEEPS_WIDE
 #undef FN_BWD_PAIR
 #undef FN_IOTA
 #undef T
