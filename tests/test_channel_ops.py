@@ -213,9 +213,10 @@ def test_nan_and_inf_propagate():
 
 
 # Channel counts that put every case of the channels-last column reductions to work (float32:
-# groups of eight column vectors, then 1-7 vectors, rows of more than 16 vectors in one sweep
-# with the sums in L1; float64: one sweep of 1-16 vectors, wider rows in L1; then single
-# columns; the rows as four streams plus a tail block) and of the applies (rows of 1-8 whole
+# groups of eight column vectors, then 1-7 vectors, forward rows of more than 16 vectors in one
+# sweep with the sums in L1; float64: one sweep of 1-16 vectors, wider forward rows in L1, the
+# backward's in sweeps of up to 16; then single columns; the rows as four streams plus a tail
+# block) and of the applies (rows of 1-8 whole
 # vectors with their coefficients in registers, longer rows, tails), float32 vectors holding
 # 8 values and float64 vectors 4.
 @pytest.mark.parametrize("C", [1, 7, 8, 16, 24, 40, 48, 56, 64, 72, 80, 96, 112, 128, 136, 144,
