@@ -10,22 +10,24 @@ once to C order of its declared layout.
 import math
 import numbers
 import os
+import sys
 
 import numpy as np
 
 from fastnorm._config import get_num_threads
 
-try:  # optional: bfloat16 through ml_dtypes
-    import ml_dtypes as _ml_dtypes
-
-    _BFLOAT16 = np.dtype(_ml_dtypes.bfloat16)
-except Exception:  # pragma: no cover - optional dependency
-    _BFLOAT16 = None
-
 LAYOUTS = ("NCHW", "NHWC")
-_HALF = {np.dtype(np.float16)}
-if _BFLOAT16 is not None:
-    _HALF.add(_BFLOAT16)
+_F16 = np.dtype(np.float16)
+
+
+def is_half(dtype):
+    """float16, or ml_dtypes' bfloat16. fastnorm does not import ml_dtypes itself (its import
+    takes over a second on a small machine): an array of bfloat16 exists only once whoever made
+    it has imported ml_dtypes, so its module is looked up, not imported."""
+    if dtype == _F16:
+        return True
+    ml = sys.modules.get("ml_dtypes")
+    return ml is not None and dtype == ml.bfloat16
 
 # ---- dtypes ----------------------------------------------------------------------------------
 
@@ -45,7 +47,7 @@ def compute_dtype(dtype, name="x"):
     dtype = np.dtype(dtype)
     if dtype == np.float32 or dtype == np.float64:
         return dtype, dtype
-    if dtype in _HALF:
+    if is_half(dtype):
         return np.dtype(np.float32), dtype
     if dtype.kind in "iu":
         return np.dtype(np.float64), np.dtype(np.float64)
@@ -122,7 +124,7 @@ def param_array(a, name, shape, ct, fill):
             and a.flags.c_contiguous and a.flags.aligned):
         return a
     a = as_array(a, name)
-    if a.dtype.kind not in "fiu" and a.dtype not in _HALF:
+    if a.dtype.kind not in "fiu" and not is_half(a.dtype):
         raise TypeError(f"{name} must be a real floating array, got dtype {a.dtype}")
     if a.shape != tuple(shape):
         raise ValueError(f"{name} must have shape {tuple(shape)}, got {a.shape}")
@@ -132,7 +134,7 @@ def param_array(a, name, shape, ct, fill):
 def stats_array(a, name, shape):
     """Saved mean/rstd for a backward: float array of the expected shape, as float64."""
     a = as_array(a, name)
-    if a.dtype.kind not in "fiu" and a.dtype not in _HALF:
+    if a.dtype.kind not in "fiu" and not is_half(a.dtype):
         raise TypeError(f"{name} must be a real floating array, got dtype {a.dtype}")
     if a.shape != tuple(shape):
         raise ValueError(f"{name} must have shape {tuple(shape)}, got {a.shape}")

@@ -67,7 +67,7 @@ def _check_X(X, layout, name="X"):
     """ndarray (or dask array) of a real dtype with at least 2 dimensions."""
     if not _is_dask(X):
         X = D.as_array(X, name)
-        if X.dtype == np.bool_ or (X.dtype.kind not in "fiu" and X.dtype not in D._HALF):
+        if X.dtype == np.bool_ or (X.dtype.kind not in "fiu" and not D.is_half(X.dtype)):
             raise TypeError(f"{name} must be a real numeric array, got dtype {X.dtype}")
     if X.ndim < 2:
         raise ValueError(f"{name} must have at least 2 dimensions ((n_samples, n_features) "

@@ -212,7 +212,7 @@ def _memory_order(x):
 
 def _input(x, name="x"):
     x = D.as_array(x, name)
-    if x.dtype == np.bool_ or (x.dtype.kind not in "fiu" and x.dtype not in D._HALF):
+    if x.dtype == np.bool_ or (x.dtype.kind not in "fiu" and not D.is_half(x.dtype)):
         raise TypeError(f"{name} must be a real numeric array (float or integer), got dtype "
                         f"{x.dtype}")
     return x

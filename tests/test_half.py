@@ -143,3 +143,25 @@ def test_half_residual_normalizes_the_returned_sum(op, rng):
     y, s = f(x, 40, w, residual=r)
     np.testing.assert_array_equal(s, x + r)
     np.testing.assert_array_equal(y, f(x + r, 40, w))
+
+
+def test_import_leaves_ml_dtypes_alone():
+    """`import fastnorm` (and its torch adapter) does not import ml_dtypes, whose import takes
+    over a second; a bfloat16 array made after fastnorm's import still runs as bfloat16."""
+    pytest.importorskip("ml_dtypes")
+    import subprocess
+    import sys
+    code = ("import sys, fastnorm\n"
+            "try:\n    import fastnorm.torch\nexcept ImportError:\n    pass\n"
+            "assert 'ml_dtypes' not in sys.modules, 'imported by fastnorm'\n"
+            "import numpy as np, ml_dtypes\n"
+            "x = np.arange(24.0).reshape(2, 3, 4).astype(ml_dtypes.bfloat16)\n"
+            "y = fastnorm.layer_norm(x, (4,))\n"
+            "assert y.dtype == x.dtype, y.dtype\n"
+            "y, m, r = fastnorm.layer_norm_forward(x, (4,))\n"
+            "dx, dw, db = fastnorm.layer_norm_backward(y, x, m, r, (4,))\n"
+            "assert dx.dtype == x.dtype, dx.dtype\n"
+            "print('ok')\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr[-2000:]

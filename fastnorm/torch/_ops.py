@@ -14,6 +14,7 @@ fastnorm does not run: other devices, other dtypes, sparse or quantized tensors.
 """
 from __future__ import annotations
 
+import importlib.util
 from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -24,16 +25,17 @@ from fastnorm import functional as FN
 
 __all__ = ["batch_norm", "instance_norm", "group_norm", "layer_norm", "rms_norm", "supported"]
 
-try:  # bfloat16 tensors are viewed as ml_dtypes.bfloat16 arrays
-    import ml_dtypes as _ml_dtypes
-
-    _BF16: Optional[np.dtype] = np.dtype(_ml_dtypes.bfloat16)
-except Exception:  # pragma: no cover - optional dependency
-    _BF16 = None
-
+# bfloat16 tensors are viewed as ml_dtypes.bfloat16 arrays; ml_dtypes is imported on the first
+# bfloat16 tensor, not here (its import takes over a second on a small machine)
 _DTYPES = {torch.float32, torch.float64, torch.float16}
-if _BF16 is not None:
+if importlib.util.find_spec("ml_dtypes") is not None:
     _DTYPES.add(torch.bfloat16)
+
+
+def _bf16() -> np.dtype:
+    import ml_dtypes
+
+    return np.dtype(ml_dtypes.bfloat16)
 
 ShapeArg = Union[int, Sequence[int]]
 
@@ -57,7 +59,7 @@ def _np(t: Optional[Tensor]) -> Optional[np.ndarray]:
     if t.requires_grad:
         t = t.detach()
     if t.dtype == torch.bfloat16:
-        return t.view(torch.int16).numpy().view(_BF16)
+        return t.view(torch.int16).numpy().view(_bf16())
     return t.numpy()
 
 
@@ -98,7 +100,7 @@ def _t(a: np.ndarray) -> Tensor:
     tensors written through out=: measured inside an autograd.Function, torch's allocation
     of a 2 MB output page-faulted on every call (group norm (32, 64, 16, 16): 112 us a call
     against 90)."""
-    if _BF16 is not None and a.dtype == _BF16:
+    if a.dtype.name == "bfloat16" and a.dtype == _bf16():
         return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
     return torch.from_numpy(a)
 
