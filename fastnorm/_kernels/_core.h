@@ -127,6 +127,11 @@ static inline void fn_sfence(void)
    rows as, in blocks of rb / FN_COL_STREAMS rows of every run (a multiple of that, 0 when
    there is no whole block); the rows past FN_COL_STREAMS times it are swept contiguously.
    Shared by the moments (fn_seg_col_moments) and the backward sums (fn_rows_bwd_sums). */
+/* Sub-blocks per channels-last moment block (fn_block_col_moments): the float32 sums of each
+   sub-block (FN_BLK / C rows, 32 to 256) go into float64 sums, and the block's per-column work
+   (pivot, conversions, redo test, merge) is done once per FN_COL_SUBS of them. */
+#define FN_COL_SUBS 4
+
 static inline fn_idx fn_col_run_rows(fn_idx rows, fn_idx rb)
 {
     fn_idx sb = rb / FN_COL_STREAMS;

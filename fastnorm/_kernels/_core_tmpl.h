@@ -567,15 +567,37 @@ static inline __attribute__((always_inline)) void FN(fn_col_sums)(
     }
 }
 
+/* d1[c] = sum(d), d2[c] = sum(d^2) in float64 over a block of ns streams of `rows` rows (as
+   fn_col_sums), swept in sub-blocks of `sub` rows of every stream: each sub-block's sums in T
+   (fn_col_sums, in registers), then added into float64. */
+static inline __attribute__((always_inline)) void FN(fn_col_sums_sub)(
+    const T *x, fn_idx rows, fn_idx sub, fn_idx ns, fn_idx qs, fn_idx C, const T *sh,
+    const T *sl, T *s, T *q, double *d1, double *d2)
+{
+    fn_idx r, c, b;
+    for (c = 0; c < C; c++) d1[c] = d2[c] = 0;
+    for (r = 0; r < rows; r += sub) {
+        b = rows - r < sub ? rows - r : sub;
+        FN(fn_col_sums)(x + r * C, b, ns, qs, C, C, sh, sl, s, q);
+        for (c = 0; c < C; c++) {
+            d1[c] += (double)s[c];
+            d2[c] += (double)q[c];
+        }
+    }
+}
+
 /* Per-column mean and M2 of a block of x (row stride C): ns streams of `rows` rows each,
    1 <= rows, stream k qs rows after stream k - 1 (ns = 1: rows contiguous rows), in one pass
    with a per-column pivot: piv (the running mean of the chunk so far) or, for a chunk's first
    block, the mean of its first rows. As in fn_block_moments, a pivot that lands more than a
-   standard deviation from a column's mean sends the block through an exact two-pass.
+   standard deviation from a column's mean sends the block through an exact two-pass. The
+   sums go in sub-blocks of `sub` rows per stream (T sums of at most FN_BLK / C rows, as
+   precise as one block of them), added in float64: the block's per-column work (pivots,
+   conversions, the redo test, the caller's merge) is then shared by FN_COL_SUBS sub-blocks.
    scr: 5*C elements of T. Lanes run across C, so every lane shares one count. */
-FN_HOT static void FN(fn_block_col_moments)(const T *x, fn_idx rows, fn_idx ns, fn_idx qs,
-                                             fn_idx C, const double *piv, T *scr, double *mean,
-                                             double *m2)
+FN_HOT static void FN(fn_block_col_moments)(const T *x, fn_idx rows, fn_idx sub, fn_idx ns,
+                                             fn_idx qs, fn_idx C, const double *piv, T *scr,
+                                             double *mean, double *m2)
 {
     T *K = scr, *s = scr + C, *q = scr + 2 * C, *mh = scr + 3 * C, *ml = scr + 4 * C;
     const T *row;
@@ -593,10 +615,10 @@ FN_HOT static void FN(fn_block_col_moments)(const T *x, fn_idx rows, fn_idx ns, 
         }
         for (c = 0; c < C; c++) K[c] = s[c] / (T)np;
     }
-    FN(fn_col_sums)(x, rows, ns, qs, C, C, K, NULL, s, q);
-    for (c = 0; c < C; c++) {
-        s1 = (double)s[c];
-        s2 = (double)q[c];
+    FN(fn_col_sums_sub)(x, rows, sub, ns, qs, C, K, NULL, s, q, mean, m2);
+    for (c = 0; c < C; c++) {  /* mean, m2 hold the sums */
+        s1 = mean[c];
+        s2 = m2[c];
         if (s1 * s1 * inv > 0.5 * s2) redo = 1;
         mean[c] = (double)K[c] + s1 * inv;
         t = s2 - s1 * s1 * inv;
@@ -608,11 +630,11 @@ FN_HOT static void FN(fn_block_col_moments)(const T *x, fn_idx rows, fn_idx ns, 
         mh[c] = (T)m;
         ml[c] = (T)(m - (double)mh[c]);
     }
-    FN(fn_col_sums)(x, rows, ns, qs, C, C, mh, ml, s, q);
-    for (c = 0; c < C; c++) {
-        s1 = (double)s[c];
-        mean[c] += s1 * inv;
-        t = (double)q[c] - s1 * s1 * inv;
+    FN(fn_col_sums_sub)(x, rows, sub, ns, qs, C, mh, ml, s, q, mean, m2);
+    for (c = 0; c < C; c++) {  /* deviations from mh + ml, the shift the sums used */
+        s1 = mean[c];
+        mean[c] = ((double)mh[c] + (double)ml[c]) + s1 * inv;
+        t = m2[c] - s1 * s1 * inv;
         m2[c] = t > 0 ? t : 0;
     }
 }
@@ -620,21 +642,27 @@ FN_HOT static void FN(fn_block_col_moments)(const T *x, fn_idx rows, fn_idx ns, 
 /* Per-column moments of x[rows, C] in blocks of about rb rows, merged in order into
    (n, mean, m2). Every block after the first pivots on the running mean. The rows are swept
    as FN_COL_STREAMS streams: block b is rows [b*sb, (b+1)*sb) of each of FN_COL_STREAMS
-   equal runs of the rows (sb = rb / FN_COL_STREAMS), row by row across the runs; rows past the
-   last whole set of runs form a last block of their own. The blocks, and so the bits, depend
-   only on (rows, C, rb). bm, bm2: C doubles of scratch; scr: 5*C of T. */
+   equal runs of the rows (sb = rb / FN_COL_STREAMS * FN_COL_SUBS, the last block of a run
+   maybe shorter), row by row across the runs; rows past the last whole set of runs form
+   blocks of their own (rb * FN_COL_SUBS contiguous rows). Each block's sums go in sub-blocks
+   of rb rows (fn_block_col_moments). The blocks, and so the bits, depend only on
+   (rows, C, rb). bm, bm2: C doubles of scratch; scr: 5*C of T. */
 static void FN(fn_seg_col_moments)(const T *x, fn_idx rows, fn_idx C, fn_idx rb, T *scr,
                                    double *bm, double *bm2, double *n, double *mean, double *m2)
 {
-    const fn_idx ns = FN_COL_STREAMS, sb = rb / FN_COL_STREAMS, qs = fn_col_run_rows(rows, rb);
+    const fn_idx ns = FN_COL_STREAMS, sub = rb / FN_COL_STREAMS, qs = fn_col_run_rows(rows, rb);
+    const fn_idx sb = sub * FN_COL_SUBS, tb = rb * FN_COL_SUBS;
     fn_idx r, b;
     for (r = 0; r < qs; r += sb) {
-        FN(fn_block_col_moments)(x + r * C, sb, ns, qs, C, *n > 0 ? mean : NULL, scr, bm, bm2);
-        fn_chan_merge_vec(n, mean, m2, C, (double)(sb * ns), bm, bm2);
+        b = qs - r < sb ? qs - r : sb;
+        FN(fn_block_col_moments)(x + r * C, b, sub, ns, qs, C, *n > 0 ? mean : NULL, scr, bm,
+                                 bm2);
+        fn_chan_merge_vec(n, mean, m2, C, (double)(b * ns), bm, bm2);
     }
-    for (r = ns * qs; r < rows; r += rb) {
-        b = rows - r < rb ? rows - r : rb;
-        FN(fn_block_col_moments)(x + r * C, b, 1, 0, C, *n > 0 ? mean : NULL, scr, bm, bm2);
+    for (r = ns * qs; r < rows; r += tb) {
+        b = rows - r < tb ? rows - r : tb;
+        FN(fn_block_col_moments)(x + r * C, b, rb, 1, 0, C, *n > 0 ? mean : NULL, scr, bm,
+                                 bm2);
         fn_chan_merge_vec(n, mean, m2, C, (double)b, bm, bm2);
     }
 }
