@@ -349,3 +349,30 @@ def test_small_units_backward_in_groups(op, dtype, rng):
         assert_close(runs[0][2], db_ref, dtype, scale=np.sqrt(x.size), what="dbias")
         for a, c in zip(runs[0], runs[1]):
             np.testing.assert_array_equal(a, c)
+
+
+# Channel counts that are not a whole number of vectors but whose rows tile 64-byte lines in at
+# most 128 values (fn_lanes): the moments and the forward apply read rows * C / L rows of
+# L = lcm(C, 64 / itemsize) lanes, then the rows left over (here R is not a multiple of
+# L / C) on their own.
+@pytest.mark.parametrize("C", [2, 3, 5, 6, 7, 12, 20, 28])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_channels_last_lanes(C, dtype, rng):
+    x = (rng.standard_normal((3, 37, 41, C)) * 3 + 1000).astype(dtype)
+    w = rng.standard_normal(C).astype(dtype)
+    b = rng.standard_normal(C).astype(dtype)
+    cases = [("batch", None), ("instance", None)] + [("group", G) for G in (1, C // 2)
+                                                     if G and C % G == 0]
+    for op, G in cases:
+        args = (G,) if G else ()
+        y, m, r = getattr(fn, f"{op}_norm_forward")(x, *args, w, b, layout="NHWC")
+        ry, rm, rr = ref.channel_forward(op, x, w, b, layout="NHWC", G=G)
+        assert_close(y, ry, dtype, what=f"{op} y")
+        assert_close(m, rm, dtype, scale=1000, what=f"{op} mean")
+        assert_close(r, rr, dtype, what=f"{op} rstd")
+    rm = rng.standard_normal(C) * 3 + 1000
+    rv = rng.uniform(0.5, 2, C)
+    y = fn.batch_norm(x, rm, rv, w, b, training=False, layout="NHWC", activation="relu")
+    a = w / np.sqrt(rv + 1e-5)
+    ry = np.maximum((x.astype(np.float64) - rm) * a + b, 0)
+    assert_close(y, ry, dtype, scale=10, what="inference relu")

@@ -639,32 +639,89 @@ FN_HOT static void FN(fn_block_col_moments)(const T *x, fn_idx rows, fn_idx sub,
     }
 }
 
-/* Per-column moments of x[rows, C] in blocks of about rb rows, merged in order into
-   (n, mean, m2). Every block after the first pivots on the running mean. The rows are swept
-   as FN_COL_STREAMS streams: block b is rows [b*sb, (b+1)*sb) of each of FN_COL_STREAMS
-   equal runs of the rows (sb = rb / FN_COL_STREAMS * FN_COL_SUBS, the last block of a run
-   maybe shorter), row by row across the runs; rows past the last whole set of runs form
-   blocks of their own (rb * FN_COL_SUBS contiguous rows). Each block's sums go in sub-blocks
-   of rb rows (fn_block_col_moments). The blocks, and so the bits, depend only on
+/* Per-column moments of x[rows, C] in blocks, merged in order into (n, mean, m2). Every
+   block after the first pivots on the running mean. The rows are swept as FN_COL_STREAMS
+   streams: block b is rows [b*bs, (b+1)*bs) of each of FN_COL_STREAMS equal runs of the rows
+   (bs = rb / FN_COL_STREAMS * FN_COL_SUBS, the last block of a run maybe shorter), row by row
+   across the runs; rows past the last whole set of runs form blocks of their own
+   (rb * FN_COL_SUBS contiguous rows). Each block's sums go in T over sub-blocks of at most
+   FN_COL_SUM_ROWS rows (fn_block_col_moments). The blocks, and so the bits, depend only on
    (rows, C, rb). bm, bm2: C doubles of scratch; scr: 5*C of T. */
-static void FN(fn_seg_col_moments)(const T *x, fn_idx rows, fn_idx C, fn_idx rb, T *scr,
-                                   double *bm, double *bm2, double *n, double *mean, double *m2)
+static void FN(fn_seg_col_moments_c)(const T *x, fn_idx rows, fn_idx C, fn_idx rb, T *scr,
+                                     double *bm, double *bm2, double *n, double *mean,
+                                     double *m2)
 {
-    const fn_idx ns = FN_COL_STREAMS, sub = rb / FN_COL_STREAMS, qs = fn_col_run_rows(rows, rb);
-    const fn_idx sb = sub * FN_COL_SUBS, tb = rb * FN_COL_SUBS;
+    const fn_idx ns = FN_COL_STREAMS, sb = rb / FN_COL_STREAMS, qs = fn_col_run_rows(rows, rb);
+    const fn_idx bs = sb * FN_COL_SUBS, bt = rb * FN_COL_SUBS;
+    const fn_idx ss = sb < FN_COL_SUM_ROWS / ns ? sb : FN_COL_SUM_ROWS / ns;
+    const fn_idx st = rb < FN_COL_SUM_ROWS ? rb : FN_COL_SUM_ROWS;
     fn_idx r, b;
-    for (r = 0; r < qs; r += sb) {
-        b = qs - r < sb ? qs - r : sb;
-        FN(fn_block_col_moments)(x + r * C, b, sub, ns, qs, C, *n > 0 ? mean : NULL, scr, bm,
+    for (r = 0; r < qs; r += bs) {
+        b = qs - r < bs ? qs - r : bs;
+        FN(fn_block_col_moments)(x + r * C, b, ss, ns, qs, C, *n > 0 ? mean : NULL, scr, bm,
                                  bm2);
         fn_chan_merge_vec(n, mean, m2, C, (double)(b * ns), bm, bm2);
     }
-    for (r = ns * qs; r < rows; r += tb) {
-        b = rows - r < tb ? rows - r : tb;
-        FN(fn_block_col_moments)(x + r * C, b, rb, 1, 0, C, *n > 0 ? mean : NULL, scr, bm,
+    for (r = ns * qs; r < rows; r += bt) {
+        b = rows - r < bt ? rows - r : bt;
+        FN(fn_block_col_moments)(x + r * C, b, st, 1, 0, C, *n > 0 ? mean : NULL, scr, bm,
                                  bm2);
         fn_chan_merge_vec(n, mean, m2, C, (double)b, bm, bm2);
     }
+}
+
+/* Lanes of a channels-last row of C values read as whole vectors: L = lcm(C, 64 / sizeof(T))
+   values (rows of whole 64-byte lines), when C is not a whole number of vectors and L is at
+   most FN_LANES; else 0. Such rows (3, 5, 6, 7, 12 or 20 float32 channels, ...) are read as
+   rows2 = rows * C / L rows of L lanes, lane j holding column j % C: with C = 3 the columns
+   were otherwise summed and applied one value at a time (batch norm (64, 224, 224, 3)
+   float32 channels-last: forward 15 copies, backward 11). */
+#define FN_LANES 128
+static inline fn_idx FN(fn_lanes)(fn_idx C)
+{
+    fn_idx a = C, b = 64 / (fn_idx)sizeof(T), t, L;
+    if (C <= 0 || C % FN_VL == 0) return 0;
+    while (b) {
+        t = a % b;
+        a = b;
+        b = t;
+    }
+    L = C / a * (64 / (fn_idx)sizeof(T));
+    return L <= FN_LANES ? L : 0;
+}
+
+/* Per-column moments of x[rows, C] merged in order into (n, mean, m2): fn_seg_col_moments_c
+   on the rows, or, when fn_lanes(C) = L > 0, on rows * C / L rows of L lanes (blocks of
+   FN_BLK / L rows, 32 to 256, as cols_block_rows), then each column's L / C lanes merged in
+   lane order, then the rows left over (fewer than L / C) on their own. rb: the caller's
+   block rows for C. */
+static void FN(fn_seg_col_moments)(const T *x, fn_idx rows, fn_idx C, fn_idx rb, T *scr,
+                                   double *bm, double *bm2, double *n, double *mean, double *m2)
+{
+    const fn_idx L = FN(fn_lanes)(C);
+    fn_idx r2, rbl, c, j;
+    double ln, lm[FN_LANES], lm2[FN_LANES], lb[FN_LANES], lb2[FN_LANES], cn, cm, cm2;
+    T lscr[5 * FN_LANES];
+    if (L == 0 || rows < L / C) {
+        FN(fn_seg_col_moments_c)(x, rows, C, rb, scr, bm, bm2, n, mean, m2);
+        return;
+    }
+    r2 = rows / (L / C);
+    rbl = FN_BLK / L < 32 ? 32 : (FN_BLK / L > 256 ? 256 : FN_BLK / L);
+    ln = 0;
+    for (j = 0; j < L; j++) lm[j] = lm2[j] = 0;
+    FN(fn_seg_col_moments_c)(x, r2, L, rbl, lscr, lb, lb2, &ln, lm, lm2);
+    for (c = 0; c < C; c++) {  /* column c: lanes c, c + C, ... in order, then into (n, ...) */
+        cn = 0;
+        cm = cm2 = 0;
+        for (j = c; j < L; j += C) fn_chan_merge(&cn, &cm, &cm2, ln, lm[j], lm2[j]);
+        bm[c] = cm;
+        bm2[c] = cm2;
+    }
+    fn_chan_merge_vec(n, mean, m2, C, (double)(r2 * (L / C)), bm, bm2);
+    if (r2 * (L / C) < rows)
+        FN(fn_seg_col_moments_c)(x + r2 * L, rows - r2 * (L / C), C, rb, scr, bm, bm2, n, mean,
+                                 m2);
 }
 
 /* fn_col_sums in row order, the sums in memory (L1): each row of the block is read as one
@@ -1676,7 +1733,8 @@ static inline __attribute__((always_inline)) void FN(fn_rows_apply_k)(
 FN_HOT static void FN(fn_rows_apply)(const T *x, T *y, fn_idx rows, fn_idx C, const T *mh,
                                      const T *ml, const T *a, const T *b, int act, int nt)
 {
-    fn_idx r, k, c, cv = C - C % FN_VL;
+    fn_idx r, k, c, cv = C - C % FN_VL, L;
+    T tl[4 * FN_LANES];
     const T *xr;
     T *yr;
     FN(vec) v;
@@ -1703,6 +1761,20 @@ FN_HOT static void FN(fn_rows_apply)(const T *x, T *y, fn_idx rows, fn_idx C, co
         for (r = 0; r < rows * C; r++) y[r] = FN(fn_act)(y[r], act);
 #endif
         return;
+    }
+    L = FN(fn_lanes)(C);
+    if (L > 0 && rows >= L / C) {  /* rows * C / L rows of L lanes, coefficients tiled */
+        for (c = 0; c < L; c++) {
+            tl[c] = mh[c % C];
+            tl[L + c] = ml[c % C];
+            tl[2 * L + c] = a[c % C];
+            tl[3 * L + c] = b[c % C];
+        }
+        k = rows / (L / C);
+        FN(fn_rows_apply)(x, y, k, L, tl, tl + L, tl + 2 * L, tl + 3 * L, act, nt);
+        x += k * L;
+        y += k * L;
+        rows -= k * (L / C);
     }
     if (cv == C) {
         switch (C / FN_VL) {
