@@ -354,11 +354,12 @@ def test_small_units_backward_in_groups(op, dtype, rng):
 # Channel counts that are not a whole number of vectors but whose rows tile 64-byte lines in at
 # most 128 values (fn_lanes): the moments and the forward apply read rows * C / L rows of
 # L = lcm(C, 64 / itemsize) lanes, then the rows left over (here R is not a multiple of
-# L / C) on their own.
+# L / C) on their own; so do the backward's sums and apply.
 @pytest.mark.parametrize("C", [2, 3, 5, 6, 7, 12, 20, 28])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_channels_last_lanes(C, dtype, rng):
     x = (rng.standard_normal((3, 37, 41, C)) * 3 + 1000).astype(dtype)
+    dy = rng.standard_normal(x.shape).astype(dtype)
     w = rng.standard_normal(C).astype(dtype)
     b = rng.standard_normal(C).astype(dtype)
     cases = [("batch", None), ("instance", None)] + [("group", G) for G in (1, C // 2)
@@ -370,6 +371,11 @@ def test_channels_last_lanes(C, dtype, rng):
         assert_close(y, ry, dtype, what=f"{op} y")
         assert_close(m, rm, dtype, scale=1000, what=f"{op} mean")
         assert_close(r, rr, dtype, what=f"{op} rstd")
+        dx, dw, db = getattr(fn, f"{op}_norm_backward")(dy, x, m, r, *args, w, layout="NHWC")
+        rdx, rdw, rdb = ref.channel_backward(op, dy, x, w, layout="NHWC", G=G)
+        assert_close(dx, rdx, dtype, what=f"{op} dx")
+        assert_close(dw, rdw, dtype, what=f"{op} dweight")
+        assert_close(db, rdb, dtype, what=f"{op} dbias")
     rm = rng.standard_normal(C) * 3 + 1000
     rv = rng.uniform(0.5, 2, C)
     y = fn.batch_norm(x, rm, rv, w, b, training=False, layout="NHWC", activation="relu")

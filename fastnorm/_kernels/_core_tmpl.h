@@ -2396,7 +2396,29 @@ FN_HOT static void FN(fn_rows_bwd_sums)(const T *dy, const T *x, fn_idx rows, fn
                                         double *sdyx)
 {
     const fn_idx ns = FN_COL_STREAMS, sb = rb / FN_COL_STREAMS, qs = fn_col_run_rows(rows, rb);
-    fn_idx r, b;
+    const fn_idx L = FN(fn_lanes)(C);
+    fn_idx r, b, c, j;
+    if (L > 0 && rows >= L / C) {  /* rows * C / L rows of L lanes (see fn_lanes), folded */
+        T tl[2 * FN_LANES];
+        double ls[FN_LANES], lq[FN_LANES];
+        for (j = 0; j < L; j++) {
+            tl[j] = mh[j % C];
+            tl[L + j] = ml[j % C];
+            ls[j] = lq[j] = 0;
+        }
+        b = rows / (L / C);
+        FN(fn_rows_bwd_sums)(dy, x, b, L, FN_BLK / L < 32 ? 32 : (FN_BLK / L > 256 ? 256 : FN_BLK / L),
+                             tl, tl + L, ls, lq);
+        for (c = 0; c < C; c++)
+            for (j = c; j < L; j += C) {
+                sdy[c] += ls[j];
+                sdyx[c] += lq[j];
+            }
+        if (b * (L / C) < rows)
+            FN(fn_rows_bwd_sums)(dy + b * L, x + b * L, rows - b * (L / C), C, rb, mh, ml, sdy,
+                                 sdyx);
+        return;
+    }
     for (r = 0; r < qs; r += sb)
         FN(fn_rows_bwd_sums_blk)(dy + r * C, x + r * C, sb, ns, qs, C, mh, ml, sdy, sdyx);
     for (r = ns * qs; r < rows; r += rb) {
@@ -2447,11 +2469,28 @@ FN_HOT static void FN(fn_rows_bwd_apply)(const T *dy, const T *x, T *dx, fn_idx 
                                          const T *P, const T *Q, const T *R, const T *mh,
                                          const T *ml, const T *B, int nt)
 {
-    fn_idx r, k, c, cv = C - C % FN_VL;
+    fn_idx r, k, c, cv = C - C % FN_VL, L = FN(fn_lanes)(C);
     const T *xr, *dr;
-    T *o;
-    const int desc = FN_DESC(fn_alias(dx, dy) | fn_alias(dx, x), rows * C * sizeof(T));
-    int ntr;
+    T *o, tl[6 * FN_LANES];
+    int desc, ntr;
+    if (L > 0 && rows >= L / C) {  /* rows * C / L rows of L lanes, coefficients tiled */
+        for (c = 0; c < L; c++) {
+            tl[c] = P ? P[c % C] : 0;
+            tl[L + c] = Q[c % C];
+            tl[2 * L + c] = R[c % C];
+            tl[3 * L + c] = mh[c % C];
+            tl[4 * L + c] = ml[c % C];
+            tl[5 * L + c] = B[c % C];
+        }
+        k = rows / (L / C);
+        FN(fn_rows_bwd_apply)(dy, x, dx, k, L, P ? tl : NULL, tl + L, tl + 2 * L, tl + 3 * L,
+                              tl + 4 * L, tl + 5 * L, nt);
+        dy += k * L;
+        x += k * L;
+        dx += k * L;
+        rows -= k * (L / C);
+    }
+    desc = FN_DESC(fn_alias(dx, dy) | fn_alias(dx, x), rows * C * sizeof(T));
     if (cv == C) {
         switch (C / FN_VL) {
         case 1: FN(fn_rows_bwd_apply_k)(dy, x, dx, rows, 1, P, Q, R, mh, ml, B, nt); return;
