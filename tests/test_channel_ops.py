@@ -212,6 +212,14 @@ def test_nan_and_inf_propagate():
     assert not np.isfinite(y[1, 2]).any() and np.isfinite(y[1, 0]).all()
 
 
+def _channels_last_inputs(rng, shape, dtype, scale, offset):
+    """x (scale * N(0, 1) + offset), dy, weight and bias for a channels-last shape."""
+    C = shape[-1]
+    x = (rng.standard_normal(shape) * scale + offset).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    return x, dy, rng.standard_normal(C).astype(dtype), rng.standard_normal(C).astype(dtype)
+
+
 # Channel counts that put every case of the channels-last column reductions to work (float32:
 # groups of eight column vectors, then 1-7 vectors, forward rows of more than 16 vectors in one
 # sweep with the sums in L1; float64: one sweep of 1-16 vectors, wider forward rows in L1, the
@@ -223,10 +231,7 @@ def test_nan_and_inf_propagate():
                                200, 259])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_channels_last_column_groups(C, dtype, rng):
-    x = (rng.standard_normal((3, 5, 7, C)) * 2 + 100).astype(dtype)
-    dy = rng.standard_normal(x.shape).astype(dtype)
-    w = rng.standard_normal(C).astype(dtype)
-    b = rng.standard_normal(C).astype(dtype)
+    x, dy, w, b = _channels_last_inputs(rng, (3, 5, 7, C), dtype, 2, 100)
     for op in ("batch", "instance"):
         F = getattr(fn, f"{op}_norm_forward")
         B = getattr(fn, f"{op}_norm_backward")
@@ -358,10 +363,7 @@ def test_small_units_backward_in_groups(op, dtype, rng):
 @pytest.mark.parametrize("C", [2, 3, 5, 6, 7, 12, 20, 28])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_channels_last_lanes(C, dtype, rng):
-    x = (rng.standard_normal((3, 37, 41, C)) * 3 + 1000).astype(dtype)
-    dy = rng.standard_normal(x.shape).astype(dtype)
-    w = rng.standard_normal(C).astype(dtype)
-    b = rng.standard_normal(C).astype(dtype)
+    x, dy, w, b = _channels_last_inputs(rng, (3, 37, 41, C), dtype, 3, 1000)
     cases = [("batch", None), ("instance", None)] + [("group", G) for G in (1, C // 2)
                                                      if G and C % G == 0]
     for op, G in cases:

@@ -123,10 +123,6 @@ static inline void fn_sfence(void)
 #define FN_COL_STREAMS 4
 #endif
 
-/* Rows of each of the FN_COL_STREAMS runs that a channels-last pass sweeps a chunk of `rows`
-   rows as, in blocks of rb / FN_COL_STREAMS rows of every run (a multiple of that, 0 when
-   there is no whole block); the rows past FN_COL_STREAMS times it are swept contiguously.
-   Shared by the moments (fn_seg_col_moments) and the backward sums (fn_rows_bwd_sums). */
 /* The channels-last moments (fn_seg_col_moments) sum each column in T over at most
    FN_COL_SUM_ROWS rows (shifted by the block's pivot), add those sums into float64, and do a
    block's per-column work (pivot, conversions, redo test, merge) once per FN_COL_SUBS row
@@ -138,6 +134,10 @@ static inline void fn_sfence(void)
 #define FN_COL_SUM_ROWS 32
 #define FN_COL_SUBS 4
 
+/* Rows of each of the FN_COL_STREAMS runs that a channels-last pass sweeps a chunk of `rows`
+   rows as, in blocks of rb / FN_COL_STREAMS rows of every run (a multiple of that, 0 when
+   there is no whole block); the rows past FN_COL_STREAMS times it are swept contiguously.
+   Shared by the moments (fn_seg_col_moments) and the backward sums (fn_rows_bwd_sums). */
 static inline fn_idx fn_col_run_rows(fn_idx rows, fn_idx rb)
 {
     fn_idx sb = rb / FN_COL_STREAMS;

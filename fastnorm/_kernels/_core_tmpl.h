@@ -591,9 +591,9 @@ static inline __attribute__((always_inline)) void FN(fn_col_sums_sub)(
    with a per-column pivot: piv (the running mean of the chunk so far) or, for a chunk's first
    block, the mean of its first rows. As in fn_block_moments, a pivot that lands more than a
    standard deviation from a column's mean sends the block through an exact two-pass. The
-   sums go in sub-blocks of `sub` rows per stream (T sums of at most FN_BLK / C rows, as
-   precise as one block of them), added in float64: the block's per-column work (pivots,
-   conversions, the redo test, the caller's merge) is then shared by FN_COL_SUBS sub-blocks.
+   sums go in sub-blocks of `sub` rows per stream (T sums of at most FN_COL_SUM_ROWS rows),
+   added in float64: the block's per-column work (pivots, conversions, the redo test, the
+   caller's merge) is then shared by its sub-blocks.
    scr: 5*C elements of T. Lanes run across C, so every lane shares one count. */
 FN_HOT static void FN(fn_block_col_moments)(const T *x, fn_idx rows, fn_idx sub, fn_idx ns,
                                              fn_idx qs, fn_idx C, const double *piv, T *scr,
