@@ -134,6 +134,14 @@ static inline void fn_sfence(void)
 #define FN_COL_SUM_ROWS 32
 #define FN_COL_SUBS 4
 
+/* Rows per channels-last block for rows of C values: about FN_BLK values, 32 to 256 rows (the
+   one definition: cols_block_rows in _norm.pyx returns it, with the measurements). */
+static inline fn_idx fn_col_block_rows(fn_idx C)
+{
+    fn_idx rb = C > 0 ? FN_BLK / C : 1;
+    return rb < 32 ? 32 : (rb > 256 ? 256 : rb);
+}
+
 /* Rows of each of the FN_COL_STREAMS runs that a channels-last pass sweeps a chunk of `rows`
    rows as, in blocks of rb / FN_COL_STREAMS rows of every run (a multiple of that, 0 when
    there is no whole block); the rows past FN_COL_STREAMS times it are swept contiguously.

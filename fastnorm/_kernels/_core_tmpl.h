@@ -690,9 +690,19 @@ static inline fn_idx FN(fn_lanes)(fn_idx C)
     return L <= FN_LANES ? L : 0;
 }
 
+/* dst[k * L + j] = src[k][j % C] for the n arrays src (a NULL one tiles as zeros): per-column
+   coefficients tiled to the L lanes of fn_lanes. */
+static inline void FN(fn_tile)(const T *const *src, int n, fn_idx C, fn_idx L, T *dst)
+{
+    fn_idx j;
+    int k;
+    for (k = 0; k < n; k++)
+        for (j = 0; j < L; j++) dst[k * L + j] = src[k] ? src[k][j % C] : (T)0;
+}
+
 /* Per-column moments of x[rows, C] merged in order into (n, mean, m2): fn_seg_col_moments_c
    on the rows, or, when fn_lanes(C) = L > 0, on rows * C / L rows of L lanes (blocks of
-   FN_BLK / L rows, 32 to 256, as cols_block_rows), then each column's L / C lanes merged in
+   fn_col_block_rows(L) rows), then each column's L / C lanes merged in
    lane order, then the rows left over (fewer than L / C) on their own. rb: the caller's
    block rows for C. */
 static void FN(fn_seg_col_moments)(const T *x, fn_idx rows, fn_idx C, fn_idx rb, T *scr,
@@ -707,7 +717,7 @@ static void FN(fn_seg_col_moments)(const T *x, fn_idx rows, fn_idx C, fn_idx rb,
         return;
     }
     r2 = rows / (L / C);
-    rbl = FN_BLK / L < 32 ? 32 : (FN_BLK / L > 256 ? 256 : FN_BLK / L);
+    rbl = fn_col_block_rows(L);
     ln = 0;
     for (j = 0; j < L; j++) lm[j] = lm2[j] = 0;
     FN(fn_seg_col_moments_c)(x, r2, L, rbl, lscr, lb, lb2, &ln, lm, lm2);
@@ -1764,12 +1774,8 @@ FN_HOT static void FN(fn_rows_apply)(const T *x, T *y, fn_idx rows, fn_idx C, co
     }
     L = FN(fn_lanes)(C);
     if (L > 0 && rows >= L / C) {  /* rows * C / L rows of L lanes, coefficients tiled */
-        for (c = 0; c < L; c++) {
-            tl[c] = mh[c % C];
-            tl[L + c] = ml[c % C];
-            tl[2 * L + c] = a[c % C];
-            tl[3 * L + c] = b[c % C];
-        }
+        const T *src[4] = {mh, ml, a, b};
+        FN(fn_tile)(src, 4, C, L, tl);
         k = rows / (L / C);
         FN(fn_rows_apply)(x, y, k, L, tl, tl + L, tl + 2 * L, tl + 3 * L, act, nt);
         x += k * L;
@@ -2401,14 +2407,11 @@ FN_HOT static void FN(fn_rows_bwd_sums)(const T *dy, const T *x, fn_idx rows, fn
     if (L > 0 && rows >= L / C) {  /* rows * C / L rows of L lanes (see fn_lanes), folded */
         T tl[2 * FN_LANES];
         double ls[FN_LANES], lq[FN_LANES];
-        for (j = 0; j < L; j++) {
-            tl[j] = mh[j % C];
-            tl[L + j] = ml[j % C];
-            ls[j] = lq[j] = 0;
-        }
+        const T *src[2] = {mh, ml};
+        FN(fn_tile)(src, 2, C, L, tl);
+        for (j = 0; j < L; j++) ls[j] = lq[j] = 0;
         b = rows / (L / C);
-        FN(fn_rows_bwd_sums)(dy, x, b, L, FN_BLK / L < 32 ? 32 : (FN_BLK / L > 256 ? 256 : FN_BLK / L),
-                             tl, tl + L, ls, lq);
+        FN(fn_rows_bwd_sums)(dy, x, b, L, fn_col_block_rows(L), tl, tl + L, ls, lq);
         for (c = 0; c < C; c++)
             for (j = c; j < L; j += C) {
                 sdy[c] += ls[j];
@@ -2474,14 +2477,8 @@ FN_HOT static void FN(fn_rows_bwd_apply)(const T *dy, const T *x, T *dx, fn_idx 
     T *o, tl[6 * FN_LANES];
     int desc, ntr;
     if (L > 0 && rows >= L / C) {  /* rows * C / L rows of L lanes, coefficients tiled */
-        for (c = 0; c < L; c++) {
-            tl[c] = P ? P[c % C] : 0;
-            tl[L + c] = Q[c % C];
-            tl[2 * L + c] = R[c % C];
-            tl[3 * L + c] = mh[c % C];
-            tl[4 * L + c] = ml[c % C];
-            tl[5 * L + c] = B[c % C];
-        }
+        const T *src[6] = {P, Q, R, mh, ml, B};
+        FN(fn_tile)(src, 6, C, L, tl);
         k = rows / (L / C);
         FN(fn_rows_bwd_apply)(dy, x, dx, k, L, P ? tl : NULL, tl + L, tl + 2 * L, tl + 3 * L,
                               tl + 4 * L, tl + 5 * L, nt);

@@ -49,6 +49,7 @@ ctypedef fused floating:
 cdef extern from "_core.h" nogil:
     ctypedef Py_ssize_t fn_idx
     int FN_BLK
+    fn_idx fn_col_block_rows(fn_idx C)
     int FN_VB
     void fn_chan_merge(double *n, double *mean, double *m2, double nb, double mb, double m2b)
     void fn_unit_finalize(double n, double mean, double m2, double eps, int rms,
@@ -323,8 +324,7 @@ cdef inline Py_ssize_t cols_block_rows(Py_ssize_t C) noexcept nogil:
     FN_COL_SUBS blocks (fn_block_col_moments): T sums stay this short. (One sum of 128 rows of
     64 float32 channels instead: the rstd of data at 1e5 times its spread was off by 4.6e-7
     relative, against 6e-11 in blocks of 32.)"""
-    cdef Py_ssize_t rb = FN_BLK // C if C > 0 else 1
-    return min(max(rb, <Py_ssize_t>32), <Py_ssize_t>256)
+    return fn_col_block_rows(C)
 
 
 # ---- fused-type shims over the C helpers -----------------------------------------------------
