@@ -197,6 +197,65 @@ def test_bitwise_identical_for_1_to_4_threads(case, shape):
             np.testing.assert_array_equal(a, b, err_msg=f"{t} threads vs 1")
 
 
+def test_channels_last_chunk_layout():
+    """The chunks a channels-last unit is cut into: whole row blocks, at most 64 of them, as
+    equal as blocks allow; at most 16 while the tensor has fewer than 16 chunks in all; never
+    fewer than 9 (17 blocks cut in two) unless the unit is shorter."""
+    from fastnorm._kernels import _norm as K
+    for G0 in (1, 2, 3, 4, 7, 16, 32, 200):
+        for C in (1, 3, 8, 64, 100, 256, 3000):
+            for R in (1, 31, 32, 33, 511, 513, 2048, 3136, 6272, 34560, 100352):
+                rb, ch, k = K.cols_chunks(G0, R, C)
+                nb = -(-R // rb)
+                assert ch % rb == 0 and 0 < ch <= 64 * rb
+                assert (k - 1) * ch < R <= k * ch
+                assert ch >= min(nb, 9) * rb  # k <= nb / 16 chunks of nb blocks
+                blocks = ch // rb
+                if G0 * k < 16:  # few chunks to share out: none longer than 16 blocks
+                    assert blocks <= 16, (G0, R, C)
+                # as equal as whole blocks allow: no chunk more than one block per chunk longer
+                # than the last
+                assert blocks - (nb - (k - 1) * blocks) <= k, (G0, R, C)
+    assert K.cols_chunks(1, 100352, 64) == (32, 2048, 49)  # batch norm (32, 64, 56, 56)
+    assert K.cols_chunks(1, 6272, 64) == (32, 512, 13)  # (8, 64, 28, 28): 13 chunks to share
+
+
+@pytest.mark.parametrize("op, shape", [("batch", (8, 64, 72, 60)), ("instance", (4, 64, 56, 56)),
+                                       ("group", (2, 64, 56, 56))], ids=str)
+def test_channels_last_long_chunks(op, shape):
+    """Channels-last tensors cut into chunks of many blocks with a shorter last one (batch: 17
+    chunks of 2048 rows, the last 1792; instance: 4 of 800, the last 736; group: 7 of 448):
+    every output has the same bits at 1 to 4 threads and the float64 reference's values
+    (forward and backward), and cols_moments (the moments alone) gives the forward's statistics
+    bit for bit."""
+    from fastnorm._kernels import _norm as K
+    d = oc.make_inputs(op, "NHWC", shape, np.float32, np.random.default_rng(5), offset=50.0)
+    runs = []
+    for t in (1, 2, 3, 4):
+        with fn.threads(t):
+            runs.append(oc.run_all(op, "NHWC", d))
+    for t, other in zip((2, 3, 4), runs[1:]):
+        for a, b in zip(runs[0], other):
+            np.testing.assert_array_equal(a, b, err_msg=f"{t} threads vs 1")
+    y, saved = oc.forward(op, "NHWC", d["x"], d["w"], d["b"])
+    ry, rmean, rrstd = ref.channel_forward(op, d["x"], d["w"], d["b"], 1e-5, "NHWC",
+                                           oc.groups(shape[1]) if op == "group" else None)
+    assert np.max(np.abs(y - ry)) < 2e-5
+    np.testing.assert_allclose(saved[1].ravel(), np.ravel(rmean), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(saved[2].ravel(), np.ravel(rrstd), rtol=1e-6)
+    grads = oc.backward(op, "NHWC", d["dy"], saved, d["w"])
+    for g, r in zip(grads, oc.ref_backward(op, "NHWC", d["dy"], d["x"], d["w"])):
+        assert np.max(np.abs(g - r)) <= 1e-4 * max(1.0, np.max(np.abs(r)))
+    N, C = shape[0], shape[1]
+    G0, cg = {"batch": (1, 1), "instance": (N, 1), "group": (N, C // oc.groups(C))}[op]
+    R = d["x"].size // (G0 * C)
+    mean = np.empty(G0 * (C // cg))
+    m2 = np.empty_like(mean)
+    K.cols_moments(d["x"].reshape(-1), G0, R, C, cg, mean, m2, 2)
+    np.testing.assert_array_equal(mean, saved[1].ravel())
+    np.testing.assert_array_equal(1 / np.sqrt(m2 / (R * cg) + 1e-5), saved[2].ravel())
+
+
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
 @pytest.mark.parametrize("op", ["batch", "instance", "group"])
 def test_parameter_gradients_over_many_channels_same_bits_at_any_thread_count(op, layout):
