@@ -198,16 +198,18 @@ def test_bitwise_identical_for_1_to_4_threads(case, shape):
 
 
 def test_channels_last_chunk_layout():
-    """The chunks a channels-last unit is cut into: whole row blocks, at most 64 of them, as
-    equal as blocks allow; at most 16 while the tensor has fewer than 16 chunks in all; never
-    fewer than 9 (17 blocks cut in two) unless the unit is shorter."""
+    """The chunks a channels-last unit is cut into: whole row blocks, at most 64 of them and
+    1 MiB (but 16 blocks may be more), as equal as blocks allow; at most 16 while the tensor
+    has fewer than 16 chunks in all; never fewer than 9 (17 blocks cut in two) unless the unit
+    is shorter."""
     from fastnorm._kernels import _norm as K
     for G0 in (1, 2, 3, 4, 7, 16, 32, 200):
-        for C in (1, 3, 8, 64, 100, 256, 3000):
+        for C, isz in ((1, 4), (3, 4), (8, 8), (64, 4), (64, 8), (100, 4), (256, 4), (3000, 8)):
             for R in (1, 31, 32, 33, 511, 513, 2048, 3136, 6272, 34560, 100352):
-                rb, ch, k = K.cols_chunks(G0, R, C)
+                rb, ch, k = K.cols_chunks(G0, R, C, isz)
                 nb = -(-R // rb)
                 assert ch % rb == 0 and 0 < ch <= 64 * rb
+                assert ch <= 16 * rb or ch * C * isz <= 1024 * 1024
                 assert (k - 1) * ch < R <= k * ch
                 assert ch >= min(nb, 9) * rb  # k <= nb / 16 chunks of nb blocks
                 blocks = ch // rb
@@ -216,8 +218,10 @@ def test_channels_last_chunk_layout():
                 # as equal as whole blocks allow: no chunk more than one block per chunk longer
                 # than the last
                 assert blocks - (nb - (k - 1) * blocks) <= k, (G0, R, C)
-    assert K.cols_chunks(1, 100352, 64) == (32, 2048, 49)  # batch norm (32, 64, 56, 56)
-    assert K.cols_chunks(1, 6272, 64) == (32, 512, 13)  # (8, 64, 28, 28): 13 chunks to share
+    assert K.cols_chunks(1, 100352, 64, 4) == (32, 2048, 49)  # batch norm (32, 64, 56, 56)
+    assert K.cols_chunks(1, 100352, 64, 8) == (32, 2048, 49)  # float64: 1 MiB
+    assert K.cols_chunks(1, 100352, 256, 8) == (32, 512, 196)  # 16 blocks of 64 KiB
+    assert K.cols_chunks(1, 6272, 64, 4) == (32, 512, 13)  # (8, 64, 28, 28): 13 chunks to share
 
 
 @pytest.mark.parametrize("op, shape", [("batch", (8, 64, 72, 60)), ("instance", (4, 64, 56, 56)),

@@ -244,11 +244,13 @@ cdef extern from "_core.h" nogil:
 # Outputs of this size or more come from the reusable blocks of _buffers (glibc unmaps them)
 DEF CACHED_BYTES = 33554432
 DEF FN_CHUNK = 32768
-# Row blocks per channels-last chunk: up to CHUNK_BLOCKS_LONG, down to CHUNK_BLOCKS where a
-# tensor would otherwise have fewer than CHUNK_ITEMS chunks in all (cols_nchunks).
+# Row blocks per channels-last chunk: up to CHUNK_BLOCKS_LONG (and CHUNK_BYTES), down to
+# CHUNK_BLOCKS where a tensor would otherwise have fewer than CHUNK_ITEMS chunks in all
+# (cols_nchunks).
 DEF CHUNK_BLOCKS = 16
 DEF CHUNK_BLOCKS_LONG = 64
 DEF CHUNK_ITEMS = 16
+DEF CHUNK_BYTES = 1048576
 # Layer-norm backward: rows per dweight partial hold about this many elements (at most; see
 # rowblock_rows) ...
 DEF ROWBLOCK_ELEMS = 1048576
@@ -333,36 +335,62 @@ cdef inline Py_ssize_t cols_block_rows(Py_ssize_t C) noexcept nogil:
 # A channels-last pass sweeps a chunk's rows as FN_COL_STREAMS runs a quarter chunk apart. With
 # chunks of 16 blocks (512 rows of 64 float32 channels, 128 KiB) each read stream ran 32 KiB,
 # then all four started over at the next chunk, where the hardware prefetch had to find them
-# again. Now chunks of up to 64 blocks, unless the tensor would then have fewer than
-# CHUNK_ITEMS chunks in all (units times chunks: the split schedule shares them out between
-# the threads), and as equal as whole blocks allow. Measured on an AMD EPYC (Zen 4), the column
-# moments of 64 channels alone (cols_moments), old and new builds alternating in one process,
-# median new / old of 15 pairs: one thread, 24 / 96 MiB, float32 0.89 / 0.91, float64 0.86 /
-# 0.85; two threads, float32 0.73 / 0.84. Whole ops: see the README.
+# again. Now chunks of up to 64 blocks and CHUNK_BYTES of x, unless the tensor would then have
+# fewer than CHUNK_ITEMS chunks in all (units times chunks: the split schedule shares them out
+# between the threads), and as equal as whole blocks allow. Measured on an AMD EPYC (Zen 4, 1
+# MiB L2), (32, 64, 56, 56) channels-last, time / copy, chunks of 16 blocks vs 512 KiB vs 1 MiB
+# (_set_chunk_bytes 0 / 524288 / 1048576, same process and arrays, paired rounds): float32
+# forward, batch / instance / group, one thread 1.61 / 1.54 / 1.45 -> 1.45 / 1.33 / 1.31
+# (64 blocks are 512 KiB), backward 2.82 / 2.59 / 2.51 -> 2.49 / 2.25 / 2.20; float64
+# 16 blocks vs 512 KiB forward 1.69 / 1.42 / 1.44 -> 1.58 / 1.36 / 1.38, backward 2.85 /
+# 2.41 / 2.59 -> 2.70 / 2.37 / 2.47, and 512 KiB vs 1 MiB another 0.96-1.02 (one and two
+# threads). The README has the two-thread figures. The column moments of 64 channels alone
+# (cols_moments, old and new builds alternating, median new / old of 15 pairs): one thread, 24
+# / 96 MiB, float32 0.89 / 0.91, float64 0.86 / 0.85; two threads float32 0.73 / 0.84.
+# CHUNK_BYTES bounds the chunk (and the last one, which the fused schedules apply first while
+# it may still be in L2) for wide rows: 256 float64 channels keep 16 blocks.
 
 
-cdef inline Py_ssize_t cols_nchunks(Py_ssize_t G0, Py_ssize_t R, Py_ssize_t rb) noexcept nogil:
-    """Chunks wanted per unit of a channels-last tensor (G0 units of R rows, blocks of rb rows):
-    one per CHUNK_BLOCKS_LONG blocks, more (up to one per CHUNK_BLOCKS blocks) while the G0
-    units would have fewer than CHUNK_ITEMS in all. Depends on the shape only."""
+cdef Py_ssize_t _chunk_bytes = CHUNK_BYTES
+
+
+def _set_chunk_bytes(Py_ssize_t cap):
+    """A/B only: the channels-last chunks' cap in bytes of x (CHUNK_BYTES; 0: CHUNK_BLOCKS
+    blocks, the chunks before); returns the previous cap. The bits depend on it (the chunks
+    are the merge order)."""
+    global _chunk_bytes
+    prev = _chunk_bytes
+    _chunk_bytes = cap
+    return prev
+
+
+cdef inline Py_ssize_t cols_nchunks(Py_ssize_t G0, Py_ssize_t R, Py_ssize_t rb,
+                                    Py_ssize_t rowbytes, Py_ssize_t cap) noexcept nogil:
+    """Chunks wanted per unit of a channels-last tensor (G0 units of R rows of rowbytes, blocks
+    of rb rows): one per CHUNK_BLOCKS_LONG blocks or CHUNK_BYTES (whichever is less, but at
+    least CHUNK_BLOCKS blocks), more (up to one per CHUNK_BLOCKS blocks) while the G0 units
+    would have fewer than CHUNK_ITEMS in all. Depends on the shape and dtype only."""
     cdef Py_ssize_t nb = (R + rb - 1) // rb
-    cdef Py_ssize_t k = max((nb + CHUNK_BLOCKS_LONG - 1) // CHUNK_BLOCKS_LONG,
-                            (CHUNK_ITEMS + G0 - 1) // max(G0, <Py_ssize_t>1))
+    cdef Py_ssize_t lb = min(<Py_ssize_t>CHUNK_BLOCKS_LONG,
+                             max(<Py_ssize_t>CHUNK_BLOCKS, cap // max(rb * rowbytes, 1)))
+    cdef Py_ssize_t k = max((nb + lb - 1) // lb, (CHUNK_ITEMS + G0 - 1) // max(G0, <Py_ssize_t>1))
     return max(<Py_ssize_t>1, min(k, (nb + CHUNK_BLOCKS - 1) // CHUNK_BLOCKS))
 
 
-cdef inline Py_ssize_t cols_chunk_rows(Py_ssize_t G0, Py_ssize_t R, Py_ssize_t rb) noexcept nogil:
+cdef inline Py_ssize_t cols_chunk_rows(Py_ssize_t G0, Py_ssize_t R, Py_ssize_t rb,
+                                       Py_ssize_t rowbytes) noexcept nogil:
     """Rows per chunk of a channels-last unit: its blocks shared as evenly as whole blocks allow
     between cols_nchunks chunks (the unit's last chunk may be shorter). The chunks are then
     nchunks(R, chunk rows), at most cols_nchunks."""
-    cdef Py_ssize_t nb = (R + rb - 1) // rb, k = cols_nchunks(G0, R, rb)
+    cdef Py_ssize_t nb = (R + rb - 1) // rb
+    cdef Py_ssize_t k = cols_nchunks(G0, R, rb, rowbytes, _chunk_bytes)
     return rb * ((nb + k - 1) // k)
 
 
-def cols_chunks(Py_ssize_t G0, Py_ssize_t R, Py_ssize_t C):
+def cols_chunks(Py_ssize_t G0, Py_ssize_t R, Py_ssize_t C, Py_ssize_t itemsize):
     """(block rows, chunk rows, chunks per unit) of a channels-last tensor of G0 units of R
-    rows of C values, as its passes cut it (for the tests)."""
-    cdef Py_ssize_t rb = cols_block_rows(C), ch = cols_chunk_rows(G0, R, rb)
+    rows of C values of itemsize bytes, as its passes cut it (for the tests)."""
+    cdef Py_ssize_t rb = cols_block_rows(C), ch = cols_chunk_rows(G0, R, rb, C * itemsize)
     return rb, ch, nchunks(R, ch)
 
 
@@ -2262,7 +2290,7 @@ cdef int cols_forward_run(const floating *x, floating *y, Py_ssize_t G0, Py_ssiz
     T (block and coefficients) and 6C doubles; the split schedule adds the chunk partials
     (2C doubles per item) and the coefficients of every unit (4C of T)."""
     cdef Py_ssize_t rb = cols_block_rows(C)
-    cdef Py_ssize_t chr_ = cols_chunk_rows(G0, R, rb)
+    cdef Py_ssize_t chr_ = cols_chunk_rows(G0, R, rb, C * <Py_ssize_t>sizeof(floating))
     cdef Py_ssize_t K = nchunks(R, chr_), items = G0 * K, g, t
     cdef double *sd = <double *>malloc((6 * C * nt + (0 if fuse else 2 * C * items))
                                        * sizeof(double))
@@ -2368,7 +2396,8 @@ def cols_apply(const floating[::1] x, floating[::1] y, Py_ssize_t G0, Py_ssize_t
                int n_threads, int stream=0):
     """y[g, r, c] = ((x - mh) - ml) * a + b; coefficients (C,) or (G0*C,) if per_unit."""
     cdef Py_ssize_t rb = cols_block_rows(C)
-    cdef Py_ssize_t chr_ = cols_chunk_rows(G0, R, rb), K = nchunks(R, chr_), items = G0 * K
+    cdef Py_ssize_t chr_ = cols_chunk_rows(G0, R, rb, C * <Py_ssize_t>sizeof(floating))
+    cdef Py_ssize_t K = nchunks(R, chr_), items = G0 * K
     cdef Py_ssize_t i, g, q, r0, ln
     if items == 0 or C == 0:
         return
@@ -2453,7 +2482,8 @@ def cols_backward(const floating[::1] dy, const floating[::1] x, floating[::1] d
     dweight, dbias : (C,)       OUT, float64
     """
     cdef Py_ssize_t rb = cols_block_rows(C), G = C // cg
-    cdef Py_ssize_t chr_ = cols_chunk_rows(G0, R, rb), K = nchunks(R, chr_), items = G0 * K
+    cdef Py_ssize_t chr_ = cols_chunk_rows(G0, R, rb, C * <Py_ssize_t>sizeof(floating))
+    cdef Py_ssize_t K = nchunks(R, chr_), items = G0 * K
     cdef Py_ssize_t nt = max(1, n_threads)
     cdef Py_ssize_t g
     dt = np.float32 if floating is float else np.float64
@@ -2645,7 +2675,8 @@ def cols_moments(const floating[::1] x, Py_ssize_t G0, Py_ssize_t R, Py_ssize_t 
     mean_out, m2_out : (G0 * C/cg,)   OUT, float64
     """
     cdef Py_ssize_t rb = cols_block_rows(C), G = C // cg if cg > 0 else 0
-    cdef Py_ssize_t chr_ = cols_chunk_rows(G0, R, rb), K = nchunks(R, chr_), items = G0 * K
+    cdef Py_ssize_t chr_ = cols_chunk_rows(G0, R, rb, C * <Py_ssize_t>sizeof(floating))
+    cdef Py_ssize_t K = nchunks(R, chr_), items = G0 * K
     cdef Py_ssize_t nt = max(1, n_threads)
     cdef Py_ssize_t g
     dt = np.float32 if floating is float else np.float64
@@ -3139,7 +3170,8 @@ def cols_minmax(const floating[::1] x, Py_ssize_t R, Py_ssize_t C, double[::1] m
     are exact, so the result is the same for any thread count.
     """
     cdef Py_ssize_t rb = cols_block_rows(C)
-    cdef Py_ssize_t chr_ = cols_chunk_rows(1, R, rb), K = nchunks(R, chr_), k, c, r0
+    cdef Py_ssize_t chr_ = cols_chunk_rows(1, R, rb, C * <Py_ssize_t>sizeof(floating))
+    cdef Py_ssize_t K = nchunks(R, chr_), k, c, r0
     dt = np.float32 if floating is float else np.float64
     cdef floating[:, ::1] part = np.empty((max(K, 1), 3 * max(C, 1)), dtype=dt)
     cdef bint finite = True
