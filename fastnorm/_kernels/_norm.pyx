@@ -337,18 +337,15 @@ cdef inline Py_ssize_t cols_block_rows(Py_ssize_t C) noexcept nogil:
 # then all four started over at the next chunk, where the hardware prefetch had to find them
 # again. Now chunks of up to 64 blocks and CHUNK_BYTES of x, unless the tensor would then have
 # fewer than CHUNK_ITEMS chunks in all (units times chunks: the split schedule shares them out
-# between the threads), and as equal as whole blocks allow. Measured on an AMD EPYC (Zen 4, 1
-# MiB L2), (32, 64, 56, 56) channels-last, time / copy, chunks of 16 blocks vs 512 KiB vs 1 MiB
-# (_set_chunk_bytes 0 / 524288 / 1048576, same process and arrays, paired rounds): float32
-# forward, batch / instance / group, one thread 1.61 / 1.54 / 1.45 -> 1.45 / 1.33 / 1.31
-# (64 blocks are 512 KiB), backward 2.82 / 2.59 / 2.51 -> 2.49 / 2.25 / 2.20; float64
-# 16 blocks vs 512 KiB forward 1.69 / 1.42 / 1.44 -> 1.58 / 1.36 / 1.38, backward 2.85 /
-# 2.41 / 2.59 -> 2.70 / 2.37 / 2.47, and 512 KiB vs 1 MiB another 0.96-1.02 (one and two
-# threads). The README has the two-thread figures. The column moments of 64 channels alone
-# (cols_moments, old and new builds alternating, median new / old of 15 pairs): one thread, 24
-# / 96 MiB, float32 0.89 / 0.91, float64 0.86 / 0.85; two threads float32 0.73 / 0.84.
-# CHUNK_BYTES bounds the chunk (and the last one, which the fused schedules apply first while
-# it may still be in L2) for wide rows: 256 float64 channels keep 16 blocks.
+# between the threads), and as equal as whole blocks allow. CHUNK_BYTES bounds the chunk for
+# wide rows (256 float64 channels keep 16 blocks), and with it the last chunk, which the fused
+# schedules apply first while it may still be in L2. Measured on an AMD EPYC (Zen 4, 1 MiB L2),
+# (32, 64, 56, 56) channels-last, 16 blocks against these chunks in one process on the same
+# arrays (bench/chunk_probe.py), time / copy at one thread: float32 forward batch / instance /
+# group 1.74 / 1.44 / 1.48 -> 1.56 / 1.29 / 1.32, backward 2.84 / 2.56 / 2.52 -> 2.63 / 2.18 /
+# 2.12; float64 forward 1.72 / 1.49 / 1.47 -> 1.59 / 1.40 / 1.36, backward 2.86 / 2.51 / 2.78
+# -> 2.78 / 2.41 / 2.74; float64 chunks of 512 KiB against 1 MiB 1.00-1.05 (the README has
+# two threads and other shapes).
 
 
 cdef Py_ssize_t _chunk_bytes = CHUNK_BYTES
