@@ -211,7 +211,7 @@ def test_channels_last_chunk_layout():
                 assert ch % rb == 0 and 0 < ch <= 64 * rb
                 assert ch <= 16 * rb or ch * C * isz <= 1024 * 1024
                 assert (k - 1) * ch < R <= k * ch
-                assert ch >= min(nb, 9) * rb  # k <= nb / 16 chunks of nb blocks
+                assert ch >= min(nb, 9) * rb  # at most nb / 16 chunks, rounded up
                 blocks = ch // rb
                 if G0 * k < 16:  # few chunks to share out: none longer than 16 blocks
                     assert blocks <= 16, (G0, R, C)
@@ -224,9 +224,10 @@ def test_channels_last_chunk_layout():
     assert K.cols_chunks(1, 6272, 64, 4) == (32, 512, 13)  # (8, 64, 28, 28): 13 chunks to share
 
 
-@pytest.mark.parametrize("op, shape", [("batch", (8, 64, 72, 60)), ("instance", (4, 64, 56, 56)),
-                                       ("group", (2, 64, 56, 56))], ids=str)
-def test_channels_last_long_chunks(op, shape):
+@pytest.mark.parametrize("op, shape, chunks", [("batch", (8, 64, 72, 60), (2048, 17)),
+                                               ("instance", (4, 64, 56, 56), (800, 4)),
+                                               ("group", (2, 64, 56, 56), (448, 7))], ids=str)
+def test_channels_last_long_chunks(op, shape, chunks):
     """Channels-last tensors cut into chunks of many blocks with a shorter last one (batch: 17
     chunks of 2048 rows, the last 1792; instance: 4 of 800, the last 736; group: 7 of 448):
     every output has the same bits at 1 to 4 threads and the float64 reference's values
@@ -253,6 +254,7 @@ def test_channels_last_long_chunks(op, shape):
     N, C = shape[0], shape[1]
     G0, cg = {"batch": (1, 1), "instance": (N, 1), "group": (N, C // oc.groups(C))}[op]
     R = d["x"].size // (G0 * C)
+    assert K.cols_chunks(G0, R, C, 4)[1:] == chunks
     mean = np.empty(G0 * (C // cg))
     m2 = np.empty_like(mean)
     K.cols_moments(d["x"].reshape(-1), G0, R, C, cg, mean, m2, 2)

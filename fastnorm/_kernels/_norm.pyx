@@ -17,9 +17,10 @@ backward sums) from ``_core.h``:
 * rows backward (layer norm): dweight/dbias need a column reduction across rows.
 
 Determinism: each contiguous run of data is cut into chunks at fixed offsets (FN_CHUNK
-elements, or whole row blocks: cols_chunk_rows) that depend only on the shape, never on the thread
-count. A chunk's partial is computed from zero, and partials are merged in index order. Two
-schedules produce the same partials and the same merges, so their results are bitwise equal:
+elements, or whole row blocks: cols_chunk_rows) that depend only on the shape and dtype, never
+on the thread count. A chunk's partial is computed from zero, and partials are merged in index
+order. Two schedules produce the same partials and the same merges, so their results are
+bitwise equal:
 
 * fused: one thread owns a whole unit: statistics, then the apply while the unit is still in
   its L2 (one read of x when the unit fits in cache);
@@ -370,7 +371,8 @@ cdef inline Py_ssize_t cols_nchunks(Py_ssize_t G0, Py_ssize_t R, Py_ssize_t rb,
     cdef Py_ssize_t nb = (R + rb - 1) // rb
     cdef Py_ssize_t lb = min(<Py_ssize_t>CHUNK_BLOCKS_LONG,
                              max(<Py_ssize_t>CHUNK_BLOCKS, cap // max(rb * rowbytes, 1)))
-    cdef Py_ssize_t k = max((nb + lb - 1) // lb, (CHUNK_ITEMS + G0 - 1) // max(G0, <Py_ssize_t>1))
+    cdef Py_ssize_t k = max((nb + lb - 1) // lb,
+                            (CHUNK_ITEMS + G0 - 1) // max(G0, <Py_ssize_t>1))
     return max(<Py_ssize_t>1, min(k, (nb + CHUNK_BLOCKS - 1) // CHUNK_BLOCKS))
 
 
@@ -2324,8 +2326,7 @@ cdef int cols_forward_run(const floating *x, floating *y, Py_ssize_t G0, Py_ssiz
 
 cdef void cols_split_forward(const floating *x, floating *y, Py_ssize_t G0, Py_ssize_t R,
                              Py_ssize_t C, Py_ssize_t cg, Py_ssize_t rb, Py_ssize_t chr_,
-                             Py_ssize_t K,
-                             double *part, floating *sc, double *sd, floating *coef,
+                             Py_ssize_t K, double *part, floating *sc, double *sd, floating *coef,
                              const floating *w, const floating *b, double eps,
                              double *mean_out, double *rstd_out, int act,
                              int stream) noexcept nogil:
@@ -2361,8 +2362,8 @@ cdef void cols_unit_merge(const double *part, Py_ssize_t g, Py_ssize_t R, Py_ssi
 
 cdef void cols_unit_fused(const floating *x, floating *y, Py_ssize_t g, Py_ssize_t R,
                           Py_ssize_t C, Py_ssize_t cg, Py_ssize_t rb, Py_ssize_t chr_,
-                          Py_ssize_t K,
-                          floating *sc, double *sd, const floating *w, const floating *b,
+                          Py_ssize_t K, floating *sc, double *sd, const floating *w,
+                          const floating *b,
                           double eps, double *mean_out, double *rstd_out, int act,
                           int stream) noexcept nogil:
     cdef Py_ssize_t k, c
@@ -2503,8 +2504,8 @@ def cols_backward(const floating[::1] dy, const floating[::1] x, floating[::1] d
         with nogil:
             for g in range(G0):
                 cols_unit_bwd_fused(&dy[0], &x[0], &dx[0], g, R, C, cg, rb, chr_, K,
-                                    &tsd[0, 0],
-                                    &w[0], &rstd[0], &psum[g, 0], &coef[g, 0], stream, frozen)
+                                    &tsd[0, 0], &w[0], &rstd[0], &psum[g, 0], &coef[g, 0],
+                                    stream, frozen)
             if stream:
                 fn_sfence()
     elif fuse:
@@ -2512,14 +2513,14 @@ def cols_backward(const floating[::1] dy, const floating[::1] x, floating[::1] d
             sd = &tsd[threadid(), 0]
             for g in prange(G0, schedule="static"):
                 cols_unit_bwd_fused(&dy[0], &x[0], &dx[0], g, R, C, cg, rb, chr_, K, sd,
-                                    &w[0],
-                                    &rstd[0], &psum[g, 0], &coef[g, 0], stream, frozen)
+                                    &w[0], &rstd[0], &psum[g, 0], &coef[g, 0], stream,
+                                    frozen)
     else:
         part = np.empty((items, 2 * C), dtype=np.float64)
         with nogil, parallel(num_threads=n_threads):
             cols_split_backward(&dy[0], &x[0], &dx[0], G0, R, C, cg, rb, chr_, K,
-                                &part[0, 0],
-                                &psum[0, 0], &coef[0, 0], &w[0], &rstd[0], stream, frozen)
+                                &part[0, 0], &psum[0, 0], &coef[0, 0], &w[0], &rstd[0],
+                                stream, frozen)
     with nogil:
         dw_db_rows(&psum[0, 0], &psum[0, C], 2 * C, 1, &rstd[0], G0, 1, G, cg, C, &dweight[0],
                    &dbias[0], n_threads)
