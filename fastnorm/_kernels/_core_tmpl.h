@@ -516,7 +516,8 @@ static inline __attribute__((always_inline)) void FN(fn_pf_cols)(const T *p, fn_
     } while (0)
 
 /* s[c] = sum(d), q[c] = sum(d^2) per column over the rows of a block of ns streams of `rows`
-   rows (row stride ld; stream k qs rows after stream k - 1), as fn_col_sums_grp. */
+   rows (row stride ld; stream k qs rows after stream k - 1; ns <= FN_COL_STREAMS), as
+   fn_col_sums_grp. */
 static inline __attribute__((always_inline)) void FN(fn_col_sums)(
     const T *x, fn_idx rows, fn_idx ns, fn_idx qs, fn_idx C, fn_idx ld, const T *sh,
     const T *sl, T *s, T *q)
