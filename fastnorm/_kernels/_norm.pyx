@@ -247,7 +247,7 @@ DEF CACHED_BYTES = 33554432
 DEF FN_CHUNK = 32768
 # Row blocks per channels-last chunk: up to CHUNK_BLOCKS_LONG (and CHUNK_BYTES), down to
 # CHUNK_BLOCKS where a tensor would otherwise have fewer than CHUNK_ITEMS chunks in all
-# (cols_nchunks).
+# (cols_chunk_rows).
 DEF CHUNK_BLOCKS = 16
 DEF CHUNK_BLOCKS_LONG = 64
 DEF CHUNK_ITEMS = 16
@@ -362,27 +362,20 @@ def _set_chunk_bytes(Py_ssize_t cap):
     return prev
 
 
-cdef inline Py_ssize_t cols_nchunks(Py_ssize_t G0, Py_ssize_t R, Py_ssize_t rb,
-                                    Py_ssize_t rowbytes, Py_ssize_t cap) noexcept nogil:
-    """Chunks wanted per unit of a channels-last tensor (G0 units of R rows of rowbytes, blocks
-    of rb rows): one per CHUNK_BLOCKS_LONG blocks or CHUNK_BYTES (whichever is less, but at
-    least CHUNK_BLOCKS blocks), more (up to one per CHUNK_BLOCKS blocks) while the G0 units
-    would have fewer than CHUNK_ITEMS in all. Depends on the shape and dtype only."""
-    cdef Py_ssize_t nb = (R + rb - 1) // rb
-    cdef Py_ssize_t lb = min(<Py_ssize_t>CHUNK_BLOCKS_LONG,
-                             max(<Py_ssize_t>CHUNK_BLOCKS, cap // max(rb * rowbytes, 1)))
-    cdef Py_ssize_t k = max((nb + lb - 1) // lb,
-                            (CHUNK_ITEMS + G0 - 1) // max(G0, <Py_ssize_t>1))
-    return max(<Py_ssize_t>1, min(k, (nb + CHUNK_BLOCKS - 1) // CHUNK_BLOCKS))
-
-
 cdef inline Py_ssize_t cols_chunk_rows(Py_ssize_t G0, Py_ssize_t R, Py_ssize_t rb,
                                        Py_ssize_t rowbytes) noexcept nogil:
-    """Rows per chunk of a channels-last unit: its blocks shared as evenly as whole blocks allow
-    between cols_nchunks chunks (the unit's last chunk may be shorter). The chunks are then
-    nchunks(R, chunk rows), at most cols_nchunks."""
+    """Rows per chunk of a channels-last tensor (G0 units of R rows of rowbytes, blocks of rb
+    rows). Chunks wanted per unit: one per CHUNK_BLOCKS_LONG blocks or _chunk_bytes (whichever
+    is less, but at least CHUNK_BLOCKS blocks), more (up to one per CHUNK_BLOCKS blocks) while
+    the G0 units would have fewer than CHUNK_ITEMS in all; the unit's blocks are then shared
+    as evenly as whole blocks allow between them (its last chunk may be shorter, and
+    nchunks(R, chunk rows) may come out fewer). Depends on the shape and dtype only."""
     cdef Py_ssize_t nb = (R + rb - 1) // rb
-    cdef Py_ssize_t k = cols_nchunks(G0, R, rb, rowbytes, _chunk_bytes)
+    cdef Py_ssize_t lb = min(<Py_ssize_t>CHUNK_BLOCKS_LONG,
+                             max(<Py_ssize_t>CHUNK_BLOCKS, _chunk_bytes // max(rb * rowbytes, 1)))
+    cdef Py_ssize_t k = max((nb + lb - 1) // lb,
+                            (CHUNK_ITEMS + G0 - 1) // max(G0, <Py_ssize_t>1))
+    k = max(<Py_ssize_t>1, min(k, (nb + CHUNK_BLOCKS - 1) // CHUNK_BLOCKS))
     return rb * ((nb + k - 1) // k)
 
 
