@@ -218,6 +218,30 @@ static inline void fn_chan_merge_vec(double *n, double *mean, double *m2, fn_idx
     *n = nn;
 }
 
+/* (mean, M2) of a group of cg columns that all have n values (column c: mean[c], m2[c]): the
+   mean of the means, and the columns' M2 plus n times the squared distances of their means from
+   it. One column is itself (the merge of one set into an empty one gives its own bits). */
+static inline void fn_col_group_moments(double n, fn_idx cg, const double *mean,
+                                        const double *m2, double *gmean, double *gm2)
+{
+    double s = 0, t = 0, q = 0, d, mg;
+    fn_idx c;
+    if (cg == 1) {
+        *gmean = mean[0];
+        *gm2 = m2[0];
+        return;
+    }
+    for (c = 0; c < cg; c++) s += mean[c];
+    mg = s / (double)cg;
+    for (c = 0; c < cg; c++) {
+        d = mean[c] - mg;
+        t += m2[c];
+        q += d * d;
+    }
+    *gmean = mg;
+    *gm2 = t + n * q;
+}
+
 static const char *fn_simd_level(void)
 {
 #if defined(__GNUC__) && defined(__x86_64__)

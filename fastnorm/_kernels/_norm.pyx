@@ -57,6 +57,16 @@ cdef extern from "_core.h" nogil:
                           double *mean_out, double *rstd_out)
     void fn_split_mean_f32(double m, float *mh, float *ml)
     void fn_split_mean_f64(double m, double *mh, double *ml)
+    void fn_col_group_moments(double n, fn_idx cg, const double *mean, const double *m2,
+                              double *gmean, double *gm2)
+    void fn_cols_unit_coef_f32(fn_idx R, fn_idx C, fn_idx cg, const double *mean,
+                               const double *m2, const float *w, const float *b, double eps,
+                               double *mean_out, double *rstd_out, float *mh, float *ml,
+                               float *a, float *bb)
+    void fn_cols_unit_coef_f64(fn_idx R, fn_idx C, fn_idx cg, const double *mean,
+                               const double *m2, const double *w, const double *b, double eps,
+                               double *mean_out, double *rstd_out, double *mh, double *ml,
+                               double *a, double *bb)
     void fn_chan_merge_vec(double *n, double *mean, double *m2, fn_idx C, double nb,
                            const double *mb, const double *m2b)
     const char *fn_simd_level()
@@ -2181,13 +2191,9 @@ cdef inline void cols_chunk_moments(const floating *x, Py_ssize_t R, Py_ssize_t 
 cdef inline void cols_group_moments(Py_ssize_t R, Py_ssize_t cg, Py_ssize_t j,
                                     const double *mean, const double *m2,
                                     double *out) noexcept nogil:
-    """(count, mean, M2) of column group j (cg columns of R rows each), columns in order."""
-    cdef Py_ssize_t c
-    out[0] = 0
-    out[1] = 0
-    out[2] = 0
-    for c in range(j * cg, (j + 1) * cg):
-        fn_chan_merge(&out[0], &out[1], &out[2], <double>R, mean[c], m2[c])
+    """(count, mean, M2) of column group j (cg columns of R rows each): fn_col_group_moments."""
+    out[0] = <double>R * <double>cg
+    fn_col_group_moments(<double>R, cg, mean + j * cg, m2 + j * cg, &out[1], &out[2])
 
 
 cdef void cols_unit_columns(const double *part, Py_ssize_t g, Py_ssize_t R, Py_ssize_t C,
@@ -2244,19 +2250,15 @@ cdef void cols_unit_coef(Py_ssize_t g, Py_ssize_t R, Py_ssize_t C, Py_ssize_t cg
                          const double *mean, const double *m2, const floating *w,
                          const floating *b, double eps, double *mean_out, double *rstd_out,
                          floating *mh, floating *ml, floating *a, floating *bb) noexcept nogil:
-    """Per-column (R rows each) moments of unit g -> group stats and per-column coefficients."""
-    cdef Py_ssize_t G = C // cg, j, c
-    cdef double gm[3]
-    cdef double r
-    for j in range(G):
-        cols_group_moments(R, cg, j, mean, m2, gm)
-        r = 1.0 / sqrt(gm[2] / gm[0] + eps)
-        mean_out[g * G + j] = gm[1]
-        rstd_out[g * G + j] = r
-        for c in range(j * cg, (j + 1) * cg):
-            split_mean(gm[1], &mh[c], &ml[c])
-            a[c] = <floating>(r * <double>w[c])
-            bb[c] = b[c]
+    """Per-column (R rows each) moments of unit g -> group stats and per-column coefficients
+    (fn_cols_unit_coef)."""
+    cdef Py_ssize_t G = C // cg
+    if floating is float:
+        fn_cols_unit_coef_f32(R, C, cg, mean, m2, w, b, eps, mean_out + g * G, rstd_out + g * G,
+                              mh, ml, a, bb)
+    else:
+        fn_cols_unit_coef_f64(R, C, cg, mean, m2, w, b, eps, mean_out + g * G, rstd_out + g * G,
+                              mh, ml, a, bb)
 
 
 def cols_forward(const floating[::1] x, floating[::1] y, Py_ssize_t G0, Py_ssize_t R,
@@ -2379,6 +2381,8 @@ cdef void cols_unit_fused(const floating *x, floating *y, Py_ssize_t g, Py_ssize
         c = (g * R + k * chr_) * C
         rows_apply(x + c, y + c, min(chr_, R - k * chr_), C, coef, coef + C, coef + 2 * C,
                    coef + 3 * C, act, stream)
+
+
 
 
 def cols_apply(const floating[::1] x, floating[::1] y, Py_ssize_t G0, Py_ssize_t R,
