@@ -389,11 +389,21 @@ cdef inline Py_ssize_t cols_chunk_rows(Py_ssize_t G0, Py_ssize_t R, Py_ssize_t r
     return rb * ((nb + k - 1) // k)
 
 
+cdef inline Py_ssize_t cols_cut(Py_ssize_t G0, Py_ssize_t R, Py_ssize_t C, Py_ssize_t itemsize,
+                                Py_ssize_t *rb, Py_ssize_t *chr_) noexcept nogil:
+    """How every channels-last pass cuts G0 units of R rows of C values of itemsize bytes:
+    rb (block rows), chr_ (chunk rows); returns the chunks per unit."""
+    rb[0] = cols_block_rows(C)
+    chr_[0] = cols_chunk_rows(G0, R, rb[0], C * itemsize)
+    return nchunks(R, chr_[0])
+
+
 def cols_chunks(Py_ssize_t G0, Py_ssize_t R, Py_ssize_t C, Py_ssize_t itemsize):
     """(block rows, chunk rows, chunks per unit) of a channels-last tensor of G0 units of R
     rows of C values of itemsize bytes, as its passes cut it (for the tests)."""
-    cdef Py_ssize_t rb = cols_block_rows(C), ch = cols_chunk_rows(G0, R, rb, C * itemsize)
-    return rb, ch, nchunks(R, ch)
+    cdef Py_ssize_t rb, ch
+    cdef Py_ssize_t K = cols_cut(G0, R, C, itemsize, &rb, &ch)
+    return rb, ch, K
 
 
 # ---- fused-type shims over the C helpers -----------------------------------------------------
@@ -2290,9 +2300,8 @@ cdef int cols_forward_run(const floating *x, floating *y, Py_ssize_t G0, Py_ssiz
     or the split one (partials, coefficients, apply in one region). Scratch per thread: 9C of
     T (block and coefficients) and 6C doubles; the split schedule adds the chunk partials
     (2C doubles per item) and the coefficients of every unit (4C of T)."""
-    cdef Py_ssize_t rb = cols_block_rows(C)
-    cdef Py_ssize_t chr_ = cols_chunk_rows(G0, R, rb, C * <Py_ssize_t>sizeof(floating))
-    cdef Py_ssize_t K = nchunks(R, chr_), items = G0 * K, g, t
+    cdef Py_ssize_t rb, chr_
+    cdef Py_ssize_t K = cols_cut(G0, R, C, sizeof(floating), &rb, &chr_), items = G0 * K, g, t
     cdef double *sd = <double *>malloc((6 * C * nt + (0 if fuse else 2 * C * items))
                                        * sizeof(double))
     cdef floating *sc = <floating *>malloc((9 * C * nt + (0 if fuse else 4 * C * G0))
@@ -2397,9 +2406,8 @@ def cols_apply(const floating[::1] x, floating[::1] y, Py_ssize_t G0, Py_ssize_t
                const floating[::1] a, const floating[::1] b, bint per_unit, int act,
                int n_threads, int stream=0):
     """y[g, r, c] = ((x - mh) - ml) * a + b; coefficients (C,) or (G0*C,) if per_unit."""
-    cdef Py_ssize_t rb = cols_block_rows(C)
-    cdef Py_ssize_t chr_ = cols_chunk_rows(G0, R, rb, C * <Py_ssize_t>sizeof(floating))
-    cdef Py_ssize_t K = nchunks(R, chr_), items = G0 * K
+    cdef Py_ssize_t rb, chr_
+    cdef Py_ssize_t K = cols_cut(G0, R, C, sizeof(floating), &rb, &chr_), items = G0 * K
     cdef Py_ssize_t i, g, q, r0, ln
     if items == 0 or C == 0:
         return
@@ -2483,9 +2491,8 @@ def cols_backward(const floating[::1] dy, const floating[::1] x, floating[::1] d
     mean, rstd : (G0 * C/cg,)   IN saved statistics
     dweight, dbias : (C,)       OUT, float64
     """
-    cdef Py_ssize_t rb = cols_block_rows(C), G = C // cg
-    cdef Py_ssize_t chr_ = cols_chunk_rows(G0, R, rb, C * <Py_ssize_t>sizeof(floating))
-    cdef Py_ssize_t K = nchunks(R, chr_), items = G0 * K
+    cdef Py_ssize_t rb, chr_, G = C // cg
+    cdef Py_ssize_t K = cols_cut(G0, R, C, sizeof(floating), &rb, &chr_), items = G0 * K
     cdef Py_ssize_t nt = max(1, n_threads)
     cdef Py_ssize_t g
     dt = np.float32 if floating is float else np.float64
@@ -2676,9 +2683,8 @@ def cols_moments(const floating[::1] x, Py_ssize_t G0, Py_ssize_t R, Py_ssize_t 
 
     mean_out, m2_out : (G0 * C/cg,)   OUT, float64
     """
-    cdef Py_ssize_t rb = cols_block_rows(C), G = C // cg if cg > 0 else 0
-    cdef Py_ssize_t chr_ = cols_chunk_rows(G0, R, rb, C * <Py_ssize_t>sizeof(floating))
-    cdef Py_ssize_t K = nchunks(R, chr_), items = G0 * K
+    cdef Py_ssize_t rb, chr_, G = C // cg if cg > 0 else 0
+    cdef Py_ssize_t K = cols_cut(G0, R, C, sizeof(floating), &rb, &chr_), items = G0 * K
     cdef Py_ssize_t nt = max(1, n_threads)
     cdef Py_ssize_t g
     dt = np.float32 if floating is float else np.float64
@@ -3171,9 +3177,8 @@ def cols_minmax(const floating[::1] x, Py_ssize_t R, Py_ssize_t C, double[::1] m
     Row chunks (fixed by the shape) are reduced in parallel, then merged in order; min and max
     are exact, so the result is the same for any thread count.
     """
-    cdef Py_ssize_t rb = cols_block_rows(C)
-    cdef Py_ssize_t chr_ = cols_chunk_rows(1, R, rb, C * <Py_ssize_t>sizeof(floating))
-    cdef Py_ssize_t K = nchunks(R, chr_), k, c, r0
+    cdef Py_ssize_t rb, chr_
+    cdef Py_ssize_t K = cols_cut(1, R, C, sizeof(floating), &rb, &chr_), k, c, r0
     dt = np.float32 if floating is float else np.float64
     cdef floating[:, ::1] part = np.empty((max(K, 1), 3 * max(C, 1)), dtype=dt)
     cdef bint finite = True
