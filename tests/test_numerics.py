@@ -262,6 +262,56 @@ def test_channels_last_long_chunks(op, shape, chunks):
     np.testing.assert_array_equal(1 / np.sqrt(m2 / (R * cg) + 1e-5), saved[2].ravel())
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(3, 2048, 7, 7), (2, 1000, 5, 5), (2, 4100, 3, 3),
+                                   (3, 520, 11, 13)], ids=str)
+def test_channels_last_short_units_many_channels(shape, dtype):
+    """Channels-last units of few rows and many channels (a 7 x 7 plane of 2048 channels: one
+    block per chunk, the group's moments from its columns' in two sums, the backward's sums of
+    wide rows in column tiles, 4100 channels being more than one tile and 1000 and 4100 not
+    whole vectors), data at 1e5 times its spread: group norm with 1, 4 and C groups and
+    instance norm match the float64 reference forward and backward, give the same bits at one
+    and two threads, and cols_moments gives the forward's statistics bit for bit."""
+    from fastnorm._kernels import _norm as K
+    rng = np.random.default_rng(12)
+    N, C = shape[:2]
+    xl = 1e5 + rng.uniform(-3, 3, (1, C, 1, 1)) + rng.standard_normal(shape)
+    x = np.ascontiguousarray(np.moveaxis(xl, 1, -1)).astype(dtype)
+    dy = rng.standard_normal(x.shape).astype(dtype)
+    w = (1 + 0.1 * rng.standard_normal(C)).astype(dtype)
+    b = rng.standard_normal(C).astype(dtype)
+    R = x.size // (N * C)
+    tol = 2e-5 if dtype == np.float32 else 1e-10
+    for G in (1, 4, C, None):
+        op = "instance" if G is None else "group"
+        fwd = fn.instance_norm_forward if G is None else (
+            lambda a, *k, G=G, **kw: fn.group_norm_forward(a, G, *k, **kw))
+        bwd = fn.instance_norm_backward if G is None else (
+            lambda d, a, m, r, *k, G=G, **kw: fn.group_norm_backward(d, a, m, r, G, *k, **kw))
+        runs = []
+        for t in (1, 2):
+            with fn.threads(t):
+                y, m, r = fwd(x, w, b, layout="NHWC")
+                runs.append((y, m, r) + tuple(bwd(dy, x, m, r, w, layout="NHWC")))
+        for a, c in zip(*runs):
+            np.testing.assert_array_equal(a, c, err_msg=f"G={G}: 2 threads vs 1")
+        y, m, r, dx, dw, db = runs[0]
+        ry, rm, rr = ref.channel_forward(op, x, w, b, 1e-5, "NHWC", G)
+        assert np.max(np.abs(y - ry)) < tol * 4, G
+        np.testing.assert_allclose(np.ravel(m), np.ravel(rm), rtol=0,
+                                   atol=1e-5 if dtype == np.float32 else 1e-9)
+        np.testing.assert_allclose(np.ravel(r), np.ravel(rr), rtol=tol)
+        rdx, rdw, rdb = ref.channel_backward(op, dy, x, w, 1e-5, "NHWC", G)
+        for g, rg in ((dx, rdx), (dw, rdw), (db, rdb)):
+            assert np.max(np.abs(g - rg)) <= 5 * tol * max(1.0, np.max(np.abs(rg))), G
+        cg = 1 if G is None else C // G
+        mean = np.empty(N * (C // cg))
+        m2 = np.empty_like(mean)
+        K.cols_moments(x.reshape(-1), N, R, C, cg, mean, m2, 2)
+        np.testing.assert_array_equal(mean, np.ravel(m))
+        np.testing.assert_array_equal(1 / np.sqrt(m2 / (R * cg) + 1e-5), np.ravel(r))
+
+
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
 @pytest.mark.parametrize("op", ["batch", "instance", "group"])
 def test_parameter_gradients_over_many_channels_same_bits_at_any_thread_count(op, layout):
