@@ -685,9 +685,10 @@ static void FN(fn_seg_col_moments_c)(const T *x, fn_idx rows, fn_idx C, fn_idx r
     /* A chunk of at most bt rows is one block of contiguous rows: split into four runs and a
        rest (49 rows of a 7x7 plane: 4 x 8 rows, then 17) it paid its per-column work twice
        and the first block's pivot read most of the rows once more. On an AMD EPYC (Zen 4),
-       one thread, column moments alone / copy, old / new build on the same arrays: float32
-       (32 units, 49 rows, 2048 columns) 3.19 -> 1.66 with the changes below, (32, 49, 512)
-       4.32 -> 2.31; (32, 196, 512) 1.04 -> 0.91. */
+       one thread, column moments alone / copy, old / new build on the same arrays, with the
+       pivot's four-row loads (fn_block_col_moments) and fn_col_group_moments: float32 (32
+       units, 49 rows, 2048 columns) 3.19 -> 1.66, (32, 49, 512) 4.32 -> 2.31; (32, 196, 512)
+       1.04 -> 0.91. */
     const fn_idx ns = FN_COL_STREAMS, sb = rb / FN_COL_STREAMS, bt = rb * FN_COL_SUBS;
     const fn_idx qs = rows <= bt ? 0 : fn_col_run_rows(rows, rb), bs = sb * FN_COL_SUBS;
     const fn_idx ss = sb < FN_COL_SUM_ROWS / ns ? sb : FN_COL_SUM_ROWS / ns;
@@ -2457,7 +2458,8 @@ static inline __attribute__((always_inline)) void FN(fn_rows_bwd_sums_blk)(
            8.55 / 8.36 -> 6.08 / 5.82, (32, 512, 14, 14) 6.84 / 6.34 -> 4.75 / 5.19; float64
            (32, 1024, 7, 7) 8.35 / 7.93 -> 6.43 / 5.72; (8, 256, 28, 28) float32 unchanged
            (5.75 / 5.41 -> 5.53 / 5.82). */
-        T ta[FN_BWD_TILE] __attribute__((aligned(64))), tb[FN_BWD_TILE] __attribute__((aligned(64)));
+        T ta[FN_BWD_TILE] __attribute__((aligned(64)));
+        T tb[FN_BWD_TILE] __attribute__((aligned(64)));
         const T *dk[FN_COL_STREAMS], *xk[FN_COL_STREAMS];
         FN(vec) a, b, g;
         for (c0 = 0; c0 < cv; c0 += FN_BWD_TILE) {
@@ -2487,11 +2489,10 @@ static inline __attribute__((always_inline)) void FN(fn_rows_bwd_sums_blk)(
                 sdyx[c] += tb[c - c0];
             }
         }
-        c = cv;
     } else {
 #define FN_BSG(nv) FN(fn_rows_bwd_sums_grp)(dy, x, rows, ns, qs, C, mh, ml, sdy, sdyx, c, nv)
 #define FN_BSG16(nv) FN(fn_rows_bwd_sums_grp16)(dy, x, rows, ns, qs, C, mh, ml, sdy, sdyx, c, nv)
-    FN_COL_SWEEPS(FN_BSG, FN_BSG16);
+        FN_COL_SWEEPS(FN_BSG, FN_BSG16);
 #undef FN_BSG16
 #undef FN_BSG
     }

@@ -2399,8 +2399,6 @@ cdef void cols_unit_fused(const floating *x, floating *y, Py_ssize_t g, Py_ssize
                    coef + 3 * C, act, stream)
 
 
-
-
 def cols_apply(const floating[::1] x, floating[::1] y, Py_ssize_t G0, Py_ssize_t R,
                Py_ssize_t C, const floating[::1] mh, const floating[::1] ml,
                const floating[::1] a, const floating[::1] b, bint per_unit, int act,
