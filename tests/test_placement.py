@@ -90,7 +90,8 @@ def test_out_placement_keeps_bits(op, layout, shape, dtype, stream, rng, nthread
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("layout,shape", [("NCHW", (2, 8, 9, 9)), ("NHWC", (3, 5, 5, 40))])
+@pytest.mark.parametrize("layout,shape", [("NCHW", (2, 8, 9, 9)), ("NHWC", (3, 5, 5, 40)),
+                                          ("NCHW", (2, 3, 48, 48))])  # planes of 9-18 KiB
 def test_inference_out_placement_keeps_bits(layout, shape, dtype, rng, nthreads, monkeypatch):
     monkeypatch.setattr(D, "STREAM_BYTES", 4096)
     C = shape[1] if layout == "NCHW" else shape[-1]

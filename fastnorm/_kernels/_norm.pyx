@@ -159,6 +159,10 @@ cdef extern from "_core.h" nogil:
                           float b, int act, int stream, fn_idx pf)
     void fn_seg_apply_f64(const double *x, double *y, fn_idx n, double mh, double ml, double a,
                           double b, int act, int stream, fn_idx pf)
+    void fn_seg_apply_cold_f32(const float *x, float *y, fn_idx n, float mh, float ml,
+                               float a, float b, int act, int stream)
+    void fn_seg_apply_cold_f64(const double *x, double *y, fn_idx n, double mh, double ml,
+                               double a, double b, int act, int stream)
     void fn_rows_group_fwd_f32(const float *x, float *y, fn_idx nr, fn_idx n, const float *g,
                                const float *b, double eps, int rms, double *mean_out,
                                double *rstd_out, int act, int nt, fn_idx pf)
@@ -453,6 +457,16 @@ cdef inline void seg_apply(const floating *x, floating *y, Py_ssize_t n, floatin
         fn_seg_apply_f32(x, y, n, mh, ml, a, b, act, stream, pf)
     else:
         fn_seg_apply_f64(x, y, n, mh, ml, a, b, act, stream, pf)
+
+
+cdef inline void seg_apply_cold(const floating *x, floating *y, Py_ssize_t n, floating mh,
+                                floating ml, floating a, floating b, int act,
+                                int stream) noexcept nogil:
+    """seg_apply of an input read from memory (fn_seg_apply_cold: ascending at any placement)."""
+    if floating is float:
+        fn_seg_apply_cold_f32(x, y, n, mh, ml, a, b, act, stream)
+    else:
+        fn_seg_apply_cold_f64(x, y, n, mh, ml, a, b, act, stream)
 
 
 cdef inline void seg_apply_ew(const floating *x, floating *y, Py_ssize_t n, floating mh,
@@ -1401,7 +1415,8 @@ def planes_apply(const floating[::1] x, floating[::1] y, Py_ssize_t N, Py_ssize_
             off = (i % K) * FN_CHUNK
             ln = min(<Py_ssize_t>FN_CHUNK, S - off)
             q = p if per_sample else p % C
-            seg_apply(&x[p * S + off], &y[p * S + off], ln, mh[q], ml[q], a[q], b[q], act, stream)
+            seg_apply_cold(&x[p * S + off], &y[p * S + off], ln, mh[q], ml[q], a[q], b[q], act,
+                           stream)
 
 
 cdef inline void plane_chunk_bwd_sums(const floating *dy, const floating *x, Py_ssize_t S,
@@ -2778,8 +2793,8 @@ cdef inline void plane_item_apply(const floating *x, floating *y, Py_ssize_t i, 
     """Item i of the inference apply over planes: chunk i % K of plane i // K, with the
     coefficients sc (mh, ml, a: C each) of its channel."""
     cdef Py_ssize_t p = i // K, c = (i // K) % C, off = (i % K) * FN_CHUNK
-    seg_apply(x + p * S + off, y + p * S + off, min(<Py_ssize_t>FN_CHUNK, S - off), sc[c],
-              sc[C + c], sc[2 * C + c], b[c], act, stream)
+    seg_apply_cold(x + p * S + off, y + p * S + off, min(<Py_ssize_t>FN_CHUNK, S - off), sc[c],
+                   sc[C + c], sc[2 * C + c], b[c], act, stream)
 
 
 cdef int _fast_run(const floating *x, floating *y, int op, Py_ssize_t N, Py_ssize_t C,
