@@ -1213,7 +1213,8 @@ static inline __attribute__((always_inline)) FN(vec) FN(fn_vrelu)(FN(vec) v)
 #define FN_NORM_EW(v, mh, ml, r, g, b) (((((v) - (mh)) - (ml)) * (r)) * (g) + (b))
 
 /* y = ((x - mh) - ml) * a + b over a contiguous segment (one channel of one sample), then the
-   activation (0 none, 1 relu, 2 silu, 3 gelu); nt: non-temporal stores. */
+   activation (0 none, 1 relu, 2 silu, 3 gelu); nt: non-temporal stores; cold: x comes from
+   memory, so never down the addresses (fn_seg_apply_cold). */
 static inline __attribute__((always_inline)) void FN(fn_seg_apply_in)(
     const T *x, T *y, fn_idx n, T mh, T ml, T a, T b, int act, int nt, fn_idx pf, int cold)
 {
