@@ -152,6 +152,18 @@ static inline fn_idx fn_col_run_rows(fn_idx rows, fn_idx rb)
     return sb > 0 ? rows / (FN_COL_STREAMS * sb) * sb : 0;
 }
 
+/* The rows a row-by-row channels-last sweep (sums in L1) takes together at row r of a block of
+   ns streams of `rows` rows, stream k qs rows after stream k - 1: row r of every stream, or with
+   one stream (ns = 1) rows r .. r + 3 (fewer at the end), in the order their sums add. Their
+   row numbers go to idx; returns how many. The sweep steps r by fn_col_step(ns). */
+static inline fn_idx fn_col_step(fn_idx ns) { return ns > 1 ? 1 : FN_COL_STREAMS; }
+static inline int fn_col_rows_at(fn_idx r, fn_idx rows, fn_idx ns, fn_idx qs, fn_idx *idx)
+{
+    int k, m = ns > 1 ? (int)ns : (int)(rows - r < FN_COL_STREAMS ? rows - r : FN_COL_STREAMS);
+    for (k = 0; k < m; k++) idx[k] = ns > 1 ? r + k * qs : r + k;
+    return m;
+}
+
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(FN_NO_CLONES) \
     && defined(__linux__)
 #define FN_HOT __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))

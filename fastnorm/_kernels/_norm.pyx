@@ -2220,14 +2220,6 @@ cdef inline void cols_chunk_moments(const floating *x, Py_ssize_t R, Py_ssize_t 
     seg_col_moments(x + (g * R + r0) * C, ln, C, rb, scr, bm, bm2, &cnt, mean, m2)
 
 
-cdef inline void cols_group_moments(Py_ssize_t R, Py_ssize_t cg, Py_ssize_t j,
-                                    const double *mean, const double *m2,
-                                    double *out) noexcept nogil:
-    """(count, mean, M2) of column group j (cg columns of R rows each): fn_col_group_moments."""
-    out[0] = <double>R * <double>cg
-    fn_col_group_moments(<double>R, cg, mean + j * cg, m2 + j * cg, &out[1], &out[2])
-
-
 cdef void cols_unit_columns(const double *part, Py_ssize_t g, Py_ssize_t R, Py_ssize_t C,
                             Py_ssize_t chr_, Py_ssize_t K, double *m, double *m2) noexcept nogil:
     """Per-column mean/M2 of unit g from its chunk partials, merged in chunk order."""
@@ -2682,11 +2674,9 @@ cdef void cols_unit_store(Py_ssize_t g, Py_ssize_t R, Py_ssize_t C, Py_ssize_t c
                           const double *m, const double *m2, double *mean_out,
                           double *m2_out) noexcept nogil:
     cdef Py_ssize_t G = C // cg, j
-    cdef double gm[3]  # per call, so private to the thread
     for j in range(G):
-        cols_group_moments(R, cg, j, m, m2, gm)
-        mean_out[g * G + j] = gm[1]
-        m2_out[g * G + j] = gm[2]
+        fn_col_group_moments(<double>R, cg, m + j * cg, m2 + j * cg, &mean_out[g * G + j],
+                             &m2_out[g * G + j])
 
 
 def cols_moments(const floating[::1] x, Py_ssize_t G0, Py_ssize_t R, Py_ssize_t C,
