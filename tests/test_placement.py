@@ -44,6 +44,8 @@ CASES = [  # (op, layout, shape): planes (long ones descend), runs of small plan
     ("group", "NHWC", (2, 5, 5, 64)),
     ("group", "NHWC", (2, 3, 3, 160)),
     ("layer", "rows", (64, 1000)),
+    ("layer", "rows", (48, 64)),            # rows in groups (forward and backward)
+    ("layer", "rows", (20, 250)),
     ("layer", "rows", (6, 4096)),
     ("layer", "chw", (4, 16, 24, 24)),
     ("layer", "chw", (4, 64, 40, 40)),
@@ -120,3 +122,30 @@ def test_residual_grad_placement_keeps_bits(dtype, rng, nthreads):
         got = fn.layer_norm_backward(dy, x, m, r, 520, w, residual_grad=ds, out=empty_at(x, off))
         for g, t in zip(got, want):
             np.testing.assert_array_equal(g, t, err_msg=f"out= {off} bytes past x")
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["cached", "streaming"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(48, 64), (24, 250), (8, 1024)])
+def test_layer_rows_weight_placement_keeps_bits(shape, dtype, stream, rng, nthreads,
+                                                 monkeypatch):
+    """Layer-norm rows read their weight and bias with every vector: out= just past x and
+    just before (or past) the weight picks the direction of the apply (fn_desc_hot), which must
+    not change a bit."""
+    if stream:
+        monkeypatch.setattr(D, "STREAM_BYTES", 4096)
+    D_ = shape[-1]
+    x = placed((rng.standard_normal(shape) * 2 + 50).astype(dtype), 0)
+    dy = placed(rng.standard_normal(shape).astype(dtype), 0)
+    w0 = rng.standard_normal(D_).astype(dtype)
+    b0 = rng.standard_normal(D_).astype(dtype)
+    y0, m, r = fn.layer_norm_forward(x, D_, w0, b0)
+    want = [np.array(t) for t in fn.layer_norm_backward(dy, x, m, r, D_, w0)]
+    for off in [0, 32, 64, 400]:
+        for delta in [-64, 32, 96, 1000]:  # the weight and bias delta bytes past out=
+            w, b = placed(w0, off + delta), placed(b0, off + delta + 16)
+            y = fn.layer_norm_forward(x, D_, w, b, out=empty_at(x, off))[0]
+            np.testing.assert_array_equal(y, y0, err_msg=f"out= {off} past x, w {delta} past")
+            got = fn.layer_norm_backward(dy, x, m, r, D_, w, out=empty_at(x, off))
+            for g, t in zip(got, want):
+                np.testing.assert_array_equal(g, t, err_msg=f"out= {off}, w {delta} past")

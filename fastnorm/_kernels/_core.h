@@ -59,7 +59,9 @@ typedef ptrdiff_t fn_idx;
    default placements never descend. Short segments keep ascending: read backwards one after
    the other, they defeat the hardware prefetcher (layer-norm rows of 4 KiB: 1.47x as slow),
    and so did descending the runs of group-norm planes (1.7x at every offset) and 2 KiB blocks
-   read backwards in ascending order (layer norm over (64, 56, 56) float64 forward 1.74x). */
+   read backwards in ascending order (layer norm over (64, 56, 56) float64 forward 1.74x).
+   Layer-norm rows re-read from L1 right after their statistics are the exception (fn_desc_hot
+   below): going down costs the prefetcher nothing there. */
 #ifndef FN_ALIAS_BYTES
 #define FN_ALIAS_BYTES 1024
 #endif
@@ -67,6 +69,25 @@ typedef ptrdiff_t fn_idx;
 #define FN_DESC_MIN 8192
 #endif
 #define FN_DESC(al, bytes) ((al) == 1 && (size_t)(bytes) >= FN_DESC_MIN)
+/* For a loop whose inputs are in cache (just read for the statistics): down the addresses when
+   the nearest input before y in the page (y - in mod 4096 in 1..FN_ALIAS_BYTES) is nearer than
+   the nearest input after it (the same past y): each way, a load waits on a store at
+   the same page offset; the nearer pair is the one that meets it sooner. */
+static inline int fn_desc_hot(const void *y, const void *a, const void *b, const void *c,
+                              const void *e)
+{
+    const void *in[4] = {a, b, c, e};
+    size_t past = 4096, before = 4096, d;
+    int k;
+    for (k = 0; k < 4; k++) {
+        if (in[k] == NULL) continue;
+        d = ((uintptr_t)y - (uintptr_t)in[k]) & 4095;
+        if (d == 0) continue;
+        if (d <= FN_ALIAS_BYTES && d < past) past = d;
+        if (4096 - d <= FN_ALIAS_BYTES && 4096 - d < before) before = 4096 - d;
+    }
+    return past < before;
+}
 static inline int fn_alias(const void *y, const void *x)
 {
     size_t d = ((uintptr_t)y - (uintptr_t)x) & 4095;

@@ -1293,7 +1293,8 @@ static inline __attribute__((always_inline)) void FN(fn_seg_apply_ew_in)(
     const T *x, T *y, fn_idx n, T mh, T ml, T r, const T *g, const T *b, int act, int nt,
     fn_idx pf)
 {
-    fn_idx i = 0, h = nt ? FN(fn_nt_head)(y, n) : 0;
+    fn_idx i = 0, nv, h = nt ? FN(fn_nt_head)(y, n) : 0;
+    const int desc = fn_desc_hot(y, x, g, b, NULL);
     FN(vec) v;
     T u;
     if (h < 0) { nt = 0; h = 0; }
@@ -1301,13 +1302,14 @@ static inline __attribute__((always_inline)) void FN(fn_seg_apply_ew_in)(
         u = FN_NORM_EW(x[i], mh, ml, r, g[i], b[i]);
         y[i] = act ? FN_RELU(u) : u;
     }
-    for (; i + FN_VL <= n; i += FN_VL) {
+    nv = h + (n - h) / FN_VL * FN_VL;
+    FN_VFOR(i, h, nv, FN_VL, desc,
         if (pf) __builtin_prefetch(x + i + pf, 0, 2);
         v = FN_NORM_EW(FN_LDV(x + i), mh, ml, r, FN_LDV(g + i), FN_LDV(b + i));
         if (act) v = FN(fn_vrelu)(v);
         FN(fn_vst)(y + i, v, nt);
-    }
-    for (; i < n; i++) {
+    );
+    for (i = nv; i < n; i++) {
         u = FN_NORM_EW(x[i], mh, ml, r, g[i], b[i]);
         y[i] = act ? FN_RELU(u) : u;
     }
@@ -2273,12 +2275,14 @@ static inline __attribute__((always_inline)) void FN(fn_row_bwd_apply_ew_in)(
     const T *dy, const T *x, T *dx, fn_idx n, const T *w, T Q, T r, T mh, T ml, T B,
     const T *ds, int nt, fn_idx pf)
 {
-    fn_idx i = 0, h = nt ? FN(fn_nt_head)(dx, n) : 0;
+    fn_idx i = 0, nv, h = nt ? FN(fn_nt_head)(dx, n) : 0;
+    const int desc = fn_desc_hot(dx, dy, x, w, ds);
     FN(vec) v;
     if (h < 0) { nt = 0; h = 0; }
     for (; i < h; i++)
         dx[i] = ((dy[i] * w[i] - Q) * r + ((x[i] - mh) - ml) * B) + (ds ? ds[i] : (T)0);
-    for (; i + FN_VL <= n; i += FN_VL) {
+    nv = h + (n - h) / FN_VL * FN_VL;
+    FN_VFOR(i, h, nv, FN_VL, desc,
         if (pf) {
             __builtin_prefetch(dy + i + pf, 0, 2);
             __builtin_prefetch(x + i + pf, 0, 2);
@@ -2287,8 +2291,8 @@ static inline __attribute__((always_inline)) void FN(fn_row_bwd_apply_ew_in)(
             + ((*(const FN(uvec) *)(x + i) - mh) - ml) * B;
         if (ds) v = v + *(const FN(uvec) *)(ds + i);
         FN(fn_vst)(dx + i, v, nt);
-    }
-    for (; i < n; i++)
+    );
+    for (i = nv; i < n; i++)
         dx[i] = ((dy[i] * w[i] - Q) * r + ((x[i] - mh) - ml) * B) + (ds ? ds[i] : (T)0);
 }
 
