@@ -69,6 +69,14 @@ typedef ptrdiff_t fn_idx;
 #define FN_DESC_MIN 8192
 #endif
 #define FN_DESC(al, bytes) ((al) == 1 && (size_t)(bytes) >= FN_DESC_MIN)
+/* Streaming stores of an output 1 to FN_NT_ALIAS_BYTES past its input in the page, ascending,
+   meet the aliasing worse than ordinary ones (fn_seg_apply_cold, fn_run_apply_bounce). */
+#define FN_NT_ALIAS_BYTES 192
+static inline int fn_nt_alias(const void *y, const void *x)
+{
+    size_t d = ((uintptr_t)y - (uintptr_t)x) & 4095;
+    return d > 0 && d <= FN_NT_ALIAS_BYTES;
+}
 /* For a loop whose inputs are in cache (just read for the statistics): down the addresses when
    the nearest input before y in the page (y - in mod 4096 in 1..FN_ALIAS_BYTES) is nearer than
    the nearest input after it (the same past y): each way, a load waits on a store at

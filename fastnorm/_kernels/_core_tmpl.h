@@ -1271,14 +1271,12 @@ FN_HOT static void FN(fn_seg_apply)(const T *x, T *y, fn_idx n, T mh, T ml, T a,
    0.94-1.13 at every offset with ordinary stores (the aliasing costs nothing measurable when
    the loads wait for memory anyway). Streaming stores there still met it: 1.5-2.7x as long with
    out= 16 to 128 bytes past x (0.92 at 256), so an output up to FN_NT_ALIAS_BYTES past its
-   input takes ordinary stores (10-25% slower than streaming at other offsets, past the
-   cache). Same operations, so the same bits. */
-#define FN_NT_ALIAS_BYTES 192
+   input takes ordinary stores (fn_nt_alias; 10-25% slower than streaming at other offsets,
+   past the cache). Same operations, so the same bits. */
 FN_HOT static void FN(fn_seg_apply_cold)(const T *x, T *y, fn_idx n, T mh, T ml, T a, T b,
                                          int act, int nt)
 {
-    size_t d = ((uintptr_t)y - (uintptr_t)x) & 4095;
-    if (d > 0 && d <= FN_NT_ALIAS_BYTES) nt = 0;
+    if (fn_nt_alias(y, x)) nt = 0;
     if (act > 1) {
         FN(fn_seg_apply)(x, y, n, mh, ml, a, b, act, nt, 0);
         return;
@@ -1427,16 +1425,16 @@ static inline __attribute__((always_inline)) FN(vec) FN(fn_run_coef)(const T *c,
         SET;                                                                                  \
     }
 
-/* y = ((x - MH[j]) - ML[j]) * A[j] + B[j] over the np planes of S values of one run (plane j:
-   values [j * S, (j + 1) * S)), then relu if act (act 0 or 1 only): fn_seg_apply's operations
-   per value. */
-static inline __attribute__((always_inline)) void FN(fn_run_apply_in)(
-    const T *x, T *y, fn_idx np, fn_idx S, const T *MH, const T *ML, const T *A, const T *B,
-    int act, int nt, fn_idx pf)
+/* y = ((x - MH[j]) - ML[j]) * A[j] + B[j] over values [0, n) of a run of planes of S values,
+   value 0 in plane j, which ends at value e (a piece of a run may start and end inside
+   planes), then relu if act (act 0 or 1 only): fn_seg_apply's operations per value.
+   fn_run_apply_in: the np whole planes of one run (plane j: values [j * S, (j + 1) * S)). */
+static inline __attribute__((always_inline)) void FN(fn_run_apply_at)(
+    const T *x, T *y, fn_idx n, fn_idx S, fn_idx j, fn_idx e, const T *MH, const T *ML,
+    const T *A, const T *B, int act, int nt, fn_idx pf)
 {
-    const fn_idx n = np * S;
-    fn_idx i = 0, j = 0, e = S, h = nt ? FN(fn_nt_head)(y, n) : 0;
-    T mh = MH[0], ml = ML[0], a = A[0], b = B[0], u;
+    fn_idx i = 0, h = nt ? FN(fn_nt_head)(y, n) : 0;
+    T mh = MH[j], ml = ML[j], a = A[j], b = B[j], u;
     FN(vec) v;
 #define FN_RUN_SET (mh = MH[j], ml = ML[j], a = A[j], b = B[j])
 #define FN_RUN_ONE                                                                            \
@@ -1449,7 +1447,7 @@ static inline __attribute__((always_inline)) void FN(fn_run_apply_in)(
     for (; i < h; i++) FN_RUN_ONE;
     while (i + FN_VL <= n) {
         FN_RUN_AT(i, FN_RUN_SET);
-        for (; i + FN_VL <= e; i += FN_VL) {  /* the vectors inside plane j */
+        for (; i + FN_VL <= (e < n ? e : n); i += FN_VL) {  /* the vectors inside plane j */
             if (pf) __builtin_prefetch(x + i + pf, 0, 2);
             v = FN_NORM_CH(FN_LDV(x + i), mh, ml, a, b);
             if (act) v = FN(fn_vrelu)(v);
@@ -1469,6 +1467,56 @@ static inline __attribute__((always_inline)) void FN(fn_run_apply_in)(
 #undef FN_RUN_SET
 }
 
+static inline __attribute__((always_inline)) void FN(fn_run_apply_in)(
+    const T *x, T *y, fn_idx np, fn_idx S, const T *MH, const T *ML, const T *A, const T *B,
+    int act, int nt, fn_idx pf)
+{
+    FN(fn_run_apply_at)(x, y, np * S, S, 0, S, MH, ML, A, B, act, nt, pf);
+}
+
+/* y[0:n] = s[0:n], streaming the whole vectors when nt (the lines at either end, shared with
+   the neighbours, with ordinary stores, as every streaming loop here). */
+static inline __attribute__((always_inline)) void FN(fn_put)(const T *s, T *y, fn_idx n, int nt)
+{
+    fn_idx i = 0, h = nt ? FN(fn_nt_head)(y, n) : 0;
+    if (h < 0) { nt = 0; h = 0; }
+    for (; i < h; i++) y[i] = s[i];
+    for (; i + FN_VL <= n; i += FN_VL) FN(fn_vst)(y + i, FN_LDV(s + i), nt);
+    for (; i < n; i++) y[i] = s[i];
+}
+
+/* fn_run_apply_in for a streaming output 1 to FN_NT_ALIAS_BYTES past its input in the page
+   (fn_nt_alias): each FN_BOUNCE_BYTES of the run is normalized into one of two L1 buffers
+   placed about half a page from x, and the piece before is streamed to y after this one's
+   loads, so no load of x follows a store of y at its page offset by less than a piece. Same
+   operations per value: the same bits. Group norm float32 forward, one thread, out= 32 / 64 /
+   128 / 192 bytes past x, time against out= at the page's start (bench/placement_probe.py):
+   (32, 64, 56, 56) 1.66 / 2.41 / 1.47 / 1.17 -> 1.18 / 1.19 / 1.21 / 1.22, (32, 1024, 14, 14)
+   1.50 / 2.37 / 1.53 / 1.27 -> 1.40 / 1.21 / 1.24 / 1.26 (one buffer, streamed right after
+   its piece: 1.30 / 1.29 / 1.18 / 1.14 and 1.17 / 1.18 / 1.30 / 1.27); ordinary stores instead
+   cost this shape 2.3x at every placement, and the run down the addresses 2.2-2.5x. */
+#define FN_BOUNCE_BYTES 4096
+static inline __attribute__((always_inline)) void FN(fn_run_apply_bounce)(
+    const T *x, T *y, fn_idx np, fn_idx S, const T *MH, const T *ML, const T *A, const T *B,
+    int act, fn_idx pf)
+{
+    const fn_idx n = np * S, CH = FN_BOUNCE_BYTES / (fn_idx)sizeof(T);
+    char raw[2 * FN_BOUNCE_BYTES + 4096] __attribute__((aligned(64)));
+    T *buf = (T *)(raw + ((((uintptr_t)x + 2048) - (uintptr_t)raw) & 4095 & ~(uintptr_t)63));
+    fn_idx c0, len, j, k, p0 = 0, pn = 0;
+    for (c0 = 0, k = 0; c0 < n; c0 += len, k ^= 1) {
+        len = n - c0 < CH ? n - c0 : CH;
+        j = c0 / S;
+        FN(fn_run_apply_at)(x + c0, buf + k * CH, len, S, j, (j + 1) * S - c0, MH, ML, A, B,
+                            act, 0, pf);
+        if (pn)  /* the piece before, streamed after this one's loads */
+            FN(fn_put)(buf + (k ^ 1) * CH, y + p0, pn, 1);
+        p0 = c0;
+        pn = len;
+    }
+    if (pn) FN(fn_put)(buf + (k ^ 1) * CH, y + p0, pn, 1);
+}
+
 /* A group-norm unit's np planes as one run: plane j normalized with r * w[j] and b[j] (the
    plane loop's a = r * w[c]), mean mh + ml; FN_RUN_PLANES planes a call of the run loop. */
 FN_HOT static void FN(fn_planes_apply)(const T *x, T *y, fn_idx np, fn_idx S, T mh, T ml, T r,
@@ -1483,7 +1531,10 @@ FN_HOT static void FN(fn_planes_apply)(const T *x, T *y, fn_idx np, fn_idx S, T 
     for (j0 = 0; j0 < np; j0 += m) {
         m = np - j0 < FN_RUN_PLANES ? np - j0 : FN_RUN_PLANES;
         for (k = 0; k < m; k++) A[k] = r * w[j0 + k];
-        FN(fn_run_apply_in)(x + j0 * S, y + j0 * S, m, S, MH, ML, A, b + j0, act, nt, pf);
+        if (nt && fn_nt_alias(y, x))
+            FN(fn_run_apply_bounce)(x + j0 * S, y + j0 * S, m, S, MH, ML, A, b + j0, act, pf);
+        else
+            FN(fn_run_apply_in)(x + j0 * S, y + j0 * S, m, S, MH, ML, A, b + j0, act, nt, pf);
     }
 }
 
@@ -2683,7 +2734,7 @@ FN_HOT static void FN(fn_rows_bwd_apply)(const T *dy, const T *x, T *dx, fn_idx 
 
 #undef FN_RELU
 #undef FN_BWD_TILE
-#undef FN_NT_ALIAS_BYTES
+#undef FN_BOUNCE_BYTES
 #undef FN_CG
 #undef FN_BM_PAIR
 #undef FN_NORM_CH
