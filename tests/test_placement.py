@@ -38,6 +38,8 @@ CASES = [  # (op, layout, shape): planes (long ones descend), runs of small plan
     ("group", "NCHW", (2, 16, 5, 5)),
     ("group", "NCHW", (2, 64, 2, 3)),       # planes shorter than a vector
     ("group", "NCHW", (2, 32, 30, 30)),
+    ("group", "NCHW", (2, 64, 13, 13)),     # runs streamed in pieces that start inside planes
+    ("group", "NCHW", (2, 256, 3, 3)),
     ("batch", "NHWC", (4, 9, 9, 16)),
     ("batch", "NHWC", (2, 5, 7, 100)),
     ("instance", "NHWC", (2, 6, 6, 72)),
