@@ -78,9 +78,10 @@ static inline int fn_nt_alias(const void *y, const void *x)
     return d > 0 && d <= FN_NT_ALIAS_BYTES;
 }
 /* For a loop whose inputs are in cache (just read for the statistics): down the addresses when
-   the nearest input before y in the page (y - in mod 4096 in 1..FN_ALIAS_BYTES) is nearer than
-   the nearest input after it (the same past y): each way, a load waits on a store at
-   the same page offset; the nearer pair is the one that meets it sooner. */
+   the nearest input sitting before y in the page ((y - in) mod 4096 in 1..FN_ALIAS_BYTES) is
+   nearer than the nearest input sitting after it ((in - y) mod 4096 likewise). Going up, a
+   load waits on the store at its page offset made (y - in) bytes before; going down, (in - y)
+   bytes before: the nearer pair meets it sooner, so the loop goes the way that avoids it. */
 static inline int fn_desc_hot(const void *y, const void *a, const void *b, const void *c,
                               const void *e)
 {

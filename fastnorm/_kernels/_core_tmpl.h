@@ -1286,7 +1286,8 @@ FN_HOT static void FN(fn_seg_apply_cold)(const T *x, T *y, fn_idx n, T mh, T ml,
 
 /* Element-wise affine (layer norm): y = ((x - mh) - ml) * r * g[i] + b[i], then the
    activation. pf > 0: along the way, x[i + pf] is prefetched into L2 (the next unit, pf values
-   on, while this one's apply keeps the core from reading ahead). */
+   on, while this one's apply keeps the core from reading ahead). Down the addresses when y sits
+   just past x, g or b in the page (fn_desc_hot: x is in cache from the statistics). */
 static inline __attribute__((always_inline)) void FN(fn_seg_apply_ew_in)(
     const T *x, T *y, fn_idx n, T mh, T ml, T r, const T *g, const T *b, int act, int nt,
     fn_idx pf)
@@ -1501,7 +1502,8 @@ static inline __attribute__((always_inline)) void FN(fn_run_apply_bounce)(
     int act, fn_idx pf)
 {
     const fn_idx n = np * S, CH = FN_BOUNCE_BYTES / (fn_idx)sizeof(T);
-    char raw[2 * FN_BOUNCE_BYTES + 4096] __attribute__((aligned(64)));
+    char raw[2 * FN_BOUNCE_BYTES + 4096] __attribute__((aligned(64)));  /* two pieces, and the
+                                                                            room to place them */
     T *buf = (T *)(raw + ((((uintptr_t)x + 2048) - (uintptr_t)raw) & 4095 & ~(uintptr_t)63));
     fn_idx c0, len, j, k, p0 = 0, pn = 0;
     for (c0 = 0, k = 0; c0 < n; c0 += len, k ^= 1) {
@@ -1518,7 +1520,8 @@ static inline __attribute__((always_inline)) void FN(fn_run_apply_bounce)(
 }
 
 /* A group-norm unit's np planes as one run: plane j normalized with r * w[j] and b[j] (the
-   plane loop's a = r * w[c]), mean mh + ml; FN_RUN_PLANES planes a call of the run loop. */
+   plane loop's a = r * w[c]), mean mh + ml; FN_RUN_PLANES planes a call of the run loop
+   (fn_run_apply_bounce for a streaming y just past x). */
 FN_HOT static void FN(fn_planes_apply)(const T *x, T *y, fn_idx np, fn_idx S, T mh, T ml, T r,
                                        const T *w, const T *b, int act, int nt, fn_idx pf)
 {
@@ -2321,7 +2324,8 @@ FN_HOT static void FN(fn_rowsn_bwd_sums)(int nr, const T *const *dy, const T *co
 /* Layer-norm row dx: dx = (dy * w[i] - Q) * r + ((x - mh) - ml) * B, Q = mean(dy * w)
    (RMS norm: Q = mh = ml = 0). ds, when given, is added: the gradient that reaches x + residual
    from the residual stream itself. pf > 0: dy[i + pf] and x[i + pf] are prefetched into L2
-   along the way (the next row). */
+   along the way (the next row). Down the addresses when dx sits just past an input in the page
+   (fn_desc_hot: the row is in cache from its sums). */
 static inline __attribute__((always_inline)) void FN(fn_row_bwd_apply_ew_in)(
     const T *dy, const T *x, T *dx, fn_idx n, const T *w, T Q, T r, T mh, T ml, T B,
     const T *ds, int nt, fn_idx pf)
