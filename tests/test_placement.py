@@ -1,8 +1,10 @@
 """Where the output sits relative to the inputs within a 4 KiB page does not change a bit.
 
-The apply loops over long segments go down the addresses instead of up when out= sits a little
-past an input in its page (4 KiB aliasing, see fn_alias in _core.h). Every placement here,
-descending or not, streaming stores or not, must give the bits of a fresh output."""
+The apply loops over long segments (and layer-norm rows of any length) go down the addresses
+instead of up when out= sits a little past an input in its page (4 KiB aliasing, see fn_alias
+and fn_desc_hot in _core.h), and group norm's streamed runs go through an L1 buffer there
+(fn_run_apply_bounce). Every placement here, descending or not, streaming stores or not, must
+give the bits of a fresh output."""
 import numpy as np
 import pytest
 
