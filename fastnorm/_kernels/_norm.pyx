@@ -549,18 +549,18 @@ cdef inline Py_ssize_t thread_stride(Py_ssize_t count, Py_ssize_t itemsize) noex
                * THREAD_ROW_ALIGN // itemsize)
 
 
+cdef inline void *align64(void *p) noexcept nogil:
+    return <void *>((<size_t>p + 63) & ~(<size_t>63))
+
+
 cdef object thread_rows(Py_ssize_t nt, Py_ssize_t count, object dt):
     """(nt, thread_stride(count)) array of dt, rows on 64-byte lines."""
     cdef Py_ssize_t itemsize = np.dtype(dt).itemsize
     cdef Py_ssize_t stride = thread_stride(count, itemsize)
     raw = np.empty(nt * stride + 64 // itemsize, dtype=dt)
     cdef size_t addr = raw.ctypes.data
-    cdef Py_ssize_t off = <Py_ssize_t>((64 - addr % 64) % 64) // itemsize
+    cdef Py_ssize_t off = <Py_ssize_t>(<size_t>align64(<void *>addr) - addr) // itemsize
     return raw[off:off + nt * stride].reshape(nt, stride)
-
-
-cdef inline void *align64(void *p) noexcept nogil:
-    return <void *>((<size_t>p + 63) & ~(<size_t>63))
 
 
 # ---- planes (channels-first) -----------------------------------------------------------------
