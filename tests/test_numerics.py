@@ -400,3 +400,32 @@ def test_channels_last_offset_statistics_float32(C, spread, offset):
     assert np.max(np.abs(mean - m) / sd) <= 1e-8
     assert np.max(np.abs(rstd / r - 1)) <= 1.8e-7
     assert np.max(np.abs(y.reshape(-1, C) - (x64 - m) * r)) <= 1.2e-6
+
+
+MEAN_CASES = [c for c in oc.CASES if not c[0].startswith("rms")]
+
+
+@pytest.mark.parametrize("bad", [np.inf, np.nan])
+@pytest.mark.parametrize("case", MEAN_CASES, ids=oc.case_id)
+def test_float64_nonfinite_unit(case, bad, rng):
+    """One inf or NaN in float64 data: y and dx are NaN exactly where the float64 reference's
+    are (the units whose statistics it reaches) and match the reference elsewhere. (The
+    float64 loops take the deviation as x - mean with no low part: a non-finite mean must
+    still give NaN, not +-inf.)"""
+    op, layout = case
+    shape = (3, 4, 6, 7)
+    d = oc.make_inputs(op, layout, shape, np.float64, rng)
+    key = "r" if op.endswith("_res") else "x"
+    a = np.moveaxis(d[key], -1, 1) if layout == "NHWC" else d[key]
+    a[1, 2, 3, 4] = bad
+    y, saved = oc.forward(op, layout, d["x"], d["w"], d["b"], d["r"])
+    dx = oc.backward(op, layout, d["dy"], saved, d["w"], d["ds"])[0]
+    with np.errstate(invalid="ignore"):
+        ey = oc.ref_forward(op, layout, d["x"], d["w"], d["b"], d["r"])
+        edx = oc.ref_backward(op, layout, d["dy"], saved[0], d["w"], d["ds"])[0]
+    for got, want in ((y, ey), (dx, edx)):
+        want = np.asarray(want)
+        assert np.isnan(want).any() and np.isfinite(want).any()
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+        ok = ~np.isnan(want)
+        np.testing.assert_allclose(got[ok], want[ok], rtol=1e-10, atol=1e-10)

@@ -64,9 +64,9 @@ static inline __attribute__((always_inline)) void FN_GRP(fn_rows_bwd_sums_grp)(
             for (j = 0; j < NV; j++) {
                 g = *(const FN(uvec) *)(dy + o + j * FN_VL);
                 a[j] += g;
-                b[j] += g * ((*(const FN(uvec) *)(x + o + j * FN_VL)
-                              - *(const FN(uvec) *)(mh + c0 + j * FN_VL))
-                             - *(const FN(uvec) *)(ml + c0 + j * FN_VL));
+                b[j] += g * FN_LO((*(const FN(uvec) *)(x + o + j * FN_VL)
+                              - *(const FN(uvec) *)(mh + c0 + j * FN_VL)),
+                             *(const FN(uvec) *)(ml + c0 + j * FN_VL));
             }
         }
     for (j = 0; j < NV; j++) {
