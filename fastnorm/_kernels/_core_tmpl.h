@@ -9,7 +9,7 @@
    outputs, either way), and d - 0 is d, bit for bit: the float64 loops drop that load and
    subtraction. Backward / copy against the build before, same process, float64 (32, 64, 56,
    56), one thread: channels-last batch / instance / group 2.23 / 1.95 / 2.02 -> 2.00 / 1.70 /
-   1.84, channels-first within 0.97-1.01; (8, 64, 28, 28) in cache 0.87-0.95 of before.
+   1.84, channels-first 0.94-1.05; (8, 64, 28, 28) in cache 0.87-0.99 of before.
    The forward's per-plane applies (FN_NORM_CH, FN_NORM_EW) keep the subtraction: without it
    instance norm NCHW float64 forward took 1.24-1.37x as long at one thread (its apply streams
    y while prefetching the next plane; a shorter loop lost that race), against 0.85-0.99
