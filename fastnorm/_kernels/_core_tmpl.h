@@ -2512,14 +2512,10 @@ static void FN(fn_seg_add_moments)(const T *x, const T *r, fn_idx len, double *n
     }
 }
 
-/* d[0:n] = s[0:n], streamed when nt and d allows it. */
+/* d[0:n] = s[0:n], streamed when nt and d allows it (fn_put). */
 FN_HOT static void FN(fn_seg_store)(const T *s, T *d, fn_idx n, int nt)
 {
-    fn_idx i = 0, h = nt ? FN(fn_nt_head)(d, n) : 0;
-    if (h < 0) { nt = 0; h = 0; }
-    for (; i < h; i++) d[i] = s[i];
-    for (; i + FN_VL <= n; i += FN_VL) FN(fn_vst)(d + i, *(const FN(uvec) *)(s + i), nt);
-    for (; i < n; i++) d[i] = s[i];
+    FN(fn_put)(s, d, n, nt);
 }
 
 /* s = x + r stored, and y = the apply of s: per channel (g == NULL: scale a, shift b) or
