@@ -550,6 +550,64 @@ def test_batch_planes_two_at_a_time_same_bits(N, C, S, dtype, rng):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("N,C,S", [(5, 37, 169), (4, 300, 196), (2, 9, 481), (3, 7, 81),
+                                   (6, 1, 200), (33, 40, 170)])
+def test_batch_mid_planes_same_bits(N, C, S, dtype, rng):
+    """Batch norm over planes of 640 bytes to 2 KiB goes by runs of adjacent channels
+    (mid_planes: a unit's samples' runs read in turn, y and dx run by run with each plane's
+    coefficients): mean, rstd, y, dx, dweight and dbias (eval-mode dx too) are bitwise those
+    of the channel-by-channel schedule and of the split one, at 1-3 threads, streamed or not,
+    in place, with relu; odd N, a last unit of fewer channels, planes that are not whole
+    vectors, data at 1e5 times its spread."""
+    x = (1e5 + rng.standard_normal(N * C * S)).astype(dtype)
+    dy = rng.standard_normal(N * C * S).astype(dtype)
+    w = rng.standard_normal(C).astype(dtype)
+    b = rng.standard_normal(C).astype(dtype)
+    got = []
+    for mid, fuse, t, stream, act in ((1, True, 1, 0, 0), (0, True, 1, 0, 0),
+                                      (0, False, 2, 0, 0), (1, True, 2, 1, 0),
+                                      (1, True, 3, 1, 0), (0, True, 3, 1, 0),
+                                      (1, True, 2, 0, 1), (0, True, 1, 0, 1)):
+        prev = K._set_mid(mid)
+        try:
+            y = np.empty_like(x)
+            m, r = np.empty(C), np.empty(C)
+            K.planes_forward(x, y, N, C, S, N, 1, w, b, False, 1e-5, m, r, act, t, fuse,
+                             stream=stream)
+            res = [act, y, m, r]
+            if act == 0:
+                yi = x.copy()  # in place
+                K.planes_forward(yi, yi, N, C, S, N, 1, w, b, False, 1e-5, m.copy(), r.copy(),
+                                 0, t, fuse, stream=stream)
+                res.append(yi)
+                for frozen in (False, True):
+                    dx = np.empty_like(x)
+                    dw, db = np.empty(C), np.empty(C)
+                    K.planes_backward(dy, x, dx, N, C, S, N, 1, w, m, r, dw, db, t, fuse,
+                                      stream=stream, frozen=frozen)
+                    di = dy.copy()  # dx over dy
+                    K.planes_backward(di, x, di, N, C, S, N, 1, w, m, r, dw.copy(), db.copy(),
+                                      t, fuse, stream=stream, frozen=frozen)
+                    res += [dx, dw, db, di]
+        finally:
+            K._set_mid(prev)
+        got.append(res)
+    for act in (0, 1):
+        runs = [g[1:] for g in got if g[0] == act]
+        for other in runs[1:]:
+            for a, o in zip(runs[0], other):
+                np.testing.assert_array_equal(a, o)
+    y, m = got[0][1], got[0][2]
+    x64 = x.astype(np.float64).reshape(N, C, S)
+    mu = x64.mean((0, 2))
+    np.testing.assert_allclose(m, mu, rtol=1e-12)
+    ry = ((x64 - mu[:, None]) / np.sqrt(x64.var((0, 2))[:, None] + 1e-5) * w[:, None]
+          + b[:, None])
+    tol = 2e-5 if dtype == np.float32 else 1e-10
+    assert np.max(np.abs(y.reshape(N, C, S) - ry)) < tol * max(1, np.abs(ry).max())
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("N,C,S,cb", [(3, 128, 49, 64), (2, 256, 9, 64), (2, 40, 37, 10),
                                       (1, 16, 2048, 2), (2, 6, 300, 3)])
 def test_group_units_of_small_planes_backward_same_bits(N, C, S, cb, dtype, rng):

@@ -128,6 +128,17 @@ static inline void fn_sfence(void)
 #endif
 }
 
+/* Into L2, every line of [p, p + bytes): the next channel's planes while this one's are
+   read (planes of a few hundred bytes far apart are short streams the hardware prefetcher
+   does not follow). */
+static inline void fn_pf_bytes(const void *p, fn_idx bytes)
+{
+    const char *c = (const char *)p;
+    fn_idx o;
+    for (o = 0; o < bytes; o += 64) __builtin_prefetch(c + o, 0, 2);
+    if (bytes > 0) __builtin_prefetch(c + bytes - 1, 0, 2);
+}
+
 /* Elements per moment block: 8 KiB of float32, well inside L1, long enough that the per-block
    horizontal sums and the float64 merge cost little. Each float32 accumulator lane (16 of them,
    two 32-byte vectors) sums at most 128 terms. */

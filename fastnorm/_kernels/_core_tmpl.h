@@ -1558,6 +1558,55 @@ FN_HOT static void FN(fn_planes_apply)(const T *x, T *y, fn_idx np, fn_idx S, T 
     }
 }
 
+/* A sample's planes of consecutive batch-norm channels as one run, plane j with its own
+   coefficients (the caller's arrays, np of each): the forward's y (fn_run_apply_in, or its
+   bounce for a streaming y just past x) and the backward's dx = (dy - Q[j]) * R[j] +
+   ((x - MH[j]) - ML[j]) * B[j] (fn_seg_bwd_apply's form for one channel, P = 1: dy * 1 is dy).
+   The plane loop's operations per value: the same bits. */
+FN_HOT static void FN(fn_runs_apply)(const T *x, T *y, fn_idx np, fn_idx S, const T *MH,
+                                     const T *ML, const T *A, const T *B, int act, int nt)
+{
+    if (nt && fn_nt_alias(y, x))
+        FN(fn_run_apply_bounce)(x, y, np, S, MH, ML, A, B, act, 0);
+    else
+        FN(fn_run_apply_in)(x, y, np, S, MH, ML, A, B, act, nt, 0);
+}
+
+FN_HOT static void FN(fn_runs_bwd_apply)(const T *dy, const T *x, T *dx, fn_idx np, fn_idx S,
+                                         const T *Q, const T *R, const T *MH, const T *ML,
+                                         const T *B, int nt)
+{
+    const fn_idx n = np * S;
+    fn_idx i = 0, j = 0, e = S, h = nt ? FN(fn_nt_head)(dx, n) : 0;
+    T q = Q[0], r = R[0], mh = MH[0], ml = ML[0], bb = B[0];
+    FN(vec) v;
+#define FN_RUNS_SET (q = Q[j], r = R[j], mh = MH[j], ml = ML[j], bb = B[j])
+#define FN_RUNS_ONE                                                                           \
+    do {                                                                                      \
+        FN_RUN_AT(i, FN_RUNS_SET);                                                            \
+        dx[i] = (dy[i] - q) * r + FN_LO((x[i] - mh), ml) * bb;                                \
+    } while (0)
+    if (h < 0) { nt = 0; h = 0; }
+    for (; i < h; i++) FN_RUNS_ONE;
+    while (i + FN_VL <= n) {
+        FN_RUN_AT(i, FN_RUNS_SET);
+        for (; i + FN_VL <= e; i += FN_VL) {  /* the vectors inside plane j */
+            v = (FN_LDV(dy + i) - q) * r + FN_LO((FN_LDV(x + i) - mh), ml) * bb;
+            FN(fn_vst)(dx + i, v, nt);
+        }
+        if (i < e && i + FN_VL <= n) {  /* the vector across its end */
+            v = (FN_LDV(dy + i) - FN(fn_run_coef)(Q, i, j, e, S)) * FN(fn_run_coef)(R, i, j, e, S)
+                + FN_LO((FN_LDV(x + i) - FN(fn_run_coef)(MH, i, j, e, S)),
+                        FN(fn_run_coef)(ML, i, j, e, S)) * FN(fn_run_coef)(B, i, j, e, S);
+            FN(fn_vst)(dx + i, v, nt);
+            i += FN_VL;
+        }
+    }
+    for (; i < n; i++) FN_RUNS_ONE;
+#undef FN_RUNS_ONE
+#undef FN_RUNS_SET
+}
+
 /* dx = (dy * w[j] - Q) * R + ((x - mh) - ml) * B over the np planes of S values of one run of
    a group-norm unit (fn_seg_bwd_apply's form for cb > 1: P = w[c]): the same operations per
    value as plane by plane. */
