@@ -5,6 +5,7 @@ import pytest
 import fastnorm as fn
 import reference as ref
 from conftest import assert_close, cached_and_streamed
+from fastnorm._kernels import _norm as K
 
 CASES = [
     ((4, 10), (10,)),
@@ -122,6 +123,37 @@ def test_long_rows_backward_same_bits_at_any_thread_count(shape, dtype, rng):
     assert_close(runs[0][0], rdx, dtype, what="dx")
     assert_close(runs[0][1], rdw, dtype, scale=shape[0], what="dweight")
     assert_close(runs[0][2], rdb, dtype, scale=shape[0], what="dbias")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(1, 70001), (2, 9001), (70, 8300)])
+def test_long_rows_dweight_from_zero_same_bits(shape, dtype, rng):
+    """The long rows' dweight/dbias accumulators start each flush from zero in the sums pass
+    itself (no zeroing pass, no read): dx, dweight and dbias are bitwise those with the zeroing
+    pass, at one and two threads, and a dy of -0.0 gives dbias +0.0 (0 + -0.0), as PyTorch's
+    sum does."""
+    x = (3 + rng.standard_normal(shape)).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    dy[:, 5::7] = -0.0
+    w = (1 + 0.1 * rng.standard_normal(shape[1])).astype(dtype)
+    _, mean, rstd = fn.layer_norm_forward(x, shape[1], w)
+    runs = []
+    for fresh in (0, 1):
+        for t in (1, 2):
+            prev = K._set_fresh(fresh)
+            try:
+                with fn.threads(t):
+                    runs.append(fn.layer_norm_backward(dy, x, mean, rstd, shape[1], w))
+            finally:
+                K._set_fresh(prev)
+    for other in runs[1:]:
+        for a, b in zip(runs[0], other):
+            np.testing.assert_array_equal(a, b)
+    db = runs[-1][2]
+    assert not np.signbit(db[5::7]).any()
+    rdx, rdw, rdb = ref.layer_backward(dy, x, (shape[1],), w)
+    assert_close(runs[-1][0], rdx, dtype, what="dx")
+    assert_close(runs[-1][1], rdw, dtype, scale=shape[0], what="dweight")
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -2273,10 +2273,13 @@ FN_HOT static void FN(fn_units_group_bwd)(const T *dy, const T *x, T *dx, fn_idx
    (the caller's T accumulators for dweight and dbias, flushed to float64 every few rows),
    the rows' terms in row order. A row's sums and every dwa/dba element have the same bits
    for any NR (NR = 1 is one row at a time); a larger NR loads w, dwa and dba (and stores dwa
-   and dba) once per vector for NR rows instead of once per row. */
+   and dba) once per vector for NR rows instead of once per row. FR: dwa and dba start from
+   zero instead of their contents (the same operations as zeroing them first: 0 + the first
+   term, so the same bits), with no read of them. */
 static inline __attribute__((always_inline)) void FN(fn_rowsn_bwd_sums_n)(
-    const int NR, const T *const *dyr, const T *const *xr, fn_idx len, const T *mhr,
-    const T *mlr, const T *rr, const T *w, double *sg, double *sgx, T *dwa, T *dba)
+    const int NR, const int FR, const T *const *dyr, const T *const *xr, fn_idx len,
+    const T *mhr, const T *mlr, const T *rr, const T *w, double *sg, double *sgx, T *dwa,
+    T *dba)
 {
     FN(vec) a0[4], b0[4], a1[4], b1[4], gv, dv, xc, gu, du, xu, wv, wu, sw, su, sb, sc;
     T t1, t2, e, d, tw, tb, mh[4], ml[4], r[4];
@@ -2299,8 +2302,8 @@ static inline __attribute__((always_inline)) void FN(fn_rowsn_bwd_sums_n)(
            in the registers */
         for (i = 0; i + 2 * FN_VL <= nv; i += 2 * FN_VL) {
             wv = *(const FN(uvec) *)(w + o + i);
-            sw = *(const FN(uvec) *)(dwa + o + i);
-            sb = *(const FN(uvec) *)(dba + o + i);
+            if (FR) sw = (FN(vec)){0}; else sw = *(const FN(uvec) *)(dwa + o + i);
+            if (FR) sb = (FN(vec)){0}; else sb = *(const FN(uvec) *)(dba + o + i);
             for (k = 0; k < NR; k++) {
                 dv = *(const FN(uvec) *)(dy[k] + o + i);
                 xc = FN_LO((*(const FN(uvec) *)(x[k] + o + i) - mh[k]), ml[k]);
@@ -2313,8 +2316,8 @@ static inline __attribute__((always_inline)) void FN(fn_rowsn_bwd_sums_n)(
             *(FN(uvec) *)(dwa + o + i) = sw;
             *(FN(uvec) *)(dba + o + i) = sb;
             wu = *(const FN(uvec) *)(w + o + i + FN_VL);
-            su = *(const FN(uvec) *)(dwa + o + i + FN_VL);
-            sc = *(const FN(uvec) *)(dba + o + i + FN_VL);
+            if (FR) su = (FN(vec)){0}; else su = *(const FN(uvec) *)(dwa + o + i + FN_VL);
+            if (FR) sc = (FN(vec)){0}; else sc = *(const FN(uvec) *)(dba + o + i + FN_VL);
             for (k = 0; k < NR; k++) {
                 du = *(const FN(uvec) *)(dy[k] + o + i + FN_VL);
                 xu = FN_LO((*(const FN(uvec) *)(x[k] + o + i + FN_VL) - mh[k]), ml[k]);
@@ -2329,8 +2332,8 @@ static inline __attribute__((always_inline)) void FN(fn_rowsn_bwd_sums_n)(
         }
         for (; i < nv; i += FN_VL) {
             wv = *(const FN(uvec) *)(w + o + i);
-            sw = *(const FN(uvec) *)(dwa + o + i);
-            sb = *(const FN(uvec) *)(dba + o + i);
+            if (FR) sw = (FN(vec)){0}; else sw = *(const FN(uvec) *)(dwa + o + i);
+            if (FR) sb = (FN(vec)){0}; else sb = *(const FN(uvec) *)(dba + o + i);
             for (k = 0; k < NR; k++) {
                 dv = *(const FN(uvec) *)(dy[k] + o + i);
                 xc = FN_LO((*(const FN(uvec) *)(x[k] + o + i) - mh[k]), ml[k]);
@@ -2360,8 +2363,8 @@ static inline __attribute__((always_inline)) void FN(fn_rowsn_bwd_sums_n)(
             sgx[k] += (double)t2 + FN(fn_hsum1)(&b0[k]);
         }
         for (fn_idx j = i; j < n; j++) {
-            tw = dwa[o + j];
-            tb = dba[o + j];
+            tw = FR ? (T)0 : dwa[o + j];
+            tb = FR ? (T)0 : dba[o + j];
             for (k = 0; k < NR; k++) {
                 d = dy[k][o + j];
                 e = FN_LO((x[k][o + j] - mh[k]), ml[k]);
@@ -2374,17 +2377,27 @@ static inline __attribute__((always_inline)) void FN(fn_rowsn_bwd_sums_n)(
     }
 }
 
-/* fn_rowsn_bwd_sums_n for nr = 1..4 rows (sg, sgx: nr values each, added to). */
+/* fn_rowsn_bwd_sums_n for nr = 1..4 rows (sg, sgx: nr values each, added to); fresh: dwa and
+   dba start from zero (FR). */
 FN_HOT static void FN(fn_rowsn_bwd_sums)(int nr, const T *const *dy, const T *const *x,
                                         fn_idx len, const T *mh, const T *ml, const T *r,
-                                        const T *w, double *sg, double *sgx, T *dwa, T *dba)
+                                        const T *w, double *sg, double *sgx, T *dwa, T *dba,
+                                        int fresh)
 {
+#define FN_SUMS_NR(NR)                                                                        \
+    do {                                                                                      \
+        if (fresh)                                                                            \
+            FN(fn_rowsn_bwd_sums_n)(NR, 1, dy, x, len, mh, ml, r, w, sg, sgx, dwa, dba);      \
+        else                                                                                  \
+            FN(fn_rowsn_bwd_sums_n)(NR, 0, dy, x, len, mh, ml, r, w, sg, sgx, dwa, dba);      \
+    } while (0)
     switch (nr) {
-    case 4: FN(fn_rowsn_bwd_sums_n)(4, dy, x, len, mh, ml, r, w, sg, sgx, dwa, dba); break;
-    case 3: FN(fn_rowsn_bwd_sums_n)(3, dy, x, len, mh, ml, r, w, sg, sgx, dwa, dba); break;
-    case 2: FN(fn_rowsn_bwd_sums_n)(2, dy, x, len, mh, ml, r, w, sg, sgx, dwa, dba); break;
-    default: FN(fn_rowsn_bwd_sums_n)(1, dy, x, len, mh, ml, r, w, sg, sgx, dwa, dba); break;
+    case 4: FN_SUMS_NR(4); break;
+    case 3: FN_SUMS_NR(3); break;
+    case 2: FN_SUMS_NR(2); break;
+    default: FN_SUMS_NR(1); break;
     }
+#undef FN_SUMS_NR
 }
 
 /* Layer-norm row dx: dx = (dy * w[i] - Q) * r + ((x - mh) - ml) * B, Q = mean(dy * w)
@@ -2446,7 +2459,7 @@ FN_HOT static void FN(fn_rows_group_bwd)(const T *dy, const T *x, T *dx, fn_idx 
         rr = (T)r;
         sg = sgx = 0;
         FN(fn_split_mean)(mean[u], &mh, &ml);
-        FN(fn_rowsn_bwd_sums_n)(1, &dyu, &xu, n, &mh, &ml, &rr, w, &sg, &sgx, dwa, dba);
+        FN(fn_rowsn_bwd_sums_n)(1, 0, &dyu, &xu, n, &mh, &ml, &rr, w, &sg, &sgx, dwa, dba);
         FN(fn_row_bwd_apply_ew_in)(dyu, xu, dx + u * n, n, w, (T)(rms ? 0 : sg / (double)n), rr,
                                    mh, ml, (T)(-r * r * r * sgx / (double)n),
                                    ds ? ds + u * n : NULL, nt, pf);
