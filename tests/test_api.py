@@ -558,28 +558,30 @@ def test_batch_mid_planes_same_bits(N, C, S, dtype, rng):
     coefficients): mean, rstd, y, dx, dweight and dbias (eval-mode dx too) are bitwise those
     of the channel-by-channel schedule and of the split one, at 1-3 threads, streamed or not,
     in place, with relu; odd N, a last unit of fewer channels, planes that are not whole
-    vectors, data at 1e5 times its spread."""
+    vectors, data at 1e5 times its spread. The backward of planes of 320 to 640 bytes takes
+    this schedule instead of the small planes' column sums: the same bits at every thread
+    count, streamed or not, and the reference's values."""
     x = (1e5 + rng.standard_normal(N * C * S)).astype(dtype)
     dy = rng.standard_normal(N * C * S).astype(dtype)
     w = rng.standard_normal(C).astype(dtype)
     b = rng.standard_normal(C).astype(dtype)
-    got = []
-    for mid, fuse, t, stream, act in ((1, True, 1, 0, 0), (0, True, 1, 0, 0),
-                                      (0, False, 2, 0, 0), (1, True, 2, 1, 0),
-                                      (1, True, 3, 1, 0), (0, True, 3, 1, 0),
-                                      (1, True, 2, 0, 1), (0, True, 1, 0, 1)):
+    configs = ((1, True, 1, 0, 0), (0, True, 1, 0, 0), (0, False, 2, 0, 0), (1, True, 2, 1, 0),
+               (1, True, 3, 1, 0), (0, True, 3, 1, 0), (1, True, 2, 0, 1), (0, True, 1, 0, 1))
+    fwd, bwd = {0: [], 1: []}, []
+    for mid, fuse, t, stream, act in configs:
         prev = K._set_mid(mid)
         try:
             y = np.empty_like(x)
             m, r = np.empty(C), np.empty(C)
             K.planes_forward(x, y, N, C, S, N, 1, w, b, False, 1e-5, m, r, act, t, fuse,
                              stream=stream)
-            res = [act, y, m, r]
+            fwd[act].append([y, m, r])
             if act == 0:
                 yi = x.copy()  # in place
                 K.planes_forward(yi, yi, N, C, S, N, 1, w, b, False, 1e-5, m.copy(), r.copy(),
                                  0, t, fuse, stream=stream)
-                res.append(yi)
+                fwd[act][-1].append(yi)
+                res = []
                 for frozen in (False, True):
                     dx = np.empty_like(x)
                     dw, db = np.empty(C), np.empty(C)
@@ -589,15 +591,15 @@ def test_batch_mid_planes_same_bits(N, C, S, dtype, rng):
                     K.planes_backward(di, x, di, N, C, S, N, 1, w, m, r, dw.copy(), db.copy(),
                                       t, fuse, stream=stream, frozen=frozen)
                     res += [dx, dw, db, di]
+                if mid or S * x.itemsize >= 640:
+                    bwd.append(res)
         finally:
             K._set_mid(prev)
-        got.append(res)
-    for act in (0, 1):
-        runs = [g[1:] for g in got if g[0] == act]
+    for runs in (fwd[0], fwd[1], bwd):
         for other in runs[1:]:
             for a, o in zip(runs[0], other):
                 np.testing.assert_array_equal(a, o)
-    y, m = got[0][1], got[0][2]
+    y, m = fwd[0][0][0], fwd[0][0][1]
     x64 = x.astype(np.float64).reshape(N, C, S)
     mu = x64.mean((0, 2))
     np.testing.assert_allclose(m, mu, rtol=1e-12)
@@ -605,6 +607,11 @@ def test_batch_mid_planes_same_bits(N, C, S, dtype, rng):
           + b[:, None])
     tol = 2e-5 if dtype == np.float32 else 1e-10
     assert np.max(np.abs(y.reshape(N, C, S) - ry)) < tol * max(1, np.abs(ry).max())
+    rdx, rdw, rdb = ref.channel_backward("batch", dy.reshape(N, C, S), x.reshape(N, C, S), w)
+    dx, dw, db = bwd[0][:3]
+    assert np.max(np.abs(dx.reshape(N, C, S) - rdx)) < tol * 10 * max(1, np.abs(rdx).max())
+    np.testing.assert_allclose(db, rdb, rtol=tol * 10, atol=tol * 10 * N * S)
+    np.testing.assert_allclose(dw, rdw, rtol=tol * 10, atol=tol * 10 * N * S)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
