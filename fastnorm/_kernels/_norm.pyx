@@ -1685,6 +1685,20 @@ cdef inline void plane_chunk_bwd_apply(const floating *dy, const floating *x, fl
                       r, mh[u], ml[u], cB[u], stream, pf)
 
 
+cdef inline void plane_bwd_sums(const floating *dy, const floating *x, Py_ssize_t S,
+                                Py_ssize_t p, Py_ssize_t K, floating mh, floating ml,
+                                double *psum) noexcept nogil:
+    """psum[2p:2p+2] of plane p alone, chunk by chunk (the pair's odd one out, cb > 1)."""
+    cdef Py_ssize_t k
+    cdef double part[2]
+    psum[2 * p] = 0
+    psum[2 * p + 1] = 0
+    for k in range(K):
+        plane_chunk_bwd_sums(dy, x, S, p, k, mh, ml, part)
+        psum[2 * p] += part[0]
+        psum[2 * p + 1] += part[1]
+
+
 cdef void planes_pair_bwd_sums(const floating *dy, const floating *x, Py_ssize_t S,
                                Py_ssize_t p, Py_ssize_t q, Py_ssize_t K, floating mh,
                                floating ml, double *psum) noexcept nogil:
@@ -1726,7 +1740,6 @@ cdef void planes_unit_bwd_fused(const floating *dy, const floating *x, floating 
     cdef Py_ssize_t ncb = C // cb, K = nchunks(S, FN_CHUNK)
     cdef Py_ssize_t n0 = (u // ncb) * nb, c0 = (u % ncb) * cb
     cdef Py_ssize_t n, c, k, p
-    cdef double part[2]
     cdef Py_ssize_t n1 = n0
     cdef bint pfn
     if nb == 1 and cb > 1 and S <= FN_BLK:
@@ -1764,13 +1777,7 @@ cdef void planes_unit_bwd_fused(const floating *dy, const floating *x, floating 
             n1 += 2
     for n in range(n1, n0 + nb):
         for c in range(c0, c0 + cb):
-            p = n * C + c
-            psum[2 * p] = 0
-            psum[2 * p + 1] = 0
-            for k in range(K):
-                plane_chunk_bwd_sums(dy, x, S, p, k, mh[u], ml[u], part)
-                psum[2 * p] += part[0]
-                psum[2 * p + 1] += part[1]
+            plane_bwd_sums(dy, x, S, n * C + c, K, mh[u], ml[u], psum)
     planes_unit_bwd_coef(psum, u, C, S, nb, cb, w, rstd, cQ, cB, frozen)
     for n in range(n0, n0 + nb):
         for c in range(c0, c0 + cb):
@@ -1868,9 +1875,8 @@ cdef void mid_planes_bwd_unit(const floating *dy, const floating *x, floating *d
     as planes_unit_bwd_fused forms them (two samples side by side), the samples' runs read in
     turn while the next unit's planes are prefetched; the coefficients per channel; then dx run
     by run (fn_runs_bwd_apply), last sample first."""
-    cdef Py_ssize_t c0 = g * nc, m = min(nc, C - c0), K = nchunks(S, FN_CHUNK), n, k, c, p, j
+    cdef Py_ssize_t c0 = g * nc, m = min(nc, C - c0), K = nchunks(S, FN_CHUNK), n, k, c
     cdef Py_ssize_t mn = min(nc, C - c0 - m), sb = S * sizeof(floating), off
-    cdef double part[2]
     cdef floating Q[MID_MAX_PLANES]
     cdef floating R[MID_MAX_PLANES]
     cdef floating MH[MID_MAX_PLANES]
@@ -1890,13 +1896,7 @@ cdef void mid_planes_bwd_unit(const floating *dy, const floating *x, floating *d
     if n < N:
         for k in range(m):
             c = c0 + k
-            p = n * C + c
-            psum[2 * p] = 0
-            psum[2 * p + 1] = 0
-            for j in range(K):
-                plane_chunk_bwd_sums(dy, x, S, p, j, cmh[c], cml[c], part)
-                psum[2 * p] += part[0]
-                psum[2 * p + 1] += part[1]
+            plane_bwd_sums(dy, x, S, n * C + c, K, cmh[c], cml[c], psum)
     for k in range(m):
         c = c0 + k
         planes_unit_bwd_coef(psum, c, C, S, N, 1, w, rstd, cQ, cB, frozen)
