@@ -1243,9 +1243,10 @@ cdef void small_planes_bwd_run(const floating *dy, const floating *x, floating *
 # Units of 64 / 128 / 256 / 512 KiB were within the noise of each other but for the backward
 # at two threads (float64 (32, 512, 14, 14) 256 KiB: 1.41 of the old time, 128 KiB: 1.15).
 # The backward takes this schedule from planes of 320 B, ahead of the small planes' column
-# sums (small_planes_bwd_run): float32 (32, 1024, 9, 9) / (32, 1024, 10, 10) / (32, 1024, 11,
-# 11) 4.60 / 4.54 / 4.62 -> 3.62 / 3.51 / 3.35 at one thread, 0.95-0.99 of the time at two;
-# 7 x 7 planes lost ((256, 64, 7, 7) 1.23 / 1.31 of the time).
+# sums (small_planes_bwd_run; new bits for those planes, the same at every thread count):
+# float32 (32, 1024, 9, 9) / (32, 1024, 10, 10) / (32, 1024, 11, 11) 4.60 / 4.54 / 4.62 ->
+# 3.62 / 3.51 / 3.35 at one thread, 0.95-0.99 of the time at two; 7 x 7 planes lost
+# ((256, 64, 7, 7) 1.23 / 1.31 of the time).
 DEF MID_PLANE_BYTES = 2048
 DEF MID_BWD_MIN_BYTES = 320
 DEF MID_ALIGNED_BYTES = 1536
