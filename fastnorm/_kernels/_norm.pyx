@@ -689,8 +689,9 @@ cdef int _pfnext = 1
 
 
 def _set_pfnext(int mode):
-    """Tests and A/B only: whether a batch-norm channel's planes prefetch the next channel's
-    (PF_NEXT_FWD_BYTES); returns the previous setting. The bits do not depend on it."""
+    """Tests and A/B only: whether batch-norm planes prefetch the next channel's (channel by
+    channel, under PF_NEXT_FWD_BYTES / PF_NEXT_BWD_BYTES) or the next unit's (mid_planes);
+    returns the previous setting. The bits do not depend on it."""
     global _pfnext
     prev = _pfnext
     _pfnext = mode
