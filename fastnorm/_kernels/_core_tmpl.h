@@ -1536,9 +1536,20 @@ static inline __attribute__((always_inline)) void FN(fn_run_apply_bounce)(
     if (pn) FN(fn_put)(buf + (k ^ 1) * CH, y + p0, pn, 1);
 }
 
+/* The run loop over np planes with the caller's coefficient arrays: fn_run_apply_in, or its
+   bounce for a streaming y just past x. */
+static inline __attribute__((always_inline)) void FN(fn_run_apply)(
+    const T *x, T *y, fn_idx np, fn_idx S, const T *MH, const T *ML, const T *A, const T *B,
+    int act, int nt, fn_idx pf)
+{
+    if (nt && fn_nt_alias(y, x))
+        FN(fn_run_apply_bounce)(x, y, np, S, MH, ML, A, B, act, pf);
+    else
+        FN(fn_run_apply_in)(x, y, np, S, MH, ML, A, B, act, nt, pf);
+}
+
 /* A group-norm unit's np planes as one run: plane j normalized with r * w[j] and b[j] (the
-   plane loop's a = r * w[c]), mean mh + ml; FN_RUN_PLANES planes a call of the run loop
-   (fn_run_apply_bounce for a streaming y just past x). */
+   plane loop's a = r * w[c]), mean mh + ml; FN_RUN_PLANES planes a call of fn_run_apply. */
 FN_HOT static void FN(fn_planes_apply)(const T *x, T *y, fn_idx np, fn_idx S, T mh, T ml, T r,
                                        const T *w, const T *b, int act, int nt, fn_idx pf)
 {
@@ -1551,25 +1562,19 @@ FN_HOT static void FN(fn_planes_apply)(const T *x, T *y, fn_idx np, fn_idx S, T 
     for (j0 = 0; j0 < np; j0 += m) {
         m = np - j0 < FN_RUN_PLANES ? np - j0 : FN_RUN_PLANES;
         for (k = 0; k < m; k++) A[k] = r * w[j0 + k];
-        if (nt && fn_nt_alias(y, x))
-            FN(fn_run_apply_bounce)(x + j0 * S, y + j0 * S, m, S, MH, ML, A, b + j0, act, pf);
-        else
-            FN(fn_run_apply_in)(x + j0 * S, y + j0 * S, m, S, MH, ML, A, b + j0, act, nt, pf);
+        FN(fn_run_apply)(x + j0 * S, y + j0 * S, m, S, MH, ML, A, b + j0, act, nt, pf);
     }
 }
 
 /* A sample's planes of consecutive batch-norm channels as one run, plane j with its own
-   coefficients (the caller's arrays, np of each): the forward's y (fn_run_apply_in, or its
-   bounce for a streaming y just past x) and the backward's dx = (dy - Q[j]) * R[j] +
+   coefficients (the caller's arrays, np of each): the forward's y (fn_run_apply) and the
+   backward's dx = (dy - Q[j]) * R[j] +
    ((x - MH[j]) - ML[j]) * B[j] (fn_seg_bwd_apply's form for one channel, P = 1: dy * 1 is dy).
    The plane loop's operations per value: the same bits. */
 FN_HOT static void FN(fn_runs_apply)(const T *x, T *y, fn_idx np, fn_idx S, const T *MH,
                                      const T *ML, const T *A, const T *B, int act, int nt)
 {
-    if (nt && fn_nt_alias(y, x))
-        FN(fn_run_apply_bounce)(x, y, np, S, MH, ML, A, B, act, 0);
-    else
-        FN(fn_run_apply_in)(x, y, np, S, MH, ML, A, B, act, nt, 0);
+    FN(fn_run_apply)(x, y, np, S, MH, ML, A, B, act, nt, 0);
 }
 
 FN_HOT static void FN(fn_runs_bwd_apply)(const T *dy, const T *x, T *dx, fn_idx np, fn_idx S,

@@ -1915,6 +1915,28 @@ cdef void mid_planes_bwd_unit(const floating *dy, const floating *x, floating *d
             fn_runs_bwd_apply_f64(dy + off, x + off, dx + off, m, S, Q, R, MH, ML, B, stream)
 
 
+cdef void mid_planes_bwd_run(const floating *dy, const floating *x, floating *dx,
+                             Py_ssize_t N, Py_ssize_t C, Py_ssize_t S, const floating *w,
+                             const floating *cmh, const floating *cml, const double *rstd,
+                             double *psum, floating *cQ, floating *cB, int n_threads,
+                             int stream, bint frozen) noexcept nogil:
+    """The batch-norm backward over the planes mid_planes takes, units of mid_planes_nc
+    channels in parallel (psum, cQ, cB filled; dweight and dbias are the caller's, from
+    psum)."""
+    cdef Py_ssize_t nc = mid_planes_nc(N, C, S, sizeof(floating), n_threads)
+    cdef Py_ssize_t G = (C + nc - 1) // nc, g
+    if n_threads == 1 or G == 1:  # no parallel region (SERIAL_NOTE)
+        for g in range(G):
+            mid_planes_bwd_unit(dy, x, dx, g, N, C, S, nc, w, cmh, cml, rstd, psum, cQ, cB,
+                                stream, frozen)
+        if stream:
+            fn_sfence()
+        return
+    for g in prange(G, schedule="static", num_threads=n_threads):
+        mid_planes_bwd_unit(dy, x, dx, g, N, C, S, nc, w, cmh, cml, rstd, psum, cQ, cB, stream,
+                            frozen)
+
+
 def planes_backward(const floating[::1] dy, const floating[::1] x, floating[::1] dx,
                     Py_ssize_t N, Py_ssize_t C, Py_ssize_t S, Py_ssize_t nb, Py_ssize_t cb,
                     const floating[::1] w, const double[::1] mean, const double[::1] rstd,
@@ -1951,23 +1973,10 @@ def planes_backward(const floating[::1] dy, const floating[::1] x, floating[::1]
         return
     for u in range(U):
         split_mean(mean[u], &cmh[u], &cml[u])
-    cdef Py_ssize_t mnc, G
     if mid_planes(N, nb, cb, S, False, False, <const floating *>NULL, 0, True):
-        mnc = mid_planes_nc(N, C, S, sizeof(floating), n_threads)
-        G = (C + mnc - 1) // mnc
         with nogil:
-            if n_threads == 1 or G == 1:  # no parallel region (SERIAL_NOTE)
-                for g in range(G):
-                    mid_planes_bwd_unit(&dy[0], &x[0], &dx[0], g, N, C, S, mnc, &w[0], &cmh[0],
-                                        &cml[0], &rstd[0], &psum[0], &cQ[0], &cB[0], stream,
-                                        frozen)
-                if stream:
-                    fn_sfence()
-            else:
-                for g in prange(G, schedule="static", num_threads=n_threads):
-                    mid_planes_bwd_unit(&dy[0], &x[0], &dx[0], g, N, C, S, mnc, &w[0], &cmh[0],
-                                        &cml[0], &rstd[0], &psum[0], &cQ[0], &cB[0], stream,
-                                        frozen)
+            mid_planes_bwd_run(&dy[0], &x[0], &dx[0], N, C, S, &w[0], &cmh[0], &cml[0],
+                               &rstd[0], &psum[0], &cQ[0], &cB[0], n_threads, stream, frozen)
             dw_db_rows(&psum[0], &psum[1], 2 * C, 2, &rstd[0], N, nb, ncb, cb, C, &dweight[0],
                        &dbias[0], n_threads)
         return
