@@ -271,7 +271,7 @@ def output(plan, ct, ot, out):
     return flat, finish
 
 
-from fastnorm._kernels._norm import use_fused, stream_flag  # noqa: E402  (rules shared with the kernels)
+from fastnorm._kernels._norm import use_fused, stream_flag, bwd_stream_bytes  # noqa: E402  (rules shared with the kernels)
 from fastnorm._kernels._buffers import empty as _buf_empty  # noqa: E402
 from fastnorm._config import set_buffer_cache  # noqa: E402
 
@@ -315,10 +315,14 @@ def empty(shape, dtype):
     return _buf_empty(shape, dtype)
 
 
-def stream(out_flat, user_out=False):
+def stream(out_flat, user_out=False, backward=False, row_bytes=0):
     """Whether a kernel writing out_flat should use non-temporal stores (an int flag).
-    user_out: the out= the caller passed (None: fastnorm allocated out_flat just now)."""
-    return stream_flag(out_flat.nbytes, user_out, out_flat, STREAM_BYTES, FRESH_BYTES)
+    user_out: the out= the caller passed (None: fastnorm allocated out_flat just now).
+    backward: out_flat is a backward's dx, which streams from two thirds of STREAM_BYTES (it
+    moves three streams to a forward's two; row_bytes: a layer-norm row's, see
+    bwd_stream_bytes)."""
+    sb = bwd_stream_bytes(STREAM_BYTES, row_bytes) if backward else STREAM_BYTES
+    return stream_flag(out_flat.nbytes, user_out, out_flat, sb, FRESH_BYTES)
 
 
 def threads(nbytes=None):

@@ -133,10 +133,10 @@ def _channel_backward(op, dy, x, mean, rstd, num_groups, weight, layout, out, fr
     if plan.kind == "planes":
         U = (N // nb) * (C // cb)
         K.planes_backward(dyf, xf, dxf, N, C, S, nb, cb, w, m, r, dweight, dbias, nt,
-                          D.use_fused(U, nt), stream=D.stream(dxf, out), frozen=frozen)
+                          D.use_fused(U, nt), stream=D.stream(dxf, out, True), frozen=frozen)
     else:
         K.cols_backward(dyf, xf, dxf, G0, R, C, cg, w, m, r, dweight, dbias, nt,
-                        D.use_fused(G0, nt), stream=D.stream(dxf, out), frozen=frozen)
+                        D.use_fused(G0, nt), stream=D.stream(dxf, out, True), frozen=frozen)
     return finish(), dweight.astype(ct), dbias.astype(ct)
 
 
@@ -446,7 +446,7 @@ def _rows_backward(dy, x, mean, rstd, normalized_shape, weight, out, rms, residu
     dsf = plan.flat(ds, ct) if ds is not None else None
     dxf, finish = D.output(plan, ct, ot, out)
     K.rows_backward(dyf, xf, dxf, M, Dn, w, m, r, dweight, dbias, D.threads(x.nbytes), rms, dsf,
-                    stream=D.stream(dxf, out))
+                    stream=D.stream(dxf, out, True, Dn * xf.itemsize))
     return finish(), dweight.reshape(ns), dbias.reshape(ns)
 
 

@@ -3242,6 +3242,31 @@ cdef object _fast_weight(object weight, Py_ssize_t n, int typenum):
     return weight if _vec(weight, n, typenum) else None
 
 
+# A forward moves two streams (x, y), a backward three (dy, x, dx): the backward's working set
+# overflows the last-level cache at two thirds of the output size at which the forward's does,
+# and from there on a dx written with ordinary stores is read from memory first (its lines
+# are no longer in the cache) and does not stay there for the next reader either, so dx
+# streams from two thirds of the forward's threshold (10.7 MiB of the default 16). Measured on
+# an AMD EPYC (Zen 4, 32 MiB L3), backward / copy at 12.5 MiB, threshold 16 MiB vs 8 MiB, two
+# processes each (cell script, 6 rounds), one thread: group norm NCHW (32, 2048, 7, 7)
+# float32 4.94 / 5.04 -> 3.74 / 3.81 (PyTorch / fastnorm 0.79-0.87 -> 1.23), (16, 64, 56, 56)
+# 3.61 / 3.68 -> 2.78 / 2.87, batch norm 4.16 / 4.49 -> 2.63 / 2.74, instance norm 4.27 /
+# 4.95 -> 2.27 / 2.21, layer rows (3072, 1024) 5.30 / 5.25 -> 2.88 / 2.71, batch NHWC 3.32 /
+# 3.34 -> 3.05 / 3.08, float64 batch (8, 64, 56, 56) 3.89 / 3.94 -> 3.12 / 2.88; two threads:
+# group (32, 2048, 7, 7) 0.73 of the time, batch 0.69, instance 0.62, rows 0.59, batch NHWC
+# 0.95-1.04. The forwards at the same size keep the threshold: streaming y at two threads
+# took instance / batch NHWC / group NHWC 1.26-1.41x as long (x and y, 25 MiB, fit the L3).
+# The long-row layer-norm backward (rows past ROW_DW_BYTES, e.g. over (C, H, W)) keeps it
+# too: its dx pass reads x and dy back from L2 / L3 and streaming there measured 1.25-1.40x
+# the time at one thread and 1.12-1.25x at two.
+cpdef Py_ssize_t bwd_stream_bytes(Py_ssize_t stream_bytes, Py_ssize_t row_bytes=0) noexcept:
+    """The streaming threshold of a backward's dx, from the forward's (stream_bytes, 0: never):
+    two thirds of it, rounded up, except for layer-norm rows of more than ROW_DW_BYTES."""
+    if stream_bytes <= 0 or row_bytes > ROW_DW_BYTES:
+        return stream_bytes
+    return (2 * stream_bytes + 2) // 3
+
+
 cpdef int stream_flag(Py_ssize_t nbytes, object out, object o, Py_ssize_t stream_bytes,
                       Py_ssize_t fresh_bytes):
     """Whether a kernel writing the output o (nbytes) uses non-temporal stores: from
@@ -3285,7 +3310,9 @@ def fast_rows_backward(object dy, object x, object mean, object rstd, object wei
     ma = <cnp.ndarray>(np.zeros(M) if rms else mean)
     _ROWS_BWD[typenum](da.reshape(-1), xa.reshape(-1), dxa.reshape(-1), M, D, weight,
                        ma.reshape(-1), (<cnp.ndarray>rstd).reshape(-1), dwa, dba, nt, rms, None,
-                       stream_flag(nbytes, out, dxa, stream_bytes, fresh_bytes))
+                       stream_flag(nbytes, out, dxa,
+                                   bwd_stream_bytes(stream_bytes, D * cnp.PyArray_ITEMSIZE(xa)),
+                                   fresh_bytes))
     return dxa, dwa, dba
 
 
@@ -3340,7 +3367,7 @@ def fast_channel_backward(int op, object dy, object x, object mean, object rstd,
         return None
     nbytes = cnp.PyArray_NBYTES(xa)
     nt = <int>max(1, min(max_threads, nbytes // grain))
-    stream = stream_flag(nbytes, out, dxa, stream_bytes, fresh_bytes)
+    stream = stream_flag(nbytes, out, dxa, bwd_stream_bytes(stream_bytes), fresh_bytes)
     dwa = <cnp.ndarray>np.zeros(C, dtype=np.float64)
     dba = <cnp.ndarray>np.zeros(C, dtype=np.float64)
     ma = (<cnp.ndarray>mean).reshape(-1)
