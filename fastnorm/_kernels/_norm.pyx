@@ -3257,8 +3257,9 @@ cdef object _fast_weight(object weight, Py_ssize_t n, int typenum):
 # 0.95-1.04. The forwards at the same size keep the threshold: streaming y at two threads
 # took instance / batch NHWC / group NHWC 1.26-1.41x as long (x and y, 25 MiB, fit the L3).
 # The long-row layer-norm backward (rows past ROW_DW_BYTES, e.g. over (C, H, W)) keeps it
-# too: its dx pass reads x and dy back from L2 / L3 and streaming there measured 1.25-1.40x
-# the time at one thread and 1.12-1.25x at two.
+# too: its dx pass reads x and dy back from L2 / L3; through the API streaming there measured
+# 1.25-1.40x the time at one thread and 1.12-1.25x at two, the kernel alone on other arrays
+# (both kinds in one process) 0.96-1.01 and 0.82-1.17: not clear enough to move it.
 cpdef Py_ssize_t bwd_stream_bytes(Py_ssize_t stream_bytes, Py_ssize_t row_bytes=0) noexcept:
     """The streaming threshold of a backward's dx, from the forward's (stream_bytes, 0: never):
     two thirds of it, rounded up, except for layer-norm rows of more than ROW_DW_BYTES."""
