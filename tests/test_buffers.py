@@ -184,3 +184,22 @@ def test_odd_mid_size_output_rounds_to_pages(cache):
     del y
     assert _buffers.held() == 303104  # 74 pages
     assert _addr(fn.layer_norm(x, 25001)) == a
+
+
+def test_a_new_size_is_kept_when_every_slot_holds_an_old_one(cache):
+    """With every slot holding a block of a size no longer asked for, a freed block of a new
+    size takes the oldest slot (it used to be unmapped, so that size came fresh from the OS on
+    every call, page faults and all)."""
+    olds = [_buffers.empty((65 + k) << 12, np.uint8) for k in range(32)]  # 32 sizes, 260+ KiB
+    del olds
+    n_held = _buffers.held()
+    assert 0 < n_held <= 32 * (97 << 12)
+    a = _buffers.empty(300 << 12, np.uint8)
+    a[:] = 1  # written: its pages are no longer new
+    addr = _addr(a)
+    del a
+    b = _buffers.empty(300 << 12, np.uint8)
+    assert _addr(b) == addr and not _buffers.is_fresh(b)
+    held = _buffers.held()
+    del b
+    assert _buffers.held() == held + (300 << 12)

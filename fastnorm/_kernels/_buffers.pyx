@@ -70,6 +70,23 @@ cdef void _evict(size_t need):
         _ptr[old] = NULL
 
 
+cdef Py_ssize_t _slot():
+    """A free slot: an empty one, else the oldest block's, unmapped (a new block is worth more
+    than the oldest: with every slot held by blocks of sizes no longer asked for, each new
+    size used to be unmapped when freed and came fresh from the OS on every call)."""
+    global _held
+    cdef Py_ssize_t i, old = -1
+    for i in range(SLOTS):
+        if _ptr[i] == NULL:
+            return i
+        if old < 0 or _age[i] < _age[old]:
+            old = i
+    munmap(_ptr[old], _len[old])
+    _held -= _len[old]
+    _ptr[old] = NULL
+    return old
+
+
 cdef class Block:
     """Owner of one mapping; exposes it through the buffer protocol, and hands it back to the
     cache when the last view of it is gone."""
@@ -105,15 +122,14 @@ cdef class Block:
         if self.nbytes <= _limit:
             _evict(self.nbytes)
             if _held + self.nbytes <= _limit:
-                for i in range(SLOTS):
-                    if _ptr[i] == NULL:
-                        _clock += 1
-                        _ptr[i] = self.ptr
-                        _len[i] = self.nbytes
-                        _age[i] = _clock
-                        _held += self.nbytes
-                        self.ptr = NULL
-                        return
+                i = _slot()
+                _clock += 1
+                _ptr[i] = self.ptr
+                _len[i] = self.nbytes
+                _age[i] = _clock
+                _held += self.nbytes
+                self.ptr = NULL
+                return
         munmap(self.ptr, self.nbytes)
         self.ptr = NULL
 
