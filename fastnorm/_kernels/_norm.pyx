@@ -3254,7 +3254,10 @@ cdef object _fast_weight(object weight, Py_ssize_t n, int typenum):
 # 4.95 -> 2.27 / 2.21, layer rows (3072, 1024) 5.30 / 5.25 -> 2.88 / 2.71, batch NHWC 3.32 /
 # 3.34 -> 3.05 / 3.08, float64 batch (8, 64, 56, 56) 3.89 / 3.94 -> 3.12 / 2.88; two threads:
 # group (32, 2048, 7, 7) 0.73 of the time, batch 0.69, instance 0.62, rows 0.59, batch NHWC
-# 0.95-1.04. The forwards at the same size keep the threshold: streaming y at two threads
+# 0.95-1.04; in one process, the two thresholds alternating (new / old time, 1T, 2T): group
+# (32, 2048, 7, 7) 0.71, 0.81, batch 0.49, 0.63, instance 0.48, 0.74, rows 0.34, 0.57, batch
+# float64 0.63, 0.94, batch NHWC 0.95, 0.99, group NHWC 0.72, 0.94. The forwards at the same
+# size keep the threshold: streaming y at two threads
 # took instance / batch NHWC / group NHWC 1.26-1.41x as long (x and y, 25 MiB, fit the L3).
 # The long-row layer-norm backward (rows past ROW_DW_BYTES, e.g. over (C, H, W)) keeps it
 # too: its dx pass reads x and dy back from L2 / L3; through the API streaming there measured
