@@ -316,13 +316,12 @@ def empty(shape, dtype):
     return _buf_empty(shape, dtype)
 
 
-def stream(out_flat, user_out=False, backward=False, row_bytes=0):
+def stream(out_flat, user_out=False, backward=False):
     """Whether a kernel writing out_flat should use non-temporal stores (an int flag).
     user_out: the out= the caller passed (None: fastnorm allocated out_flat just now).
     backward: out_flat is a backward's dx, which streams from two thirds of STREAM_BYTES (it
-    moves three streams to a forward's two; row_bytes: a layer-norm row's, see
-    bwd_stream_bytes)."""
-    sb = bwd_stream_bytes(STREAM_BYTES, row_bytes) if backward else STREAM_BYTES
+    moves three streams to a forward's two: bwd_stream_bytes)."""
+    sb = bwd_stream_bytes(STREAM_BYTES) if backward else STREAM_BYTES
     return stream_flag(out_flat.nbytes, user_out, out_flat, sb, FRESH_BYTES)
 
 

@@ -446,7 +446,7 @@ def _rows_backward(dy, x, mean, rstd, normalized_shape, weight, out, rms, residu
     dsf = plan.flat(ds, ct) if ds is not None else None
     dxf, finish = D.output(plan, ct, ot, out)
     K.rows_backward(dyf, xf, dxf, M, Dn, w, m, r, dweight, dbias, D.threads(x.nbytes), rms, dsf,
-                    stream=D.stream(dxf, out, True, Dn * xf.itemsize))
+                    stream=D.stream(dxf, out, True))
     return finish(), dweight.reshape(ns), dbias.reshape(ns)
 
 

@@ -3256,17 +3256,15 @@ cdef object _fast_weight(object weight, Py_ssize_t n, int typenum):
 # group (32, 2048, 7, 7) 0.73 of the time, batch 0.69, instance 0.62, rows 0.59, batch NHWC
 # 0.95-1.04; in one process, the two thresholds alternating (new / old time, 1T, 2T): group
 # (32, 2048, 7, 7) 0.71, 0.81, batch 0.49, 0.63, instance 0.48, 0.74, rows 0.34, 0.57, batch
-# float64 0.63, 0.94, batch NHWC 0.95, 0.99, group NHWC 0.72, 0.94. The forwards at the same
-# size keep the threshold: streaming y at two threads
-# took instance / batch NHWC / group NHWC 1.26-1.41x as long (x and y, 25 MiB, fit the L3).
-# The long-row layer-norm backward (rows past ROW_DW_BYTES, e.g. over (C, H, W)) keeps it
-# too: its dx pass reads x and dy back from L2 / L3; through the API streaming there measured
-# 1.25-1.40x the time at one thread and 1.12-1.25x at two, the kernel alone on other arrays
-# (both kinds in one process) 0.96-1.01 and 0.82-1.17: not clear enough to move it.
-cpdef Py_ssize_t bwd_stream_bytes(Py_ssize_t stream_bytes, Py_ssize_t row_bytes=0) noexcept:
+# float64 0.63, 0.94, batch NHWC 0.95, 0.99, group NHWC 0.72, 0.94; layer norm over (C, H, W)
+# (long rows, whose dx pass reads x and dy back from L2 / L3), (14 / 16, 64, 56, 56) float32
+# and (8, 64, 56, 56) float64: 0.78-0.94, 0.76-0.93. The forwards at the same size keep the
+# threshold: streaming y at two threads took batch norm channels-last 1.31x as long, and
+# x and y (25 MiB) fit the L3 for the next layer, which reads y.
+cpdef Py_ssize_t bwd_stream_bytes(Py_ssize_t stream_bytes) noexcept:
     """The streaming threshold of a backward's dx, from the forward's (stream_bytes, 0: never):
-    two thirds of it, rounded up, except for layer-norm rows of more than ROW_DW_BYTES."""
-    if stream_bytes <= 0 or row_bytes > ROW_DW_BYTES:
+    two thirds of it, rounded up."""
+    if stream_bytes <= 0:
         return stream_bytes
     return (2 * stream_bytes + 2) // 3
 
@@ -3314,8 +3312,7 @@ def fast_rows_backward(object dy, object x, object mean, object rstd, object wei
     ma = <cnp.ndarray>(np.zeros(M) if rms else mean)
     _ROWS_BWD[typenum](da.reshape(-1), xa.reshape(-1), dxa.reshape(-1), M, D, weight,
                        ma.reshape(-1), (<cnp.ndarray>rstd).reshape(-1), dwa, dba, nt, rms, None,
-                       stream_flag(nbytes, out, dxa,
-                                   bwd_stream_bytes(stream_bytes, D * cnp.PyArray_ITEMSIZE(xa)),
+                       stream_flag(nbytes, out, dxa, bwd_stream_bytes(stream_bytes),
                                    fresh_bytes))
     return dxa, dwa, dba
 
