@@ -698,6 +698,13 @@ def _set_pfnext(int mode):
     return prev
 
 
+cdef inline void pf_plane2(const floating *dy, const floating *x, Py_ssize_t p,
+                           Py_ssize_t S) noexcept nogil:
+    """Plane p of dy and of x into L2 (fn_pf_bytes), for a backward's next planes."""
+    fn_pf_bytes(dy + p * S, S * sizeof(floating))
+    fn_pf_bytes(x + p * S, S * sizeof(floating))
+
+
 cdef void planes_pair_moments(const floating *x, Py_ssize_t S, Py_ssize_t p, Py_ssize_t q,
                               Py_ssize_t K, double *a, double *b) noexcept nogil:
     """Moments of plane p into a[0:3] and of plane q (q >= 0) into b[0:3], each chunk by chunk
@@ -1080,7 +1087,6 @@ cdef void planes_team_pipelined(const floating *x, floating *y, Py_ssize_t U, Py
 # 18 x 18 backward 3.45 -> 4.51; float64 9 x 9 backward 4.75 -> 4.58, 14 x 14 forward 2.12
 # -> 3.61.
 DEF SMALL_PLANE_BYTES = 640
-cdef int _mid = 1
 DEF SMALL_UNIT_BYTES = 262144
 DEF SMALL_RUN_VALUES = 1024
 DEF SMALL_BLOCK_ROWS = 64
@@ -1253,6 +1259,7 @@ DEF MID_BWD_MIN_BYTES = 320
 DEF MID_ALIGNED_BYTES = 1536
 DEF MID_UNIT_BYTES = 131072
 DEF MID_MAX_PLANES = 256
+cdef int _mid = 1
 
 
 def _set_mid(int mode):
@@ -1770,10 +1777,8 @@ cdef void planes_unit_bwd_fused(const floating *dy, const floating *x, floating 
                and S * <Py_ssize_t>sizeof(floating) < PF_NEXT_BWD_BYTES)
         while n1 + 1 < n0 + nb:
             if pfn:
-                fn_pf_bytes(dy + (n1 * C + c0 + 1) * S, S * sizeof(floating))
-                fn_pf_bytes(x + (n1 * C + c0 + 1) * S, S * sizeof(floating))
-                fn_pf_bytes(dy + ((n1 + 1) * C + c0 + 1) * S, S * sizeof(floating))
-                fn_pf_bytes(x + ((n1 + 1) * C + c0 + 1) * S, S * sizeof(floating))
+                pf_plane2(dy, x, n1 * C + c0 + 1, S)
+                pf_plane2(dy, x, (n1 + 1) * C + c0 + 1, S)
             planes_pair_bwd_sums(dy, x, S, n1 * C + c0, (n1 + 1) * C + c0, K, mh[u], ml[u],
                                  psum)
             n1 += 2
@@ -1878,7 +1883,7 @@ cdef void mid_planes_bwd_unit(const floating *dy, const floating *x, floating *d
     turn while the next unit's planes are prefetched; the coefficients per channel; then dx run
     by run (fn_runs_bwd_apply), last sample first."""
     cdef Py_ssize_t c0 = g * nc, m = min(nc, C - c0), K = nchunks(S, FN_CHUNK), n, k, c
-    cdef Py_ssize_t mn = min(nc, C - c0 - m), sb = S * sizeof(floating), off
+    cdef Py_ssize_t mn = min(nc, C - c0 - m), off
     cdef floating Q[MID_MAX_PLANES]
     cdef floating R[MID_MAX_PLANES]
     cdef floating MH[MID_MAX_PLANES]
@@ -1889,10 +1894,8 @@ cdef void mid_planes_bwd_unit(const floating *dy, const floating *x, floating *d
         for k in range(m):
             c = c0 + k
             if _pfnext and k < mn:
-                fn_pf_bytes(dy + (n * C + c + m) * S, sb)
-                fn_pf_bytes(x + (n * C + c + m) * S, sb)
-                fn_pf_bytes(dy + ((n + 1) * C + c + m) * S, sb)
-                fn_pf_bytes(x + ((n + 1) * C + c + m) * S, sb)
+                pf_plane2(dy, x, n * C + c + m, S)
+                pf_plane2(dy, x, (n + 1) * C + c + m, S)
             planes_pair_bwd_sums(dy, x, S, n * C + c, (n + 1) * C + c, K, cmh[c], cml[c], psum)
         n += 2
     if n < N:
@@ -1965,15 +1968,15 @@ def planes_backward(const floating[::1] dy, const floating[::1] x, floating[::1]
         dweight[:] = 0
         dbias[:] = 0
         return
-    if (small_planes(N, nb, cb, S, False, False, <const floating *>NULL)
-            and not mid_planes(N, nb, cb, S, False, False, <const floating *>NULL, 0, True)):
+    cdef bint mid = mid_planes(N, nb, cb, S, False, False, <const floating *>NULL, 0, True)
+    if small_planes(N, nb, cb, S, False, False, <const floating *>NULL) and not mid:
         with nogil:
             small_planes_bwd_run(&dy[0], &x[0], &dx[0], N, C, S, &w[0], &mean[0], &rstd[0],
                                  &dweight[0], &dbias[0], n_threads, stream, frozen)
         return
     for u in range(U):
         split_mean(mean[u], &cmh[u], &cml[u])
-    if mid_planes(N, nb, cb, S, False, False, <const floating *>NULL, 0, True):
+    if mid:
         with nogil:
             mid_planes_bwd_run(&dy[0], &x[0], &dx[0], N, C, S, &w[0], &cmh[0], &cml[0],
                                &rstd[0], &psum[0], &cQ[0], &cB[0], n_threads, stream, frozen)
@@ -2407,6 +2410,9 @@ cdef int _fresh = 1
 
 
 def _set_fresh(int mode):
+    """Tests and A/B only: whether the long-row backward's first rows of a flush start dweight /
+    dbias from zero inside the sums pass (else a zeroing loop first); returns the previous
+    setting. The bits do not depend on it."""
     global _fresh
     prev = _fresh
     _fresh = mode
