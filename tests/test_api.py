@@ -632,6 +632,46 @@ def test_batch_mid_planes_same_bits(N, C, S, dtype, rng):
     np.testing.assert_allclose(dw, rdw, rtol=tol * 10, atol=tol * 10 * N * S)
 
 
+@pytest.mark.parametrize("N,C,S,dtype", [(9, 236, 1001, np.float32), (160, 14, 1000, np.float32),
+                                         (8, 131, 1001, np.float64)])
+def test_batch_channel_backward_order_same_bits(N, C, S, dtype, rng):
+    """The batch-norm backward of a tensor past the caches with planes of at most 16 KiB
+    (CHAN_ORDER_NOTE: the sums prefetch across planes, dx goes last plane first and prefetches
+    the next channel only as far as L2 has room; here an odd N, a channel that fits L2 and one
+    that does not, planes that are not whole vectors): dx, dweight and dbias bitwise those of
+    the schedule before it, at one and two threads, streamed or not, dx over dy, and the
+    reference's values."""
+    x = (1e5 + rng.standard_normal(N * C * S)).astype(dtype)
+    dy = rng.standard_normal(N * C * S).astype(dtype)
+    w = rng.standard_normal(C).astype(dtype)
+    m = x.astype(np.float64).reshape(N, C, S).mean((0, 2))
+    r = 1 / np.sqrt(x.astype(np.float64).reshape(N, C, S).var((0, 2)) + 1e-5)
+    got = []
+    for on in (False, True):
+        prev = K._set_chan_order(on)
+        try:
+            for t, stream in ((1, 0), (1, 1), (2, 1), (2, 0)):
+                dx = np.empty_like(x)
+                dw, db = np.empty(C), np.empty(C)
+                K.planes_backward(dy, x, dx, N, C, S, N, 1, w, m, r, dw, db, t, True,
+                                  stream=stream)
+                di = dy.copy()
+                K.planes_backward(di, x, di, N, C, S, N, 1, w, m, r, np.empty(C), np.empty(C),
+                                  t, True, stream=stream)
+                got.append((dx, dw, db, di))
+        finally:
+            K._set_chan_order(prev)
+    for other in got[1:]:
+        for a, o in zip(got[0], other):
+            np.testing.assert_array_equal(a, o)
+    rdx, rdw, rdb = ref.channel_backward("batch", dy.reshape(N, C, S), x.reshape(N, C, S), w)
+    dx, dw, db = got[-1][:3]
+    tol = 2e-4 if dtype == np.float32 else 1e-9
+    assert np.max(np.abs(dx.reshape(N, C, S) - rdx)) < tol * max(1, np.abs(rdx).max())
+    np.testing.assert_allclose(db, rdb, rtol=tol, atol=tol * N * S)
+    np.testing.assert_allclose(dw, rdw, rtol=tol, atol=tol * N * S)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("N,C,S,cb", [(3, 128, 49, 64), (2, 256, 9, 64), (2, 40, 37, 10),
                                       (1, 16, 2048, 2), (2, 6, 300, 3)])

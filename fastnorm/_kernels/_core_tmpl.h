@@ -2117,19 +2117,32 @@ FN_HOT static void FN(fn_seg_bwd_sums)(const T *dy, const T *x, fn_idx len, T mh
 
 /* fn_seg_bwd_sums of two planes of one unit at once (dya/xa and dyb/xb, equal lengths, the
    same mean): both planes' vectors in one loop, each into its own accumulators (its own bits),
-   four read streams instead of two (see fn_seg_moments2). */
+   four read streams instead of two (see fn_seg_moments2). pd > 0: each step prefetches the
+   line pd values ahead in all four, and past the planes' end the same offset into nxt[0..3]
+   (the next pair's dy and x, or NULL): planes of a few KiB far apart are short streams the
+   hardware prefetcher starts afresh (CHAN_ORDER_NOTE in _norm.pyx). */
 FN_HOT static void FN(fn_seg_bwd_sums2)(const T *dya, const T *xa, const T *dyb, const T *xb,
                                         fn_idx len, T mh, T ml, double *sdya, double *sdyxa,
-                                        double *sdyb, double *sdyxb)
+                                        double *sdyb, double *sdyxb, const T *const *nxt,
+                                        fn_idx pd)
 {
     FN(vec) a0, a1, b0, b1, c0, c1, e0, e1;
     T t1, t2, u1, u2;
-    fn_idx i, n, nv;
-    for (; len > 0; len -= n, dya += n, xa += n, dyb += n, xb += n) {
+    const T *base[4] = {dya, xa, dyb, xb};
+    fn_idx i, n, nv, tot = len, g = 0, o;
+    int j;
+    for (; len > 0; len -= n, g += n, dya += n, xa += n, dyb += n, xb += n) {
         n = len < FN_BLK ? len : FN_BLK;
         nv = n - n % (2 * FN_VL);
         a0 = a1 = b0 = b1 = c0 = c1 = e0 = e1 = (FN(vec)){0};
         for (i = 0; i < nv; i += 2 * FN_VL) {
+            if (pd) {
+                o = g + i + pd;
+                if (o < tot)
+                    for (j = 0; j < 4; j++) __builtin_prefetch(base[j] + o, 0, 2);
+                else if (nxt != NULL && o - tot < tot)
+                    for (j = 0; j < 4; j++) __builtin_prefetch(nxt[j] + (o - tot), 0, 2);
+            }
             FN_BWD_PAIR(dya + i, xa + i, a0, a1, b0, b1);
             FN_BWD_PAIR(dyb + i, xb + i, c0, c1, e0, e1);
         }
