@@ -701,15 +701,17 @@ cdef int _pfnext = 1
 # next pair of planes (fn_seg_bwd_sums2's nxt), and the dx pass goes last plane first (the
 # newest in L2) and prefetches the next channel only for as many planes as L2 has room for
 # beside this channel (fn_l2_bytes). Every dx value has the same operations (the same bits).
-# Backward / copy, same process, the old and new schedules alternating (abmodes scratch
-# script), median of 11-15 rounds, one thread / two threads, float32: (32, 64, 56, 56) 2.49 ->
-# 2.03 / 2.19 -> 1.89 and 2.96 -> 2.13 / 2.15 -> 1.88; (8, 64, 56, 56) 3.49 -> 2.75 / 1.17 ->
-# 1.05; (64, 64, 56, 56) 2.16 -> 2.08 / 2.35 -> 2.30; (32, 256, 28, 28) 2.11 -> 2.11 / 1.84 ->
-# 1.80; (32, 128, 40, 40) 2.22 -> 2.11 / 1.86 -> 1.85; float64 (32, 256, 28, 28) 2.16 -> 2.10 /
-# 2.13 -> 1.94. Without the dx pass's prefetch at all it lost 10-15% on (32, 256, 28, 28) and
-# (32, 128, 40, 40), where two channels fit L2. The sums' prefetch alone, in a C probe of
-# 32 planes of 12.5 KiB a channel: 1.75-1.84 -> 1.35-1.52 times a copy's time (a channel read
-# as one contiguous run: 1.20-1.29). The other schedules keep theirs.
+# Backward / copy, same process, the two schedules alternating round by round (_set_chan_order,
+# abmodes scratch script), median of the paired new / old ratios, one thread / two threads,
+# float32: (32, 64, 56, 56) 0.98 / 0.97 (21 rounds; in three runs before, new / old medians
+# 0.91 / 0.91, 0.98 / 0.89 and 1.00 / 0.85: a slower old schedule in some processes);
+# (8, 64, 56, 56) 0.97 / 1.00;
+# (64, 64, 56, 56) 0.98 / 1.03; (32, 256, 28, 28) 0.99 / 1.00; (32, 128, 40, 40) 0.97 / 0.99;
+# float64 (32, 256, 28, 28) 0.99 / 0.94. The dx pass without any prefetch of the next channel
+# lost 10-15% on (32, 256, 28, 28) and (32, 128, 40, 40), where two channels fit L2. The
+# sums' prefetch alone, in a C probe of 32 planes of 12.5 KiB a channel: 1.75-1.84 -> 1.35-1.52
+# times a copy's time (a channel read as one contiguous run: 1.20-1.29). The other schedules
+# keep theirs.
 DEF PF_SUMS_BYTES = 4096
 cdef bint _chan_order = True
 cdef Py_ssize_t _l2_bytes = fn_l2_bytes()
