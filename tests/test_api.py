@@ -634,23 +634,28 @@ def test_batch_mid_planes_same_bits(N, C, S, dtype, rng):
 
 @pytest.mark.parametrize("N,C,S,dtype", [(9, 236, 1001, np.float32), (160, 14, 1000, np.float32),
                                          (8, 131, 1001, np.float64)])
-def test_batch_channel_backward_order_same_bits(N, C, S, dtype, rng):
-    """The batch-norm backward of a tensor past the caches with planes of at most 16 KiB
-    (CHAN_ORDER_NOTE: the sums prefetch across planes, dx goes last plane first and prefetches
-    the next channel only as far as L2 has room; here an odd N, a channel that fits L2 and one
-    that does not, planes that are not whole vectors): dx, dweight and dbias bitwise those of
-    the schedule before it, at one and two threads, streamed or not, dx over dy, and the
-    reference's values."""
+def test_batch_channel_schedule_same_bits(N, C, S, dtype, rng):
+    """Batch norm over a tensor past the caches with planes of at most 16 KiB
+    (CHAN_ORDER_NOTE: the moments and the backward's sums prefetch across planes, dx goes last
+    plane first and prefetches the next channel only as far as L2 has room; here an odd N, a
+    channel that fits L2 and one that does not, planes that are not whole vectors): y, mean,
+    rstd, dx, dweight and dbias bitwise those of the schedules before, at one and two threads,
+    streamed or not, dx over dy, and the reference's values."""
     x = (1e5 + rng.standard_normal(N * C * S)).astype(dtype)
     dy = rng.standard_normal(N * C * S).astype(dtype)
     w = rng.standard_normal(C).astype(dtype)
+    b = rng.standard_normal(C).astype(dtype)
     m = x.astype(np.float64).reshape(N, C, S).mean((0, 2))
     r = 1 / np.sqrt(x.astype(np.float64).reshape(N, C, S).var((0, 2)) + 1e-5)
-    got = []
+    got, fwd = [], []
     for on in (False, True):
         prev = K._set_chan_order(on)
         try:
             for t, stream in ((1, 0), (1, 1), (2, 1), (2, 0)):
+                y, fm, fr = np.empty_like(x), np.empty(C), np.empty(C)
+                K.planes_forward(x, y, N, C, S, N, 1, w, b, False, 1e-5, fm, fr, 0, t, True,
+                                 stream=stream)
+                fwd.append((y, fm, fr))
                 dx = np.empty_like(x)
                 dw, db = np.empty(C), np.empty(C)
                 K.planes_backward(dy, x, dx, N, C, S, N, 1, w, m, r, dw, db, t, True,
@@ -661,12 +666,18 @@ def test_batch_channel_backward_order_same_bits(N, C, S, dtype, rng):
                 got.append((dx, dw, db, di))
         finally:
             K._set_chan_order(prev)
-    for other in got[1:]:
-        for a, o in zip(got[0], other):
-            np.testing.assert_array_equal(a, o)
+    for runs in (fwd, got):
+        for other in runs[1:]:
+            for a, o in zip(runs[0], other):
+                np.testing.assert_array_equal(a, o)
+    tol = 2e-4 if dtype == np.float32 else 1e-9
+    y, fm, fr = fwd[-1]
+    np.testing.assert_allclose(fm, m, rtol=1e-12)
+    np.testing.assert_allclose(fr, r, rtol=tol)
+    ry = (x.reshape(N, C, S) - m[:, None]) * r[:, None] * w[:, None] + b[:, None]
+    assert np.max(np.abs(y.reshape(N, C, S) - ry)) < tol * max(1, np.abs(ry).max())
     rdx, rdw, rdb = ref.channel_backward("batch", dy.reshape(N, C, S), x.reshape(N, C, S), w)
     dx, dw, db = got[-1][:3]
-    tol = 2e-4 if dtype == np.float32 else 1e-9
     assert np.max(np.abs(dx.reshape(N, C, S) - rdx)) < tol * max(1, np.abs(rdx).max())
     np.testing.assert_allclose(db, rdb, rtol=tol, atol=tol * N * S)
     np.testing.assert_allclose(dw, rdw, rtol=tol, atol=tol * N * S)

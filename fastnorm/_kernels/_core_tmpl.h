@@ -415,15 +415,17 @@ static void FN(fn_seg_moments)(const T *x, fn_idx len, double *n, double *mean, 
    of its own fn_seg_moments. Two read streams instead of one: a batch-norm channel is N planes
    of a few KiB at a stride of C planes, and one such plane after the other restarts the
    hardware prefetch at every plane (measured on a Zen 4: a channel's planes one at a time
-   read at 0.66-0.75 of a copy's time, two at a time 0.56, in order 0.45). */
+   read at 0.66-0.75 of a copy's time, two at a time 0.56, in order 0.45). pd > 0: each step
+   prefetches the line pd values ahead in both, and past their end the same offset into nxa
+   and nxb (the next pair of planes, or NULL; CHAN_ORDER_NOTE in _norm.pyx). */
 FN_HOT static void FN(fn_seg_moments2)(const T *xa, const T *xb, fn_idx len, double *na,
                                        double *meana, double *m2a, double *nb, double *meanb,
-                                       double *m2b)
+                                       double *m2b, const T *nxa, const T *nxb, fn_idx pd)
 {
     FN(fn_bm) sa, sb;
     FN(vec) a0, a1, q0, q1, d0, d1;
     T K;
-    fn_idx i, b, j, nv;
+    fn_idx i, b, j, nv, o;
     double bm, bm2;
     for (i = 0; i < len; i += FN_BLK) {
         b = len - i < FN_BLK ? len - i : FN_BLK;
@@ -431,6 +433,16 @@ FN_HOT static void FN(fn_seg_moments2)(const T *xa, const T *xb, fn_idx len, dou
         FN(fn_bm_begin)(&sa, xa + i, b);
         FN(fn_bm_begin)(&sb, xb + i, b);
         for (j = 0; j < nv; j += 2 * FN_VL) {
+            if (pd) {
+                o = i + j + pd;
+                if (o < len) {
+                    __builtin_prefetch(xa + o, 0, 2);
+                    __builtin_prefetch(xb + o, 0, 2);
+                } else if (nxa != NULL && o - len < len) {
+                    __builtin_prefetch(nxa + (o - len), 0, 2);
+                    __builtin_prefetch(nxb + (o - len), 0, 2);
+                }
+            }
             a0 = sa.a0; a1 = sa.a1; q0 = sa.q0; q1 = sa.q1; K = sa.K;
             FN_BM_PAIR(xa + i + j);
             sa.a0 = a0; sa.a1 = a1; sa.q0 = q0; sa.q1 = q1;

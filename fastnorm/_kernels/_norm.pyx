@@ -106,10 +106,12 @@ cdef extern from "_core.h" nogil:
                               fn_idx pd)
     void fn_seg_moments2_f32(const float *xa, const float *xb, fn_idx n, double *na,
                              double *meana, double *m2a, double *nb, double *meanb,
-                             double *m2b)
+                             double *m2b, const float *nxa,
+                             const float *nxb, fn_idx pd)
     void fn_seg_moments2_f64(const double *xa, const double *xb, fn_idx n, double *na,
                              double *meana, double *m2a, double *nb, double *meanb,
-                             double *m2b)
+                             double *m2b, const double *nxa,
+                             const double *nxb, fn_idx pd)
     void fn_planes_col_moments_f32(const float *x, fn_idx rows, fn_idx ld, fn_idx nc,
                                    fn_idx S, fn_idx rb, float *scr, double *n, double *mean,
                                    double *m2)
@@ -445,14 +447,16 @@ cdef inline void zero_pair(double *a, double *b) noexcept nogil:
 
 
 cdef inline void seg_moments2(const floating *xa, const floating *xb, Py_ssize_t n, double *a,
-                              double *b) noexcept nogil:
+                              double *b, const floating *nxa=NULL, const floating *nxb=NULL,
+                              Py_ssize_t pd=0) noexcept nogil:
     """seg_moments of two segments of n values read side by side, from zero: a[0:3] and b[0:3]
-    (count, mean, M2), each with its own seg_moments' bits."""
+    (count, mean, M2), each with its own seg_moments' bits; pd > 0: prefetch pd values ahead,
+    past the end into nxa / nxb (when not NULL)."""
     zero_pair(a, b)
     if floating is float:
-        fn_seg_moments2_f32(xa, xb, n, &a[0], &a[1], &a[2], &b[0], &b[1], &b[2])
+        fn_seg_moments2_f32(xa, xb, n, &a[0], &a[1], &a[2], &b[0], &b[1], &b[2], nxa, nxb, pd)
     else:
-        fn_seg_moments2_f64(xa, xb, n, &a[0], &a[1], &a[2], &b[0], &b[1], &b[2])
+        fn_seg_moments2_f64(xa, xb, n, &a[0], &a[1], &a[2], &b[0], &b[1], &b[2], nxa, nxb, pd)
 
 
 cdef inline void seg_col_moments(const floating *x, Py_ssize_t rows, Py_ssize_t C, Py_ssize_t rb,
@@ -710,16 +714,22 @@ cdef int _pfnext = 1
 # float64 (32, 256, 28, 28) 0.99 / 0.94. The dx pass without any prefetch of the next channel
 # lost 10-15% on (32, 256, 28, 28) and (32, 128, 40, 40), where two channels fit L2. The
 # sums' prefetch alone, in a C probe of 32 planes of 12.5 KiB a channel: 1.75-1.84 -> 1.35-1.52
-# times a copy's time (a channel read as one contiguous run: 1.20-1.29). The other schedules
-# keep theirs.
+# times a copy's time (a channel read as one contiguous run: 1.20-1.29). The forward's
+# moments of a channel (planes_unit_fused, the same runs of x, whose apply prefetches the next
+# channel: two channels of x fit L2 here) take the same prefetch across planes
+# (fn_seg_moments2's nxa / nxb): forward / copy, paired new / old as above, one thread / two:
+# float32 (32, 64, 56, 56) 0.94 / 0.95 and 0.96 / 0.93 (two runs of 15 rounds); (8, 64, 56,
+# 56) 0.91 / 1.01; (32, 256, 28, 28) 1.01 / 0.97; float64 (32, 64, 56, 56) 0.94 / 0.96, (32,
+# 256, 28, 28) 0.88 / 0.94. The other schedules keep theirs.
 DEF PF_SUMS_BYTES = 4096
 cdef bint _chan_order = True
 cdef Py_ssize_t _l2_bytes = fn_l2_bytes()
 
 
 def _set_chan_order(bint on):
-    """Tests and A/B only: the batch-norm backward's channel schedule of CHAN_ORDER_NOTE (on)
-    or the one before it (off); returns the previous setting. The bits do not depend on it."""
+    """Tests and A/B only: the batch-norm channel schedules of CHAN_ORDER_NOTE (on: the
+    forward's and the backward's prefetch across planes, the backward's dx order) or the ones
+    before them (off); returns the previous setting. The bits do not depend on it."""
     global _chan_order
     prev = _chan_order
     _chan_order = on
@@ -744,7 +754,8 @@ cdef inline void pf_plane2(const floating *dy, const floating *x, Py_ssize_t p,
 
 
 cdef void planes_pair_moments(const floating *x, Py_ssize_t S, Py_ssize_t p, Py_ssize_t q,
-                              Py_ssize_t K, double *a, double *b) noexcept nogil:
+                              Py_ssize_t K, double *a, double *b, Py_ssize_t p2=-1,
+                              Py_ssize_t q2=-1, Py_ssize_t pd=0) noexcept nogil:
     """Moments of plane p into a[0:3] and of plane q (q >= 0) into b[0:3], each chunk by chunk
     (FN_CHUNK) merged in order as the one-plane loop does, the two planes read side by side."""
     cdef Py_ssize_t k, ln
@@ -756,7 +767,12 @@ cdef void planes_pair_moments(const floating *x, Py_ssize_t S, Py_ssize_t p, Py_
             plane_chunk_moments(x, S, p, k, NULL, pa)
         else:
             ln = min(FN_CHUNK, S - k * FN_CHUNK)
-            seg_moments2(x + p * S + k * FN_CHUNK, x + q * S + k * FN_CHUNK, ln, pa, pb)
+            if K == 1 and pd:
+                seg_moments2(x + p * S, x + q * S, ln, pa, pb,
+                             x + p2 * S if p2 >= 0 else NULL, x + q2 * S if p2 >= 0 else NULL,
+                             pd)
+            else:
+                seg_moments2(x + p * S + k * FN_CHUNK, x + q * S + k * FN_CHUNK, ln, pa, pb)
             fn_chan_merge(&b[0], &b[1], &b[2], pb[0], pb[1], pb[2])
         fn_chan_merge(&a[0], &a[1], &a[2], pa[0], pa[1], pa[2])
 
@@ -802,7 +818,10 @@ cdef void planes_unit_fused(const floating *x, floating *y, Py_ssize_t u, Py_ssi
             if pfn:
                 fn_pf_bytes(x + (n * C + c0 + 1) * S, S * sizeof(floating))
                 fn_pf_bytes(x + ((n + 1) * C + c0 + 1) * S, S * sizeof(floating))
-            planes_pair_moments(x, S, n * C + c0, (n + 1) * C + c0, K, pa, pb)
+            planes_pair_moments(x, S, n * C + c0, (n + 1) * C + c0, K, pa, pb,
+                                (n + 2) * C + c0 if n + 3 < n0 + nb else -1, (n + 3) * C + c0,
+                                PF_SUMS_BYTES // <Py_ssize_t>sizeof(floating)
+                                if pf and _chan_order else 0)
             fn_chan_merge(&un, &um, &um2, pa[0], pa[1], pa[2])
             fn_chan_merge(&un, &um, &um2, pb[0], pb[1], pb[2])
         if nb % 2:
