@@ -708,10 +708,9 @@ cdef int _pfnext = 1
 # Backward / copy, same process, the two schedules alternating round by round (_set_chan_order,
 # abmodes scratch script), median of the paired new / old ratios, one thread / two threads,
 # float32: (32, 64, 56, 56) 0.98 / 0.97 (21 rounds; in three runs before, new / old medians
-# 0.91 / 0.91, 0.98 / 0.89 and 1.00 / 0.85: a slower old schedule in some processes);
-# (8, 64, 56, 56) 0.97 / 1.00;
-# (64, 64, 56, 56) 0.98 / 1.03; (32, 256, 28, 28) 0.99 / 1.00; (32, 128, 40, 40) 0.97 / 0.99;
-# float64 (32, 256, 28, 28) 0.99 / 0.94. The dx pass without any prefetch of the next channel
+# 0.91 / 0.91, 0.98 / 0.89 and 1.00 / 0.85: a slower old schedule in some processes); (8, 64,
+# 56, 56) 0.97 / 1.00; (64, 64, 56, 56) 0.98 / 1.03; (32, 256, 28, 28) 0.99 / 1.00; (32, 128,
+# 40, 40) 0.97 / 0.99; float64 (32, 256, 28, 28) 0.99 / 0.94. The dx pass without any prefetch of the next channel
 # lost 10-15% on (32, 256, 28, 28) and (32, 128, 40, 40), where two channels fit L2. The
 # sums' prefetch alone, in a C probe of 32 planes of 12.5 KiB a channel: 1.75-1.84 -> 1.35-1.52
 # times a copy's time (a channel read as one contiguous run: 1.20-1.29). The forward's
@@ -757,22 +756,21 @@ cdef void planes_pair_moments(const floating *x, Py_ssize_t S, Py_ssize_t p, Py_
                               Py_ssize_t K, double *a, double *b, Py_ssize_t p2=-1,
                               Py_ssize_t q2=-1, Py_ssize_t pd=0) noexcept nogil:
     """Moments of plane p into a[0:3] and of plane q (q >= 0) into b[0:3], each chunk by chunk
-    (FN_CHUNK) merged in order as the one-plane loop does, the two planes read side by side."""
+    (FN_CHUNK) merged in order as the one-plane loop does, the two planes read side by side;
+    pd > 0 (one chunk a plane): prefetch pd values ahead, then into planes p2 and q2 (p2 >= 0)."""
     cdef Py_ssize_t k, ln
     cdef double pa[3]
     cdef double pb[3]
+    if K != 1:
+        pd = 0
     zero_pair(a, b)
     for k in range(K):
         if q < 0:
             plane_chunk_moments(x, S, p, k, NULL, pa)
         else:
             ln = min(FN_CHUNK, S - k * FN_CHUNK)
-            if K == 1 and pd:
-                seg_moments2(x + p * S, x + q * S, ln, pa, pb,
-                             x + p2 * S if p2 >= 0 else NULL, x + q2 * S if p2 >= 0 else NULL,
-                             pd)
-            else:
-                seg_moments2(x + p * S + k * FN_CHUNK, x + q * S + k * FN_CHUNK, ln, pa, pb)
+            seg_moments2(x + p * S + k * FN_CHUNK, x + q * S + k * FN_CHUNK, ln, pa, pb,
+                         x + p2 * S if p2 >= 0 else NULL, x + q2 * S if p2 >= 0 else NULL, pd)
             fn_chan_merge(&b[0], &b[1], &b[2], pb[0], pb[1], pb[2])
         fn_chan_merge(&a[0], &a[1], &a[2], pa[0], pa[1], pa[2])
 
