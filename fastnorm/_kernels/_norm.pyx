@@ -725,6 +725,13 @@ cdef bint _chan_order = True
 cdef Py_ssize_t _l2_bytes = fn_l2_bytes()
 
 
+cdef inline Py_ssize_t pair_pf(Py_ssize_t pf, Py_ssize_t itemsize) noexcept nogil:
+    """How far ahead (values) a batch-norm channel's pair loops prefetch across its planes
+    (CHAN_ORDER_NOTE): PF_SUMS_BYTES where the apply prefetches the next channel (pf > 0), else
+    0 (not at all)."""
+    return PF_SUMS_BYTES // itemsize if pf and _chan_order else 0
+
+
 def _set_chan_order(bint on):
     """Tests and A/B only: the batch-norm channel schedules of CHAN_ORDER_NOTE (on: the
     forward's and the backward's prefetch across planes, the backward's dx order) or the ones
@@ -818,8 +825,7 @@ cdef void planes_unit_fused(const floating *x, floating *y, Py_ssize_t u, Py_ssi
                 fn_pf_bytes(x + ((n + 1) * C + c0 + 1) * S, S * sizeof(floating))
             planes_pair_moments(x, S, n * C + c0, (n + 1) * C + c0, K, pa, pb,
                                 (n + 2) * C + c0 if n + 3 < n0 + nb else -1, (n + 3) * C + c0,
-                                PF_SUMS_BYTES // <Py_ssize_t>sizeof(floating)
-                                if pf and _chan_order else 0)
+                                pair_pf(pf, sizeof(floating)))
             fn_chan_merge(&un, &um, &um2, pa[0], pa[1], pa[2])
             fn_chan_merge(&un, &um, &um2, pb[0], pb[1], pb[2])
         if nb % 2:
@@ -1818,8 +1824,9 @@ cdef void planes_unit_bwd_fused(const floating *dy, const floating *x, floating 
     cdef Py_ssize_t ncb = C // cb, K = nchunks(S, FN_CHUNK)
     cdef Py_ssize_t n0 = (u // ncb) * nb, c0 = (u % ncb) * cb
     cdef Py_ssize_t n, c, k, p
-    cdef Py_ssize_t n1 = n0, pb, room
-    cdef Py_ssize_t sd = PF_SUMS_BYTES // <Py_ssize_t>sizeof(floating) if pf and _chan_order else 0
+    cdef Py_ssize_t n1 = n0, pb, room, q
+    cdef Py_ssize_t sd = pair_pf(pf, sizeof(floating))
+    cdef bint rev
     cdef bint pfn
     if nb == 1 and cb > 1 and S <= FN_BLK:
         # a group-norm unit of several planes: its planes' sums eight side by side, its dx
@@ -1857,21 +1864,17 @@ cdef void planes_unit_bwd_fused(const floating *dy, const floating *x, floating 
         for c in range(c0, c0 + cb):
             plane_bwd_sums(dy, x, S, n * C + c, K, mh[u], ml[u], psum)
     planes_unit_bwd_coef(psum, u, C, S, nb, cb, w, rstd, cQ, cB, frozen)
-    if cb == 1 and pf and _chan_order:
-        # dx last plane first, prefetching the next channel's planes only as far as L2 has room
-        # beside this channel's (CHAN_ORDER_NOTE)
-        pb = 2 * S * <Py_ssize_t>sizeof(floating)
-        room = max(<Py_ssize_t>0, (_l2_bytes - nb * pb) // pb)
-        for n in range(n0 + nb - 1, n0 - 1, -1):
-            for k in range(K):
-                plane_chunk_bwd_apply(dy, x, dx, S, n * C + c0, k, u, c0, cb, w, rstd, mh, ml,
-                                      cQ, cB, stream, pf if n - n0 < room else 0)
-        return
-    for n in range(n0, n0 + nb):
+    # a batch-norm channel's dx (CHAN_ORDER_NOTE): last plane first, prefetching the next
+    # channel's planes only as far as L2 has room beside this channel's
+    rev = cb == 1 and sd > 0
+    pb = 2 * S * <Py_ssize_t>sizeof(floating)
+    room = max(<Py_ssize_t>0, (_l2_bytes - nb * pb) // pb) if rev else nb
+    for q in range(nb):
+        n = n0 + nb - 1 - q if rev else n0 + q
         for c in range(c0, c0 + cb):
             for k in range(K):
                 plane_chunk_bwd_apply(dy, x, dx, S, n * C + c, k, u, c, cb, w, rstd, mh, ml,
-                                      cQ, cB, stream, pf)
+                                      cQ, cB, stream, pf if n - n0 < room else 0)
 
 
 # One-sample units (instance norm's planes, group norm's runs of planes) of at most
