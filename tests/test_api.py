@@ -755,6 +755,45 @@ def test_group_units_of_small_planes_one_run_same_bits(N, C, S, cb, dtype, rng):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("N,C,S", [(3, 7, 49), (2, 5, 3), (2, 9, 16), (1, 13, 200),
+                                   (2, 6, 201), (5, 3, 100), (1, 4, 101), (4, 2, 24)])
+def test_instance_small_planes_backward_four_at_a_time_same_bits(N, C, S, dtype, rng):
+    """Instance-norm planes of up to 800 bytes take their backward four side by side (sums,
+    psum and coefficients in float64 lanes, fn_units1_bwd): dx, dweight and dbias are bitwise
+    those of the split schedule (every plane on its own) at one and two threads, with a last
+    step of fewer than four planes, channels wrapping to the next sample inside a step, planes
+    shorter than a vector or of whole pairs of vectors, either side of the 800 bytes, frozen
+    statistics or not, and match the reference."""
+    x = (50 + 2 * rng.standard_normal(N * C * S)).astype(dtype)
+    dy = rng.standard_normal(N * C * S).astype(dtype)
+    w = rng.standard_normal(C).astype(dtype)
+    b = np.zeros(C, dtype)
+    U = N * C
+    m, r = np.empty(U), np.empty(U)
+    K.planes_forward(x, np.empty_like(x), N, C, S, 1, 1, w, b, False, 1e-5, m, r, 0, 1, True)
+    for frozen in (False, True):
+        got = []
+        for fuse, t in ((False, 1), (True, 1), (True, 2)):
+            dx = np.empty_like(x)
+            dw, db = np.empty(C), np.empty(C)
+            K.planes_backward(dy, x, dx, N, C, S, 1, 1, w, m, r, dw, db, t, fuse,
+                              frozen=frozen)
+            got.append((dx, dw, db))
+        for other in got[1:]:
+            for a, o in zip(got[0], other):
+                np.testing.assert_array_equal(a, o)
+        if frozen:  # the statistics held constant: dx = dy * w * rstd
+            want = (dy.reshape(N, C, S) * w[:, None] * r.reshape(N, C)[:, :, None])
+            assert_close(got[0][0].reshape(N, C, S), want, dtype, what="frozen dx")
+            continue
+        dx_ref, dw_ref, db_ref = ref.channel_backward("instance", dy.reshape(N, C, S),
+                                                      x.reshape(N, C, S), w)
+        assert_close(got[0][0].reshape(N, C, S), dx_ref, dtype, what="dx")
+        assert_close(got[0][1], dw_ref, dtype, scale=np.sqrt(x.size), what="dweight")
+        assert_close(got[0][2], db_ref, dtype, scale=np.sqrt(x.size), what="dbias")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("n", [1, 15, 4097, 3 * 4096 * 4 + 21])
 def test_parallel_copy(n, dtype, rng):
     """The benchmarks' floor copies every element, memcpy or streaming (four-page blocks, a

@@ -2252,6 +2252,71 @@ FN_HOT static void FN(fn_planes_bwd_sums)(const T *dy, const T *x, fn_idx nplane
    runs across the planes, so that no line took both kinds) it measured slower, instance norm
    (32, 1024, 14, 14) float32 backward / copy 2.40 vs 1.82 at one thread, 1.96 vs 1.94 at two;
    with the store kind a parameter that is always 0, 1.04-1.05 (its branches stay in). */
+/* Instance-norm planes (one-plane units) of at most FN_UNIT1_BWD_BYTES: fn_units_group_bwd's
+   operations four units at a time, side by side where they are per unit: the four planes'
+   sums each in its own vectors, their lane sums by fn_hsum4 (fn_hsum's pairs), psum and the
+   coefficients cQ, cB in float64 lanes, one unit a lane (the two divisions one vector division
+   each), then the four planes' dx. Every value has the unit-by-unit loop's operations, so its
+   bits. What it saves is the scalar chain each unit had between its sums and its dx (two
+   trees of horizontal sums, three products and two divisions). No prefetch: units this short
+   stream well without it, and dx prefetching the next four planes lost (instance norm 16 x 16
+   float32 of 12 MB, one thread: 1.14 against the unit-by-unit loop, 0.94 without). */
+#define FN_UNIT1_BWD_BYTES 800
+static inline __attribute__((always_inline)) void FN(fn_units1_bwd)(
+    const T *dy, const T *x, T *dx, fn_idx u0, fn_idx u1, fn_idx ncb, fn_idx S, const T *w,
+    const T *mhp, const T *mlp, const double *rstd, double *psum, T *cQ, T *cB, int frozen)
+{
+    const FN(hd4) Z = {0}, CNT = Z + (double)S;
+    FN(hd4) ta[4], tb[4], P1, P2, W, R, QB, QQ;
+    double e1[4], e2[4];
+    FN(vec) a0, a1, b0, b1;
+    fn_idx u, h, k, j, c, ch = u0 % ncb, nv = S - S % (2 * FN_VL), i;
+    T t1, t2, mh, ml;  /* mh, ml: the names FN_BWD_PAIR reads */
+    const T *d, *xx;
+    for (h = u0; h < u1; h += 4) {
+        k = u1 - h < 4 ? u1 - h : 4;
+        W = R = Z;
+        for (j = 0, c = ch; j < k; j++, c = c + 1 == ncb ? 0 : c + 1) {
+            u = h + j;
+            d = dy + u * S;
+            xx = x + u * S;
+            mh = mhp[u];
+            ml = mlp[u];
+            a0 = a1 = b0 = b1 = (FN(vec)){0};
+            for (i = 0; i < nv; i += 2 * FN_VL) FN_BWD_PAIR(d + i, xx + i, a0, a1, b0, b1);
+            FN(fn_bwd_tail)(d, xx, S, mh, ml, &a0, &a1, &b0, &b1, &t1, &t2);
+            ta[j] = FN(fn_hsum_t)(&a0, &a1);
+            tb[j] = FN(fn_hsum_t)(&b0, &b1);
+            e1[j] = (double)t1;
+            e2[j] = (double)t2;
+            W[j] = (double)w[c];
+            R[j] = rstd[u];
+        }
+        for (; j < 4; j++) {
+            ta[j] = tb[j] = Z;
+            e1[j] = e2[j] = 0;
+        }
+        /* psum from zero, as fn_seg_bwd_sums_in adds to it; then the unit loop's sdy and
+           sgx (from zero), cB = -r * r * r * sgx / cnt and cQ = sdy / cnt */
+        P1 = Z + FN(fn_hsum4_plus)(e1, ta);
+        P2 = Z + FN(fn_hsum4_plus)(e2, tb);
+        QB = -R * R * R * (Z + W * P2) / CNT;
+        QQ = (Z + P1) / CNT;
+        if (frozen) QB = QQ = Z;
+        for (j = 0; j < k; j++) {
+            psum[2 * (h + j)] = P1[j];
+            psum[2 * (h + j) + 1] = P2[j];
+            cB[h + j] = (T)QB[j];
+            cQ[h + j] = (T)QQ[j];
+        }
+        for (j = 0; j < k; j++, ch = ch + 1 == ncb ? 0 : ch + 1) {
+            u = h + j;
+            FN(fn_seg_bwd_apply_in)(dy + u * S, x + u * S, dx + u * S, S, 1, cQ[u],
+                                    (T)rstd[u] * w[ch], mhp[u], mlp[u], cB[u], 0, 0);
+        }
+    }
+}
+
 FN_HOT static void FN(fn_units_group_bwd)(const T *dy, const T *x, T *dx, fn_idx u0, fn_idx u1,
                                           fn_idx ncb, fn_idx S, fn_idx cb, const T *w,
                                           const T *mh, const T *ml, const double *rstd,
@@ -2260,6 +2325,10 @@ FN_HOT static void FN(fn_units_group_bwd)(const T *dy, const T *x, T *dx, fn_idx
     fn_idx u, j, p, c;
     double sdy, sg, sgx, r, cnt = (double)(cb * S);
     T rt;
+    if (cb == 1 && S * (fn_idx)sizeof(T) <= FN_UNIT1_BWD_BYTES) {
+        FN(fn_units1_bwd)(dy, x, dx, u0, u1, ncb, S, w, mh, ml, rstd, psum, cQ, cB, frozen);
+        return;
+    }
     /* Taking the next unit's sums between a unit's coefficients and its dx (software
        pipelining) lost: 1.01-1.04 on 7 x 7 planes, 1.18 on 14 x 14 (backward / copy, paired). */
     for (u = u0; u < u1; u++) {
