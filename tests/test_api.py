@@ -793,6 +793,65 @@ def test_instance_small_planes_backward_four_at_a_time_same_bits(N, C, S, dtype,
         assert_close(got[0][2], db_ref, dtype, scale=np.sqrt(x.size), what="dbias")
 
 
+def _at_page_offset(like, other, d):
+    """An empty array like `like` whose address is d bytes past other's modulo a page."""
+    n = like.size * like.itemsize
+    buf = np.empty(n + 8192, np.uint8)
+    o = (other.ctypes.data + d - buf.ctypes.data) % 4096
+    return buf[o:o + n].view(like.dtype).reshape(like.shape)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(2, 3, 3, 2048), (3, 2, 2, 1031), (1, 5, 1, 1100),
+                                   (2, 1, 1, 700), (1, 1, 2, 4096)])
+def test_wide_channels_last_rows_in_column_tiles_same_bits(shape, dtype, rng):
+    """Channels-last passes over rows wider than a tile (fn_row_tile) take the rows in column
+    tiles: the forward's apply (batch, group, instance; inference with relu) and the
+    backward's dx (batch: no per-column P; group: with it) are bitwise those of whole rows,
+    with tiles of one or two vectors (many tiles, a last partial one, the scalar tail), with
+    outputs placed just past an input in the page (the descending order, tiles last first),
+    and match the reference."""
+    C = shape[-1]
+    x = (50 + 2 * rng.standard_normal(shape)).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    w = rng.standard_normal(C).astype(dtype)
+    b = rng.standard_normal(C).astype(dtype)
+    rm, rv = rng.standard_normal(C), rng.random(C) + 0.5
+    G = C // 2 if C % 2 == 0 else C
+    runs = {}
+    prev = K._set_row_tiles(4096, 512)
+    try:
+        for tiles in ((1 << 40, 1 << 40), (4096, 512), (64, 8), (32, 16)):
+            K._set_row_tiles(*tiles)
+            for d in (0, 256):
+                got = []
+                y = np.empty_like(x) if d == 0 else _at_page_offset(x, x, d)
+                got.append(fn.batch_norm_forward(x, w, b, layout="NHWC", out=y)[0].copy())
+                got.append(fn.instance_norm_forward(x, w, b, layout="NHWC", out=y)[0].copy())
+                got.append(fn.group_norm_forward(x, G, w, b, layout="NHWC", out=y)[0].copy())
+                got.append(fn.batch_norm(x, rm, rv, w, b, layout="NHWC", activation="relu",
+                                         out=y).copy())
+                _, m, r = fn.batch_norm_forward(x, w, b, layout="NHWC")
+                dx = np.empty_like(x) if d == 0 else _at_page_offset(x, dy, d)
+                got += [a.copy() for a in fn.batch_norm_backward(dy, x, m, r, w,
+                                                                 layout="NHWC", out=dx)]
+                _, m, r = fn.group_norm_forward(x, G, w, b, layout="NHWC")
+                got += [a.copy() for a in fn.group_norm_backward(dy, x, m, r, G, w,
+                                                                 layout="NHWC", out=dx)]
+                runs[tiles, d] = got
+    finally:
+        K._set_row_tiles(*prev)
+    first = runs[(1 << 40, 1 << 40), 0]
+    for key, got in runs.items():
+        for a, o in zip(first, got):
+            np.testing.assert_array_equal(a, o, err_msg=str(key))
+    xc, dyc = np.moveaxis(x, -1, 1), np.moveaxis(dy, -1, 1)
+    ry, _, _ = ref.channel_forward("batch", xc, w, b)
+    assert_close(np.moveaxis(first[0], -1, 1), ry, dtype, what="y")
+    rdx, rdw, rdb = ref.channel_backward("group", dyc, xc, w, G=G)
+    assert_close(np.moveaxis(first[7], -1, 1), rdx, dtype, what="group dx")
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("n", [1, 15, 4097, 3 * 4096 * 4 + 21])
 def test_parallel_copy(n, dtype, rng):

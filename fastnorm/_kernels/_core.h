@@ -239,6 +239,25 @@ static inline long fn_l2_bytes(void)
     return v > 0 ? v : 524288;
 }
 
+/* Column tiles of the per-channel passes over rows wider than a tile (fn_row_tile): the
+   apply's (fn_rows_apply: four coefficient arrays) in bytes, the backward's dx
+   (fn_rows_bwd_apply: five or six) in values. A row of 2048 float32 channels carries 32 KiB of
+   each of the apply's coefficient arrays, 128 KiB in all, which L1 cannot hold beside the
+   rows: every row loaded them again from L2. Tiled, a tile's coefficients stay in L1 while the
+   tile runs down all the rows. Whole op, tiled / untiled, the same process, one thread, in
+   cache, (4, 7, 7, 2048) float32 forward batch / group / instance 0.75 / 0.78 / 0.82 (tiles of
+   2048 bytes 0.79 / 0.78 / 0.82), backward 0.82 / 0.93 / 0.84 with dx tiles of 512 values
+   (256: 0.90 / 0.89 / 0.85; 1024: 0.82 / 1.00 / 0.87); float64 (4, 7, 7, 1024) forward
+   0.86-0.87, backward batch 0.80-0.88, instance 0.93 (dx tiles of 256 values: batch 0.86);
+   two threads 0.77-0.96; 12.8 MB, (32, 7, 7, 2048), one and two threads 0.99-1.02 (forward
+   0.85-0.97). Set by _set_row_tiles (tests). */
+static long fn_row_tile_bytes = 4096, fn_dx_tile_values = 512;
+static inline void fn_set_row_tiles(long apply_bytes, long dx_values)
+{
+    fn_row_tile_bytes = apply_bytes;
+    fn_dx_tile_values = dx_values;
+}
+
 /* Chan's merge of (nb, mb, m2b) into the running (n, mean, m2). From an empty running state it
    copies the partial exactly, so merging k partials in a fixed order gives one fixed result. */
 static inline void fn_chan_merge(double *n, double *mean, double *m2,

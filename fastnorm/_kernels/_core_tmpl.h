@@ -1975,10 +1975,22 @@ static inline __attribute__((always_inline)) void FN(fn_rows_apply_k)(
     }
 }
 
+/* The width (values, whole vectors) of the column tiles a pass over rows of C values takes
+   down all its rows (fn_row_tile_bytes in _core.h): tile_bytes where the rows are wider, there
+   is more than one row and the stores are not streamed (a line split between two tiles would
+   leave the write-combining buffer half full); else the whole row's vectors. */
+static inline fn_idx FN(fn_row_tile)(fn_idx rows, fn_idx C, int nt, long tile_bytes)
+{
+    fn_idx cv = C - C % FN_VL, tw = (fn_idx)(tile_bytes / (long)sizeof(T)) / FN_VL * FN_VL;
+    if (nt || rows < 2 || C * (fn_idx)sizeof(T) <= tile_bytes || tw < FN_VL)
+        return cv > 0 ? cv : 1;
+    return tw;
+}
+
 FN_HOT static void FN(fn_rows_apply)(const T *x, T *y, fn_idx rows, fn_idx C, const T *mh,
                                      const T *ml, const T *a, const T *b, int act, int nt)
 {
-    fn_idx r, k, c, cv = C - C % FN_VL, L;
+    fn_idx r, k, c, cv = C - C % FN_VL, L, tw, c0, c1, t, nT;
     T tl[4 * FN_LANES];
     const T *xr;
     T *yr;
@@ -2031,21 +2043,28 @@ FN_HOT static void FN(fn_rows_apply)(const T *x, T *y, fn_idx rows, fn_idx C, co
         }
     }
     desc = FN_DESC(fn_alias(y, x), rows * C * sizeof(T));
-    for (k = 0; k < rows; k++) {  /* rows and their vectors last first when desc */
-        r = desc ? rows - 1 - k : k;
-        xr = x + r * C;
-        yr = y + r * C;
-        ntr = nt && FN(fn_nt_head)(yr, C) == 0;
-        FN_VFOR(c, 0, cv, FN_VL, desc,
-            v = FN_LO((*(const FN(uvec) *)(xr + c) - *(const FN(uvec) *)(mh + c)),
-                 *(const FN(uvec) *)(ml + c)) * *(const FN(uvec) *)(a + c)
-                + *(const FN(uvec) *)(b + c);
-            if (act) v = FN(fn_vrelu)(v);
-            FN(fn_vst)(yr + c, v, ntr);
-        );
-        for (c = cv; c < C; c++) {
-            u = FN_LO((xr[c] - mh[c]), ml[c]) * a[c] + b[c];
-            yr[c] = act ? FN_RELU(u) : u;
+    tw = FN(fn_row_tile)(rows, C, nt, fn_row_tile_bytes);
+    nT = cv > tw ? (cv + tw - 1) / tw : 1;
+    for (t = 0; t < nT; t++) {  /* column tiles [c0, c1) across the rows, last first when desc */
+        c0 = (desc ? nT - 1 - t : t) * tw;
+        c1 = cv - c0 > tw ? c0 + tw : cv;
+        for (k = 0; k < rows; k++) {  /* rows and their vectors last first when desc */
+            r = desc ? rows - 1 - k : k;
+            xr = x + r * C;
+            yr = y + r * C;
+            ntr = nt && FN(fn_nt_head)(yr, C) == 0;
+            FN_VFOR(c, c0, c1, FN_VL, desc,
+                v = FN_LO((*(const FN(uvec) *)(xr + c) - *(const FN(uvec) *)(mh + c)),
+                     *(const FN(uvec) *)(ml + c)) * *(const FN(uvec) *)(a + c)
+                    + *(const FN(uvec) *)(b + c);
+                if (act) v = FN(fn_vrelu)(v);
+                FN(fn_vst)(yr + c, v, ntr);
+            );
+            if (c1 == cv)
+                for (c = cv; c < C; c++) {
+                    u = FN_LO((xr[c] - mh[c]), ml[c]) * a[c] + b[c];
+                    yr[c] = act ? FN_RELU(u) : u;
+                }
         }
     }
 }
@@ -2845,7 +2864,7 @@ FN_HOT static void FN(fn_rows_bwd_apply)(const T *dy, const T *x, T *dx, fn_idx 
                                          const T *P, const T *Q, const T *R, const T *mh,
                                          const T *ml, const T *B, int nt)
 {
-    fn_idx r, k, c, cv = C - C % FN_VL, L = FN(fn_lanes)(C);
+    fn_idx r, k, c, cv = C - C % FN_VL, L = FN(fn_lanes)(C), tw, c0, c1, t, nT;
     const T *xr, *dr;
     T *o, tl[6 * FN_LANES];
     int desc, ntr;
@@ -2879,34 +2898,45 @@ FN_HOT static void FN(fn_rows_bwd_apply)(const T *dy, const T *x, T *dx, fn_idx 
        (32, 28, 28, 256) 3.73 -> 3.58, float64 (32, 28, 28, 128) 3.59 -> 3.05, (32, 14, 14,
        512) float32 5.57 -> 5.21; alternating builds, two rounds each, float64 3.33 / 3.54 ->
        3.03 / 3.27, float32 within the noise (3.49 / 3.49 -> 3.40 / 3.62). */
-    for (k = 0; k < rows; k++) {  /* rows and their vectors last first when desc */
-        r = desc ? rows - 1 - k : k;
-        xr = x + r * C;
-        dr = dy + r * C;
-        o = dx + r * C;
-        ntr = nt && FN(fn_nt_head)(o, C) == 0;
-        if (!P) {
-            FN_VFOR(c, 0, cv, FN_VL, desc,
+    tw = FN(fn_row_tile)(rows, C, nt, fn_dx_tile_values * (long)sizeof(T));
+    nT = cv > tw ? (cv + tw - 1) / tw : 1;
+    for (t = 0; t < nT; t++) {  /* column tiles [c0, c1) across the rows, last first when desc */
+        c0 = (desc ? nT - 1 - t : t) * tw;
+        c1 = cv - c0 > tw ? c0 + tw : cv;
+        for (k = 0; k < rows; k++) {  /* rows and their vectors last first when desc */
+            r = desc ? rows - 1 - k : k;
+            xr = x + r * C;
+            dr = dy + r * C;
+            o = dx + r * C;
+            ntr = nt && FN(fn_nt_head)(o, C) == 0;
+            if (!P) {
+                FN_VFOR(c, c0, c1, FN_VL, desc,
+                    FN(fn_vst)(o + c,
+                               (*(const FN(uvec) *)(dr + c) - *(const FN(uvec) *)(Q + c))
+                               * *(const FN(uvec) *)(R + c)
+                               + FN_LO((*(const FN(uvec) *)(xr + c)
+                                        - *(const FN(uvec) *)(mh + c)),
+                                       *(const FN(uvec) *)(ml + c))
+                                 * *(const FN(uvec) *)(B + c),
+                               ntr);
+                );
+                if (c1 == cv)
+                    for (c = cv; c < C; c++)
+                        o[c] = (dr[c] - Q[c]) * R[c] + FN_LO((xr[c] - mh[c]), ml[c]) * B[c];
+                continue;
+            }
+            FN_VFOR(c, c0, c1, FN_VL, desc,
                 FN(fn_vst)(o + c,
-                           (*(const FN(uvec) *)(dr + c) - *(const FN(uvec) *)(Q + c))
-                           * *(const FN(uvec) *)(R + c)
+                           (*(const FN(uvec) *)(dr + c) * *(const FN(uvec) *)(P + c)
+                            - *(const FN(uvec) *)(Q + c)) * *(const FN(uvec) *)(R + c)
                            + FN_LO((*(const FN(uvec) *)(xr + c) - *(const FN(uvec) *)(mh + c)),
-                              *(const FN(uvec) *)(ml + c)) * *(const FN(uvec) *)(B + c),
-                           ntr);
+                              *(const FN(uvec) *)(ml + c)) * *(const FN(uvec) *)(B + c), ntr);
             );
-            for (c = cv; c < C; c++)
-                o[c] = (dr[c] - Q[c]) * R[c] + FN_LO((xr[c] - mh[c]), ml[c]) * B[c];
-            continue;
+            if (c1 == cv)
+                for (c = cv; c < C; c++)
+                    o[c] = (dr[c] * P[c] - Q[c]) * R[c]
+                           + FN_LO((xr[c] - mh[c]), ml[c]) * B[c];
         }
-        FN_VFOR(c, 0, cv, FN_VL, desc,
-            FN(fn_vst)(o + c,
-                       (*(const FN(uvec) *)(dr + c) * *(const FN(uvec) *)(P + c)
-                        - *(const FN(uvec) *)(Q + c)) * *(const FN(uvec) *)(R + c)
-                       + FN_LO((*(const FN(uvec) *)(xr + c) - *(const FN(uvec) *)(mh + c)),
-                          *(const FN(uvec) *)(ml + c)) * *(const FN(uvec) *)(B + c), ntr);
-        );
-        for (c = cv; c < C; c++)
-            o[c] = (dr[c] * P[c] - Q[c]) * R[c] + FN_LO((xr[c] - mh[c]), ml[c]) * B[c];
     }
 }
 
