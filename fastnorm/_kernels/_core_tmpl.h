@@ -2341,8 +2341,8 @@ FN_HOT static void FN(fn_units_group_bwd)(const T *dy, const T *x, T *dx, fn_idx
                                           const T *mh, const T *ml, const double *rstd,
                                           double *psum, T *cQ, T *cB, int frozen, fn_idx pf)
 {
-    fn_idx u, j, p, c;
-    double sdy, sg, sgx, r, cnt = (double)(cb * S);
+    fn_idx u, j, p, c, cu;
+    double sdy, sg, sgx, s1, s2, r, cnt = (double)(cb * S);
     T rt;
     if (cb == 1 && S * (fn_idx)sizeof(T) <= FN_UNIT1_BWD_BYTES) {
         FN(fn_units1_bwd)(dy, x, dx, u0, u1, ncb, S, w, mh, ml, rstd, psum, cQ, cB, frozen);
@@ -2350,18 +2350,20 @@ FN_HOT static void FN(fn_units_group_bwd)(const T *dy, const T *x, T *dx, fn_idx
     }
     /* Taking the next unit's sums between a unit's coefficients and its dx (software
        pipelining) lost: 1.01-1.04 on 7 x 7 planes, 1.18 on 14 x 14 (backward / copy, paired). */
-    for (u = u0; u < u1; u++) {
+    /* the channel index steps with the unit (no division a plane), the sums go to psum once
+       from registers: group norm (256, 64, 7, 7) float32 backward 0.97-0.98 of the time */
+    for (u = u0, cu = u0 % ncb; u < u1; u++, cu = cu + 1 == ncb ? 0 : cu + 1) {
         sdy = sg = sgx = 0;
         for (j = 0; j < cb; j++) {
             p = u * cb + j;
-            c = (u % ncb) * cb + j;
-            psum[2 * p] = 0;
-            psum[2 * p + 1] = 0;
-            FN(fn_seg_bwd_sums_in)(dy + p * S, x + p * S, S, mh[u], ml[u], &psum[2 * p],
-                                   &psum[2 * p + 1]);
-            sdy = sdy + psum[2 * p];
-            sg = sg + (double)w[c] * psum[2 * p];
-            sgx = sgx + (double)w[c] * psum[2 * p + 1];
+            c = cu * cb + j;
+            s1 = s2 = 0;
+            FN(fn_seg_bwd_sums_in)(dy + p * S, x + p * S, S, mh[u], ml[u], &s1, &s2);
+            psum[2 * p] = s1;
+            psum[2 * p + 1] = s2;
+            sdy = sdy + s1;
+            sg = sg + (double)w[c] * s1;
+            sgx = sgx + (double)w[c] * s2;
         }
         r = rstd[u];
         cB[u] = (T)(-r * r * r * sgx / cnt);
@@ -2373,7 +2375,7 @@ FN_HOT static void FN(fn_units_group_bwd)(const T *dy, const T *x, T *dx, fn_idx
         rt = (T)r;
         for (j = 0; j < cb; j++) {
             p = u * cb + j;
-            c = (u % ncb) * cb + j;
+            c = cu * cb + j;
             if (cb == 1)
                 FN(fn_seg_bwd_apply_in)(dy + p * S, x + p * S, dx + p * S, S, 1, cQ[u],
                                         rt * w[c], mh[u], ml[u], cB[u], 0, pf);
