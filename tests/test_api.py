@@ -805,7 +805,7 @@ def _at_page_offset(like, other, d):
 @pytest.mark.parametrize("shape", [(2, 3, 3, 2048), (3, 2, 2, 1031), (1, 5, 1, 1100),
                                    (2, 1, 1, 700), (1, 1, 2, 4096)])
 def test_wide_channels_last_rows_in_column_tiles_same_bits(shape, dtype, rng):
-    """Channels-last passes over rows wider than a tile (fn_row_tile) take the rows in column
+    """Channels-last passes over rows wider than a tile (fn_row_tiles) take the rows in column
     tiles: the forward's apply (batch, group, instance; inference with relu) and the
     backward's dx (batch: no per-column P; group: with it) are bitwise those of whole rows,
     with tiles of one or two vectors (many tiles, a last partial one, the scalar tail), with

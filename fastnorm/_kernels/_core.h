@@ -239,11 +239,11 @@ static inline long fn_l2_bytes(void)
     return v > 0 ? v : 524288;
 }
 
-/* Column tiles of the per-channel passes over rows wider than a tile (fn_row_tile): the
+/* Column tiles of the per-channel passes over rows wider than a tile (fn_row_tiles): the
    apply's (fn_rows_apply: four coefficient arrays) in bytes, the backward's dx
-   (fn_rows_bwd_apply: five or six) in values. A row of 2048 float32 channels carries 32 KiB of
-   each of the apply's coefficient arrays, 128 KiB in all, which L1 cannot hold beside the
-   rows: every row loaded them again from L2. Tiled, a tile's coefficients stay in L1 while the
+   (fn_rows_bwd_apply: five or six) in values. At 2048 float32 channels each coefficient array
+   is 8 KiB, the apply's four 32 KiB (dx's up to 48 KiB), L1's whole size: beside the rows they
+   did not stay, and every row loaded them again from L2. Tiled, a tile's coefficients stay in L1 while the
    tile runs down all the rows. Whole op, tiled / untiled, the same process, one thread, in
    cache, (4, 7, 7, 2048) float32 forward batch / group / instance 0.75 / 0.78 / 0.82 (tiles of
    2048 bytes 0.79 / 0.78 / 0.82), backward 0.82 / 0.93 / 0.84 with dx tiles of 512 values

@@ -1975,16 +1975,30 @@ static inline __attribute__((always_inline)) void FN(fn_rows_apply_k)(
     }
 }
 
-/* The width (values, whole vectors) of the column tiles a pass over rows of C values takes
-   down all its rows (fn_row_tile_bytes in _core.h): tile_bytes where the rows are wider, there
-   is more than one row and the stores are not streamed (a line split between two tiles would
-   leave the write-combining buffer half full); else the whole row's vectors. */
-static inline fn_idx FN(fn_row_tile)(fn_idx rows, fn_idx C, int nt, long tile_bytes)
+/* How many column tiles a pass over rows of C values takes down all its rows
+   (fn_row_tile_bytes in _core.h), and their width *tw (values, whole vectors): tile_bytes
+   where the rows are wider, there is more than one row and the stores are not streamed (a
+   line split between two tiles would leave the write-combining buffer half full); else one
+   tile of the whole row's vectors. */
+static inline fn_idx FN(fn_row_tiles)(fn_idx rows, fn_idx C, int nt, long tile_bytes,
+                                      fn_idx *tw)
 {
-    fn_idx cv = C - C % FN_VL, tw = (fn_idx)(tile_bytes / (long)sizeof(T)) / FN_VL * FN_VL;
-    if (nt || rows < 2 || C * (fn_idx)sizeof(T) <= tile_bytes || tw < FN_VL)
-        return cv > 0 ? cv : 1;
-    return tw;
+    fn_idx cv = C - C % FN_VL, w = (fn_idx)(tile_bytes / (long)sizeof(T)) / FN_VL * FN_VL;
+    if (nt || rows < 2 || C * (fn_idx)sizeof(T) <= tile_bytes || w < FN_VL) {
+        *tw = cv > 0 ? cv : 1;
+        return 1;
+    }
+    *tw = w;
+    return (cv + w - 1) / w;
+}
+
+/* Tile t of nT of width tw over the vectors [0, cv): [*c0, *c1), the tiles last first when
+   desc (as the rows and vectors go then). */
+static inline void FN(fn_tile_span)(fn_idx t, fn_idx nT, fn_idx tw, fn_idx cv, int desc,
+                                    fn_idx *c0, fn_idx *c1)
+{
+    *c0 = (desc ? nT - 1 - t : t) * tw;
+    *c1 = cv - *c0 > tw ? *c0 + tw : cv;
 }
 
 FN_HOT static void FN(fn_rows_apply)(const T *x, T *y, fn_idx rows, fn_idx C, const T *mh,
@@ -2043,11 +2057,9 @@ FN_HOT static void FN(fn_rows_apply)(const T *x, T *y, fn_idx rows, fn_idx C, co
         }
     }
     desc = FN_DESC(fn_alias(y, x), rows * C * sizeof(T));
-    tw = FN(fn_row_tile)(rows, C, nt, fn_row_tile_bytes);
-    nT = cv > tw ? (cv + tw - 1) / tw : 1;
-    for (t = 0; t < nT; t++) {  /* column tiles [c0, c1) across the rows, last first when desc */
-        c0 = (desc ? nT - 1 - t : t) * tw;
-        c1 = cv - c0 > tw ? c0 + tw : cv;
+    nT = FN(fn_row_tiles)(rows, C, nt, fn_row_tile_bytes, &tw);
+    for (t = 0; t < nT; t++) {  /* column tiles [c0, c1) down all the rows */
+        FN(fn_tile_span)(t, nT, tw, cv, desc, &c0, &c1);
         for (k = 0; k < rows; k++) {  /* rows and their vectors last first when desc */
             r = desc ? rows - 1 - k : k;
             xr = x + r * C;
@@ -2218,6 +2230,25 @@ FN_HOT static void FN(fn_seg_bwd_apply)(const T *dy, const T *x, T *dx, fn_idx n
     FN(fn_seg_bwd_apply_in)(dy, x, dx, n, P, Q, R, mh, ml, B, nt, pf);
 }
 
+/* One plane's backward sums (dy, x: S <= FN_BLK values; mean mh + ml) as fn_hsum4 takes
+   them: the first level of its lanes' tree (*ta, *tb: fn_hsum_t) and the values past its
+   pairs of vectors (*e1, *e2: fn_bwd_tail), the operations of fn_seg_bwd_sums_in. */
+static inline __attribute__((always_inline)) void FN(fn_plane_bwd_lanes)(
+    const T *d, const T *xx, fn_idx S, T mh, T ml, FN(hd4) *ta, FN(hd4) *tb, double *e1,
+    double *e2)
+{
+    FN(vec) a0, a1, b0, b1;
+    fn_idx i, nv = S - S % (2 * FN_VL);
+    T t1, t2;
+    a0 = a1 = b0 = b1 = (FN(vec)){0};
+    for (i = 0; i < nv; i += 2 * FN_VL) FN_BWD_PAIR(d + i, xx + i, a0, a1, b0, b1);
+    FN(fn_bwd_tail)(d, xx, S, mh, ml, &a0, &a1, &b0, &b1, &t1, &t2);
+    *ta = FN(fn_hsum_t)(&a0, &a1);
+    *tb = FN(fn_hsum_t)(&b0, &b1);
+    *e1 = (double)t1;
+    *e2 = (double)t2;
+}
+
 /* The sums of nplanes consecutive planes of S <= FN_BLK values of one unit (mean mh + ml) into
    psum[2j], psum[2j + 1], j < nplanes: per plane fn_seg_bwd_sums_in's vector lanes, their
    lane sums four planes side by side (fn_hsum4: fn_hsum's pairs), then the Cython
@@ -2230,23 +2261,12 @@ FN_HOT static void FN(fn_planes_bwd_sums)(const T *dy, const T *x, fn_idx nplane
     const FN(hd4) Z = {0};
     FN(hd4) ta[FN_GROUP], tb[FN_GROUP], P1, P2;
     double e1[FN_GROUP], e2[FN_GROUP];
-    FN(vec) a0, a1, b0, b1;
-    fn_idx j0, j, k, i, h, nv = S - S % (2 * FN_VL);
-    T t1, t2;
-    const T *d, *xx;
+    fn_idx j0, j, k, h;
     for (j0 = 0; j0 < nplanes; j0 += FN_GROUP) {
         k = nplanes - j0 < FN_GROUP ? nplanes - j0 : FN_GROUP;
-        for (j = 0; j < k; j++) {
-            d = dy + (j0 + j) * S;
-            xx = x + (j0 + j) * S;
-            a0 = a1 = b0 = b1 = (FN(vec)){0};
-            for (i = 0; i < nv; i += 2 * FN_VL) FN_BWD_PAIR(d + i, xx + i, a0, a1, b0, b1);
-            FN(fn_bwd_tail)(d, xx, S, mh, ml, &a0, &a1, &b0, &b1, &t1, &t2);
-            ta[j] = FN(fn_hsum_t)(&a0, &a1);
-            tb[j] = FN(fn_hsum_t)(&b0, &b1);
-            e1[j] = (double)t1;
-            e2[j] = (double)t2;
-        }
+        for (j = 0; j < k; j++)
+            FN(fn_plane_bwd_lanes)(dy + (j0 + j) * S, x + (j0 + j) * S, S, mh, ml, &ta[j],
+                                   &tb[j], &e1[j], &e2[j]);
         for (; j < FN_GROUP; j++) {
             ta[j] = tb[j] = Z;
             e1[j] = e2[j] = 0;
@@ -2262,15 +2282,6 @@ FN_HOT static void FN(fn_planes_bwd_sums)(const T *dy, const T *x, fn_idx nplane
     }
 }
 
-/* The backward of one-sample channel units u0 .. u1 - 1 (instance norm: cb = 1, one plane
-   each; group norm: cb planes), planes of S <= FN_CHUNK values, ncb units per sample: per unit
-   the sums of its planes into psum (two per plane), its coefficients cQ[u], cB[u] (the form of
-   planes_unit_bwd_coef), then the dx of its planes (plane_chunk_bwd_apply's), in one loop: the
-   operations of the Cython schedule (planes_unit_bwd_fused), so the same bits, without its
-   calls per plane. mh, ml, rstd: per unit. dx with ordinary stores at any size: streamed (as
-   runs across the planes, so that no line took both kinds) it measured slower, instance norm
-   (32, 1024, 14, 14) float32 backward / copy 2.40 vs 1.82 at one thread, 1.96 vs 1.94 at two;
-   with the store kind a parameter that is always 0, 1.04-1.05 (its branches stay in). */
 /* Instance-norm planes (one-plane units) of at most FN_UNIT1_BWD_BYTES: fn_units_group_bwd's
    operations four units at a time, side by side where they are per unit: the four planes'
    sums each in its own vectors, their lane sums by fn_hsum4 (fn_hsum's pairs), psum and the
@@ -2288,26 +2299,14 @@ static inline __attribute__((always_inline)) void FN(fn_units1_bwd)(
     const FN(hd4) Z = {0}, CNT = Z + (double)S;
     FN(hd4) ta[4], tb[4], P1, P2, W, R, QB, QQ;
     double e1[4], e2[4];
-    FN(vec) a0, a1, b0, b1;
-    fn_idx u, h, k, j, c, ch = u0 % ncb, nv = S - S % (2 * FN_VL), i;
-    T t1, t2, mh, ml;  /* mh, ml: the names FN_BWD_PAIR reads */
-    const T *d, *xx;
+    fn_idx u, h, k, j, c, ch = u0 % ncb;
     for (h = u0; h < u1; h += 4) {
         k = u1 - h < 4 ? u1 - h : 4;
         W = R = Z;
         for (j = 0, c = ch; j < k; j++, c = c + 1 == ncb ? 0 : c + 1) {
             u = h + j;
-            d = dy + u * S;
-            xx = x + u * S;
-            mh = mhp[u];
-            ml = mlp[u];
-            a0 = a1 = b0 = b1 = (FN(vec)){0};
-            for (i = 0; i < nv; i += 2 * FN_VL) FN_BWD_PAIR(d + i, xx + i, a0, a1, b0, b1);
-            FN(fn_bwd_tail)(d, xx, S, mh, ml, &a0, &a1, &b0, &b1, &t1, &t2);
-            ta[j] = FN(fn_hsum_t)(&a0, &a1);
-            tb[j] = FN(fn_hsum_t)(&b0, &b1);
-            e1[j] = (double)t1;
-            e2[j] = (double)t2;
+            FN(fn_plane_bwd_lanes)(dy + u * S, x + u * S, S, mhp[u], mlp[u], &ta[j], &tb[j],
+                                   &e1[j], &e2[j]);
             W[j] = (double)w[c];
             R[j] = rstd[u];
         }
@@ -2336,6 +2335,15 @@ static inline __attribute__((always_inline)) void FN(fn_units1_bwd)(
     }
 }
 
+/* The backward of one-sample channel units u0 .. u1 - 1 (instance norm: cb = 1, one plane
+   each; group norm: cb planes), planes of S <= FN_CHUNK values, ncb units per sample: per unit
+   the sums of its planes into psum (two per plane), its coefficients cQ[u], cB[u] (the form of
+   planes_unit_bwd_coef), then the dx of its planes (plane_chunk_bwd_apply's), in one loop: the
+   operations of the Cython schedule (planes_unit_bwd_fused), so the same bits, without its
+   calls per plane. mh, ml, rstd: per unit. dx with ordinary stores at any size: streamed (as
+   runs across the planes, so that no line took both kinds) it measured slower, instance norm
+   (32, 1024, 14, 14) float32 backward / copy 2.40 vs 1.82 at one thread, 1.96 vs 1.94 at two;
+   with the store kind a parameter that is always 0, 1.04-1.05 (its branches stay in). */
 FN_HOT static void FN(fn_units_group_bwd)(const T *dy, const T *x, T *dx, fn_idx u0, fn_idx u1,
                                           fn_idx ncb, fn_idx S, fn_idx cb, const T *w,
                                           const T *mh, const T *ml, const double *rstd,
@@ -2900,11 +2908,9 @@ FN_HOT static void FN(fn_rows_bwd_apply)(const T *dy, const T *x, T *dx, fn_idx 
        (32, 28, 28, 256) 3.73 -> 3.58, float64 (32, 28, 28, 128) 3.59 -> 3.05, (32, 14, 14,
        512) float32 5.57 -> 5.21; alternating builds, two rounds each, float64 3.33 / 3.54 ->
        3.03 / 3.27, float32 within the noise (3.49 / 3.49 -> 3.40 / 3.62). */
-    tw = FN(fn_row_tile)(rows, C, nt, fn_dx_tile_values * (long)sizeof(T));
-    nT = cv > tw ? (cv + tw - 1) / tw : 1;
-    for (t = 0; t < nT; t++) {  /* column tiles [c0, c1) across the rows, last first when desc */
-        c0 = (desc ? nT - 1 - t : t) * tw;
-        c1 = cv - c0 > tw ? c0 + tw : cv;
+    nT = FN(fn_row_tiles)(rows, C, nt, fn_dx_tile_values * (long)sizeof(T), &tw);
+    for (t = 0; t < nT; t++) {  /* column tiles [c0, c1) down all the rows */
+        FN(fn_tile_span)(t, nT, tw, cv, desc, &c0, &c1);
         for (k = 0; k < rows; k++) {  /* rows and their vectors last first when desc */
             r = desc ? rows - 1 - k : k;
             xr = x + r * C;
