@@ -394,6 +394,15 @@ def _set_chunk_bytes(Py_ssize_t cap):
     return prev
 
 
+def _set_row_tiles(long apply_bytes, long dx_values):
+    """Tests and A/B only: the column tiles of the per-channel passes over wide channels-last
+    rows (fn_row_tile_bytes in _core.h), the apply's in bytes and the dx pass's in values;
+    returns the previous pair. The bits do not depend on them."""
+    prev = (fn_row_tile_bytes, fn_dx_tile_values)
+    fn_set_row_tiles(apply_bytes, dx_values)
+    return prev
+
+
 cdef inline Py_ssize_t cols_chunk_rows(Py_ssize_t G0, Py_ssize_t R, Py_ssize_t rb,
                                        Py_ssize_t rowbytes) noexcept nogil:
     """Rows per chunk of a channels-last tensor (G0 units of R rows of rowbytes, blocks of rb
@@ -732,15 +741,6 @@ cdef inline Py_ssize_t pair_pf(Py_ssize_t pf, Py_ssize_t itemsize) noexcept nogi
     (CHAN_ORDER_NOTE): PF_SUMS_BYTES where the apply prefetches the next channel (pf > 0), else
     0 (not at all)."""
     return PF_SUMS_BYTES // itemsize if pf and _chan_order else 0
-
-
-def _set_row_tiles(long apply_bytes, long dx_values):
-    """Tests and A/B only: the column tiles of the per-channel passes over wide channels-last
-    rows (fn_row_tile_bytes in _core.h), the apply's in bytes and the dx pass's in values;
-    returns the previous pair. The bits do not depend on them."""
-    prev = (fn_row_tile_bytes, fn_dx_tile_values)
-    fn_set_row_tiles(apply_bytes, dx_values)
-    return prev
 
 
 def _set_chan_order(bint on):
