@@ -632,6 +632,72 @@ def test_batch_mid_planes_same_bits(N, C, S, dtype, rng):
     np.testing.assert_allclose(dw, rdw, rtol=tol * 10, atol=tol * 10 * N * S)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("N,C,S", [(9, 37, 49), (6, 64, 8), (13, 5, 7), (4, 3, 2), (70, 10, 25)])
+def test_batch_small_planes_four_rows_a_sweep_same_bits(N, C, S, dtype, rng):
+    """Batch norm over small planes sweeps four samples' runs at a time (fn_col_rows): the
+    moments' and the sums' column accumulators, and the applies' coefficients, loaded once
+    for four rows. mean, rstd, y (relu too, in place too), dx, dweight, dbias and the frozen
+    dx are bitwise those of the row-by-row sweep, at 1 and 2 threads, streamed or not: N not a
+    multiple of 4, more rows than a block (70 > 64), runs with a scalar tail or shorter than a
+    vector, rows a multiple of 2 KiB apart (6, 64, 8: the applies go row by row there, the
+    sums by four), data at 1e5 times its spread. The values match the reference."""
+    x = (1e5 + rng.standard_normal(N * C * S)).astype(dtype)
+    dy = rng.standard_normal(N * C * S).astype(dtype)
+    w = rng.standard_normal(C).astype(dtype)
+    b = rng.standard_normal(C).astype(dtype)
+    assert S * x.itemsize < 640 and N > 1  # the small planes' schedule
+    out = {}
+    for rows in (4, 1):
+        prev = K._set_col_rows(rows)
+        try:
+            for t, stream in ((1, 0), (2, 1), (2, 0)):
+                got = []
+                for act in (0, 1):
+                    y = np.empty_like(x)
+                    m, r = np.empty(C), np.empty(C)
+                    K.planes_forward(x, y, N, C, S, N, 1, w, b, False, 1e-5, m, r, act, t, True,
+                                     stream=stream)
+                    got += [y, m, r]
+                yi = x.copy()  # in place
+                K.planes_forward(yi, yi, N, C, S, N, 1, w, b, False, 1e-5, m.copy(), r.copy(),
+                                 0, t, True, stream=stream)
+                got.append(yi)
+                m, r = got[1], got[2]
+                for frozen in (False, True):
+                    dx = np.empty_like(x)
+                    dw, db = np.empty(C), np.empty(C)
+                    K.planes_backward(dy, x, dx, N, C, S, N, 1, w, m, r, dw, db, t, True,
+                                      stream=stream, frozen=frozen)
+                    di = dy.copy()  # dx over dy
+                    K.planes_backward(di, x, di, N, C, S, N, 1, w, m, r, dw.copy(), db.copy(),
+                                      t, True, stream=stream, frozen=frozen)
+                    got += [dx, dw, db, di]
+                out[rows, t, stream] = got
+        finally:
+            K._set_col_rows(prev)
+    first = out[4, 1, 0]
+    for key, got in out.items():
+        for a, o in zip(first, got):
+            np.testing.assert_array_equal(a, o, err_msg=str(key))
+    y, m = first[0], first[1]
+    x64 = x.astype(np.float64).reshape(N, C, S)
+    mu = x64.mean((0, 2))
+    np.testing.assert_allclose(m, mu, rtol=1e-12)
+    ry = ((x64 - mu[:, None]) / np.sqrt(x64.var((0, 2))[:, None] + 1e-5) * w[:, None]
+          + b[:, None])
+    tol = 2e-5 if dtype == np.float32 else 1e-10
+    assert np.max(np.abs(y.reshape(N, C, S) - ry)) < tol * max(1, np.abs(ry).max())
+    np.testing.assert_array_equal(first[3], np.maximum(first[0], 0))
+    rdx, rdw, rdb = ref.channel_backward("batch", dy.reshape(N, C, S), x.reshape(N, C, S), w)
+    dx, dw, db = first[7:10]
+    assert np.max(np.abs(dx.reshape(N, C, S) - rdx)) < tol * 10 * max(1, np.abs(rdx).max())
+    np.testing.assert_allclose(db, rdb, rtol=tol * 10, atol=tol * 10 * N * S)
+    np.testing.assert_allclose(dw, rdw, rtol=tol * 10, atol=tol * 10 * N * S)
+    with pytest.raises(ValueError, match="n must be 1 or 4"):
+        K._set_col_rows(2)
+
+
 @pytest.mark.parametrize("N,C,S,dtype", [(9, 236, 1001, np.float32), (160, 14, 1000, np.float32),
                                          (8, 131, 1001, np.float64)])
 def test_batch_channel_schedule_same_bits(N, C, S, dtype, rng):

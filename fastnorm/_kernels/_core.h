@@ -258,6 +258,29 @@ static inline void fn_set_row_tiles(long apply_bytes, long dx_values)
     fn_dx_tile_values = dx_values;
 }
 
+/* Rows per sweep of the small batch-norm planes' passes (fn_planes_col_moments,
+   fn_planes_col_bwd_sums and their applies; 1 or 4): a unit's rows of nc * S values lie one
+   sample apart, and row by row each vector of them also loaded (and, in the sums, stored)
+   the column's coefficients or accumulators: about 8 loads and stores a vector of data,
+   where a core does three. Four rows a sweep load those once for the four. Same operations
+   per value in the same order: the same bits. Set by _set_col_rows (tests). */
+static int fn_col_rows = 4;
+static inline int fn_set_col_rows(int n)
+{
+    int prev = fn_col_rows;
+    fn_col_rows = n;
+    return prev;
+}
+/* Whether an apply takes four rows of L values at a stride of ld bytes apart a sweep: the
+   rows short enough to go up the addresses (FN_DESC_MIN), and not a multiple of 2 KiB apart,
+   which puts the four rows' lines of x, dy and the output in the same one or two L1 sets
+   (more lines than its eight ways): float32 (32, 512, 8, 8) and (32, 2048, 7, 7) backward
+   took 1.2-1.4x as long with them, (256, 64, 7, 7) (rows 12544 bytes apart) 0.67-0.74. */
+static inline int fn_col_rows4(fn_idx ld_bytes, fn_idx l_bytes)
+{
+    return fn_col_rows == 4 && l_bytes < FN_DESC_MIN && ld_bytes % 2048 != 0;
+}
+
 /* Chan's merge of (nb, mb, m2b) into the running (n, mean, m2). From an empty running state it
    copies the partial exactly, so merging k partials in a fixed order gives one fixed result. */
 static inline void fn_chan_merge(double *n, double *mean, double *m2,

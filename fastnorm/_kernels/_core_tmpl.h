@@ -806,12 +806,40 @@ static void FN(fn_seg_col_moments)(const T *x, fn_idx rows, fn_idx C, fn_idx rb,
 static inline __attribute__((always_inline)) void FN(fn_col_sums_rows)(
     const T *x, fn_idx rows, fn_idx C, fn_idx ld, const T *sh, const T *sl, T *s, T *q)
 {
-    fn_idx r, c, cv = C - C % FN_VL, o;
+    fn_idx r, c, cv = C - C % FN_VL, o, e, np;
     const T *row;
-    FN(vec) d;
-    T e;
+    FN(vec) d, k0, a, b;
+    T u;
     for (c = 0; c < C; c++) s[c] = q[c] = 0;
-    for (r = 0; r < rows; r++) {
+    for (r = 0; fn_col_rows == 4 && r + 4 <= rows; r += 4) {  /* four rows a sweep */
+        row = x + r * ld;
+        np = rows - r - 4 < 4 ? rows - r - 4 : 4;
+        for (c = 0; c < cv; c += FN_VL) {
+            if ((c * (fn_idx)sizeof(T)) % 64 == 0)
+                for (e = 4; e < 4 + np; e++) __builtin_prefetch(row + e * ld + c, 0, 3);
+            k0 = FN_LDV(sh + c);
+            a = FN_LDV(s + c);
+            b = FN_LDV(q + c);
+            for (e = 0; e < 4; e++) {
+                d = FN_LDV(row + e * ld + c) - k0;
+                if (sl) d = d - FN_LDV(sl + c);
+                a += d;
+                b += d * d;
+            }
+            *(FN(uvec) *)(s + c) = a;
+            *(FN(uvec) *)(q + c) = b;
+        }
+        for (e = 4; e < 4 + np; e++)
+            for (o = cv * (fn_idx)sizeof(T); o < C * (fn_idx)sizeof(T); o += 64)
+                __builtin_prefetch((const char *)(row + e * ld) + o, 0, 3);
+        for (c = cv; c < C; c++)
+            for (e = 0; e < 4; e++) {
+                u = (row[e * ld + c] - sh[c]) - (sl ? sl[c] : (T)0);
+                s[c] += u;
+                q[c] += u * u;
+            }
+    }
+    for (; r < rows; r++) {
         row = x + r * ld;
         for (c = 0; c < cv; c += FN_VL) {
             if (r + 1 < rows) __builtin_prefetch(row + ld + c, 0, 3);
@@ -824,9 +852,9 @@ static inline __attribute__((always_inline)) void FN(fn_col_sums_rows)(
             for (o = cv * (fn_idx)sizeof(T); o < C * (fn_idx)sizeof(T); o += 64)
                 __builtin_prefetch((const char *)(row + ld) + o, 0, 3);
         for (c = cv; c < C; c++) {
-            e = (row[c] - sh[c]) - (sl ? sl[c] : (T)0);
-            s[c] += e;
-            q[c] += e * e;
+            u = (row[c] - sh[c]) - (sl ? sl[c] : (T)0);
+            s[c] += u;
+            q[c] += u * u;
         }
     }
 }
@@ -916,6 +944,52 @@ FN_HOT static void FN(fn_planes_col_moments)(const T *x, fn_idx rows, fn_idx ld,
     }
 }
 
+/* Four rows (at a stride of ld) of fn_planes_col_bwd_sums's column sums: each column's
+   accumulators loaded once, the four rows' terms added in row order (the row loop's
+   operations, so its bits), stored once; the pf (up to 4) rows after them prefetched a line
+   at a time. */
+static inline __attribute__((always_inline)) void FN(fn_col_bwd_sums4)(
+    const T *dy, const T *x, fn_idx ld, fn_idx L, fn_idx pf, const T *mh, const T *ml, T *s,
+    T *q)
+{
+    fn_idx c, e, cv = L - L % FN_VL, o;
+    FN(vec) m, lo, a, b, d;
+    T u, v;
+    for (c = 0; c < cv; c += FN_VL) {
+        if ((c * (fn_idx)sizeof(T)) % 64 == 0)
+            for (e = 4; e < 4 + pf; e++) {
+                __builtin_prefetch(dy + e * ld + c, 0, 3);
+                __builtin_prefetch(x + e * ld + c, 0, 3);
+            }
+        m = FN_LDV(mh + c);
+        lo = FN_LDV(ml + c);
+        a = FN_LDV(s + c);
+        b = FN_LDV(q + c);
+        for (e = 0; e < 4; e++) {
+            d = FN_LDV(dy + e * ld + c);
+            a += d;
+            b += d * FN_LO((FN_LDV(x + e * ld + c) - m), lo);
+        }
+        *(FN(uvec) *)(s + c) = a;
+        *(FN(uvec) *)(q + c) = b;
+    }
+    for (e = 4; e < 4 + pf; e++)
+        for (o = cv * (fn_idx)sizeof(T); o < L * (fn_idx)sizeof(T); o += 64) {
+            __builtin_prefetch((const char *)(dy + e * ld) + o, 0, 3);
+            __builtin_prefetch((const char *)(x + e * ld) + o, 0, 3);
+        }
+    for (c = cv; c < L; c++) {
+        u = s[c];
+        v = q[c];
+        for (e = 0; e < 4; e++) {
+            u += dy[e * ld + c];
+            v += dy[e * ld + c] * FN_LO((x[e * ld + c] - mh[c]), ml[c]);
+        }
+        s[c] = u;
+        q[c] = v;
+    }
+}
+
 /* The batch-norm backward's sums over nc channels of small planes (rows of nc * S values at a
    stride of ld, as fn_planes_col_moments): sdy[k] = sum(dy), sdyx[k] = sum(dy * ((x - mh) -
    ml)) in float64, mh and ml the split means per column. Per block of up to rb rows the
@@ -935,7 +1009,10 @@ FN_HOT static void FN(fn_planes_col_bwd_sums)(const T *dy, const T *x, fn_idx ro
     for (r0 = 0; r0 < rows; r0 += rb) {
         b = rows - r0 < rb ? rows - r0 : rb;
         for (c = 0; c < L; c++) s[c] = q[c] = 0;
-        for (r = r0; r < r0 + b; r++) {
+        for (r = r0; fn_col_rows == 4 && r + 4 <= r0 + b; r += 4)
+            FN(fn_col_bwd_sums4)(dy + r * ld, x + r * ld, ld, L,
+                                 rows - r - 4 < 4 ? rows - r - 4 : 4, mh, ml, s, q);
+        for (; r < r0 + b; r++) {
             rd = dy + r * ld;
             rx = x + r * ld;
             for (c = 0; c < cv; c += FN_VL) {
@@ -2950,6 +3027,86 @@ FN_HOT static void FN(fn_rows_bwd_apply)(const T *dy, const T *x, T *dx, fn_idx 
                            + FN_LO((xr[c] - mh[c]), ml[c]) * B[c];
         }
     }
+}
+
+/* fn_rows_apply over rows of L values at a stride of ld (the planes of small batch-norm
+   channels, sample by sample): four rows per load of the column's coefficients when act is
+   0 or 1, each value with the row loop's operations (the same bits), each row streamed or
+   not as fn_rows_apply would stream it alone. */
+FN_HOT static void FN(fn_planes_col_apply)(const T *x, T *y, fn_idx rows, fn_idx ld, fn_idx L,
+                                           const T *mh, const T *ml, const T *a, const T *b,
+                                           int act, int nt)
+{
+    fn_idx r = 0, c, e, cv = L - L % FN_VL;
+    int ntr[4];
+    FN(vec) m, lo, va, vb, v[4];
+    const T *xr;
+    T *o, u;
+    if (act <= 1 && fn_col_rows4(ld * (fn_idx)sizeof(T), L * (fn_idx)sizeof(T)))
+        for (; r + 4 <= rows; r += 4) {
+            xr = x + r * ld;
+            o = y + r * ld;
+            for (e = 0; e < 4; e++) ntr[e] = nt && FN(fn_nt_head)(o + e * ld, L) == 0;
+            for (c = 0; c < cv; c += FN_VL) {
+                m = FN_LDV(mh + c);
+                lo = FN_LDV(ml + c);
+                va = FN_LDV(a + c);
+                vb = FN_LDV(b + c);
+                for (e = 0; e < 4; e++) {  /* the four rows' loads before any store */
+                    v[e] = FN_LO((FN_LDV(xr + e * ld + c) - m), lo) * va + vb;
+                    if (act) v[e] = FN(fn_vrelu)(v[e]);
+                }
+                for (e = 0; e < 4; e++) FN(fn_vst)(o + e * ld + c, v[e], ntr[e]);
+            }
+            for (e = 0; e < 4; e++)
+                for (c = cv; c < L; c++) {
+                    u = FN_LO((xr[e * ld + c] - mh[c]), ml[c]) * a[c] + b[c];
+                    o[e * ld + c] = act ? FN_RELU(u) : u;
+                }
+        }
+    for (; r < rows; r++)
+        FN(fn_rows_apply)(x + r * ld, y + r * ld, 1, L, mh, ml, a, b, act, nt);
+}
+
+/* fn_rows_bwd_apply (P = NULL) over rows of L values at a stride of ld (the planes of small
+   batch-norm channels, sample by sample): four rows per load of the column's coefficients,
+   each row's values with the row loop's operations (the same bits), each row streamed or not
+   as fn_rows_bwd_apply would stream it alone. Rows that fn_rows_bwd_apply would take down the
+   addresses (FN_DESC) go through it one by one. */
+FN_HOT static void FN(fn_planes_col_bwd_apply)(const T *dy, const T *x, T *dx, fn_idx rows,
+                                               fn_idx ld, fn_idx L, const T *Q, const T *R,
+                                               const T *mh, const T *ml, const T *B, int nt)
+{
+    fn_idx r = 0, c, e, cv = L - L % FN_VL;
+    int ntr[4];
+    FN(vec) vq, vr, m, lo, vb, v[4];
+    const T *dr, *xr;
+    T *o;
+    if (fn_col_rows4(ld * (fn_idx)sizeof(T), L * (fn_idx)sizeof(T)))
+        for (; r + 4 <= rows; r += 4) {
+            dr = dy + r * ld;
+            xr = x + r * ld;
+            o = dx + r * ld;
+            for (e = 0; e < 4; e++) ntr[e] = nt && FN(fn_nt_head)(o + e * ld, L) == 0;
+            for (c = 0; c < cv; c += FN_VL) {
+                vq = FN_LDV(Q + c);
+                vr = FN_LDV(R + c);
+                m = FN_LDV(mh + c);
+                lo = FN_LDV(ml + c);
+                vb = FN_LDV(B + c);
+                for (e = 0; e < 4; e++)  /* the four rows' loads before any store */
+                    v[e] = (FN_LDV(dr + e * ld + c) - vq) * vr
+                           + FN_LO((FN_LDV(xr + e * ld + c) - m), lo) * vb;
+                for (e = 0; e < 4; e++) FN(fn_vst)(o + e * ld + c, v[e], ntr[e]);
+            }
+            for (e = 0; e < 4; e++)
+                for (c = cv; c < L; c++)
+                    o[e * ld + c] = (dr[e * ld + c] - Q[c]) * R[c]
+                                    + FN_LO((xr[e * ld + c] - mh[c]), ml[c]) * B[c];
+        }
+    for (; r < rows; r++)
+        FN(fn_rows_bwd_apply)(dy + r * ld, x + r * ld, dx + r * ld, 1, L, NULL, Q, R, mh, ml, B,
+                              nt);
 }
 
 #undef FN_RELU

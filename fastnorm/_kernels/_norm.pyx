@@ -126,6 +126,19 @@ cdef extern from "_core.h" nogil:
     void fn_planes_col_bwd_sums_f64(const double *dy, const double *x, fn_idx rows, fn_idx ld,
                                     fn_idx nc, fn_idx S, fn_idx rb, const double *mh,
                                     const double *ml, double *scr, double *sdy, double *sdyx)
+    int fn_set_col_rows(int n)
+    void fn_planes_col_apply_f32(const float *x, float *y, fn_idx rows, fn_idx ld, fn_idx L,
+                                 const float *mh, const float *ml, const float *a,
+                                 const float *b, int act, int nt)
+    void fn_planes_col_apply_f64(const double *x, double *y, fn_idx rows, fn_idx ld, fn_idx L,
+                                 const double *mh, const double *ml, const double *a,
+                                 const double *b, int act, int nt)
+    void fn_planes_col_bwd_apply_f32(const float *dy, const float *x, float *dx, fn_idx rows,
+                                     fn_idx ld, fn_idx L, const float *Q, const float *R,
+                                     const float *mh, const float *ml, const float *B, int nt)
+    void fn_planes_col_bwd_apply_f64(const double *dy, const double *x, double *dx, fn_idx rows,
+                                     fn_idx ld, fn_idx L, const double *Q, const double *R,
+                                     const double *mh, const double *ml, const double *B, int nt)
     void fn_rows_group_bwd_f32(const float *dy, const float *x, float *dx, fn_idx nr, fn_idx n,
                                const float *w, const double *mean, const double *rstd, int rms,
                                float *dwa, float *dba, const float *ds, int nt, fn_idx pf)
@@ -392,6 +405,15 @@ def _set_chunk_bytes(Py_ssize_t cap):
     prev = _chunk_bytes
     _chunk_bytes = cap
     return prev
+
+
+def _set_col_rows(int n):
+    """Tests and A/B only: rows per sweep of the small batch-norm planes' passes (4, or 1 for
+    row by row; fn_col_rows in _core.h); returns the previous setting. The bits do not depend
+    on it."""
+    if n not in (1, 4):
+        raise ValueError(f"n must be 1 or 4, got {n}")
+    return fn_set_col_rows(n)
 
 
 def _set_row_tiles(long apply_bytes, long dx_values):
@@ -1148,8 +1170,9 @@ cdef void planes_team_pipelined(const floating *x, floating *y, Py_ssize_t U, Py
 # about the same). Instead a unit is a block of adjacent channels, whose planes in one sample
 # are one run of nc * S values: the moments go down the columns of those runs
 # (fn_planes_col_moments, vectorized along the run), the apply along them with per-column
-# coefficients (fn_rows_apply, one run per sample), while the unit (at most SMALL_UNIT_BYTES)
-# is in L2; the backward likewise (fn_planes_col_bwd_sums, fn_rows_bwd_apply). The blocks
+# coefficients (fn_planes_col_apply, one run per sample), while the unit (at most
+# SMALL_UNIT_BYTES) is in L2; the backward likewise (fn_planes_col_bwd_sums,
+# fn_planes_col_bwd_apply). All four go four samples' runs a sweep (fn_col_rows). The blocks
 # depend on the shape alone. Measured on a Zen 4, one thread, time / copy plane by plane ->
 # by blocks (same process, builds alternating): float32 (32, 2048, 7, 7) forward 13.95 ->
 # 4.24, backward 12.01 -> 5.46; (32, 1024, 11, 11) 5.95 -> 3.39, 7.58 -> 5.06; (32, 1024, 12,
@@ -1185,7 +1208,7 @@ cdef void small_planes_unit(const floating *x, floating *y, Py_ssize_t g, Py_ssi
                             int act, int stream) noexcept nogil:
     """Channels [g * nc, g * nc + nc) of x (N, C, S): statistics, then y (nc * S is at most
     SMALL_RUN_VALUES)."""
-    cdef Py_ssize_t c0 = g * nc, m = min(nc, C - c0), L, k, j, n, c
+    cdef Py_ssize_t c0 = g * nc, m = min(nc, C - c0), L, k, j, c
     cdef floating mh, ml, a
     cdef floating scr[4 * SMALL_RUN_VALUES]
     cdef double st[5 * SMALL_RUN_VALUES]
@@ -1207,9 +1230,12 @@ cdef void small_planes_unit(const floating *x, floating *y, Py_ssize_t g, Py_ssi
             scr[L + j] = ml
             scr[2 * L + j] = a
             scr[3 * L + j] = b[c]
-    for n in range(N):
-        rows_apply(x + n * C * S + c0 * S, y + n * C * S + c0 * S, 1, L, scr, scr + L,
-                   scr + 2 * L, scr + 3 * L, act, stream)
+    if floating is float:
+        fn_planes_col_apply_f32(x + c0 * S, y + c0 * S, N, C * S, L, scr, scr + L, scr + 2 * L,
+                                scr + 3 * L, act, stream)
+    else:
+        fn_planes_col_apply_f64(x + c0 * S, y + c0 * S, N, C * S, L, scr, scr + L, scr + 2 * L,
+                                scr + 3 * L, act, stream)
 
 
 cdef void small_planes_run(const floating *x, floating *y, Py_ssize_t N, Py_ssize_t C,
@@ -1239,7 +1265,7 @@ cdef void small_planes_bwd_unit(const floating *dy, const floating *x, floating 
     """The batch-norm backward of channels [g * nc, g * nc + nc) of (N, C, S): the sums, the
     coefficients (planes_unit_bwd_coef's form for one channel: P = 1, Q = mean(dy),
     R = r * w, B = -r^3 w mean(dy * (x - m))), dweight and dbias, then dx run by run."""
-    cdef Py_ssize_t c0 = g * nc, m = min(nc, C - c0), L, k, j, n, c, off
+    cdef Py_ssize_t c0 = g * nc, m = min(nc, C - c0), L, k, j, c, off
     cdef floating mh, ml, q, rw, bb
     cdef double r, cnt = <double>(N * S)
     cdef floating scr[5 * SMALL_RUN_VALUES]
@@ -1271,10 +1297,13 @@ cdef void small_planes_bwd_unit(const floating *dy, const floating *x, floating 
             scr[2 * L + j] = q
             scr[3 * L + j] = rw
             scr[4 * L + j] = bb
-    for n in range(N):
-        off = n * C * S + c0 * S
-        rows_bwd_apply(dy + off, x + off, dx + off, 1, L, <const floating *>NULL, scr + 2 * L,
-                       scr + 3 * L, scr, scr + L, scr + 4 * L, stream)
+    off = c0 * S
+    if floating is float:
+        fn_planes_col_bwd_apply_f32(dy + off, x + off, dx + off, N, C * S, L, scr + 2 * L,
+                                    scr + 3 * L, scr, scr + L, scr + 4 * L, stream)
+    else:
+        fn_planes_col_bwd_apply_f64(dy + off, x + off, dx + off, N, C * S, L, scr + 2 * L,
+                                    scr + 3 * L, scr, scr + L, scr + 4 * L, stream)
 
 
 cdef void small_planes_bwd_run(const floating *dy, const floating *x, floating *dx,
