@@ -576,8 +576,8 @@ def test_batch_mid_planes_same_bits(N, C, S, dtype, rng):
     coefficients): mean, rstd, y, dx, dweight and dbias (eval-mode dx too) are bitwise those
     of the channel-by-channel schedule and of the split one, at 1-3 threads, streamed or not,
     in place, with relu; odd N, a last unit of fewer channels, planes that are not whole
-    vectors, data at 1e5 times its spread. The backward of planes of 320 to 640 bytes takes
-    this schedule instead of the small planes' column sums: the same bits at every thread
+    vectors, data at 1e5 times its spread. Planes under 640 bytes (3, 7, 81) go by the small
+    planes' schedule in both passes, with the switch on or off: the same bits at every thread
     count, streamed or not, and the reference's values."""
     x = (1e5 + rng.standard_normal(N * C * S)).astype(dtype)
     dy = rng.standard_normal(N * C * S).astype(dtype)
@@ -609,8 +609,7 @@ def test_batch_mid_planes_same_bits(N, C, S, dtype, rng):
                     K.planes_backward(di, x, di, N, C, S, N, 1, w, m, r, dw.copy(), db.copy(),
                                       t, fuse, stream=stream, frozen=frozen)
                     res += [dx, dw, db, di]
-                if mid or S * x.itemsize >= 640:
-                    bwd.append(res)
+                bwd.append(res)
         finally:
             K._set_mid(prev)
     for runs in (fwd[0], fwd[1], bwd):

@@ -1350,13 +1350,16 @@ cdef void small_planes_bwd_run(const floating *dy, const floating *x, floating *
 # planes from 1.5 KiB (float32 (32, 512, 20, 20) 1.47 against 1.59): those keep it.
 # Units of 64 / 128 / 256 / 512 KiB were within the noise of each other but for the backward
 # at two threads (float64 (32, 512, 14, 14) 256 KiB: 1.41 of the old time, 128 KiB: 1.15).
-# The backward takes this schedule from planes of 320 B, ahead of the small planes' column
-# sums (small_planes_bwd_run; new bits for those planes, the same at every thread count):
-# float32 (32, 1024, 9, 9) / (32, 1024, 10, 10) / (32, 1024, 11, 11) 4.60 / 4.54 / 4.62 ->
-# 3.62 / 3.51 / 3.35 at one thread, 0.95-0.99 of the time at two; 7 x 7 planes lost
-# ((256, 64, 7, 7) 1.23 / 1.31 of the time).
+# The backward took this schedule from planes of 320 B for a while, ahead of the small planes'
+# column sums (then row by row); since those go four samples a sweep (fn_col_rows) the small
+# planes' schedule is the faster one under SMALL_PLANE_BYTES in the backward too, and the
+# backward's planes of 320 to 640 B are back on it (their bits are its own, the same at every
+# thread count). Same process, this schedule -> the small planes', median of nine rounds, one |
+# two threads: float32 (32, 1024, 9, 9) 0.84 | 0.84, (32, 1024, 10, 10) 0.93 | 0.83,
+# (32, 1024, 11, 11) 0.99 | 0.91, (256, 64, 9, 9) 0.38 | 0.75, (64, 512, 10, 10) two threads
+# 0.63; float64 (256, 64, 7, 7) 0.57 | 0.72, (32, 2048, 7, 7) 0.89 | 0.84, (64, 256, 7, 7)
+# 0.75 | 0.91, (32, 512, 8, 8) 1.01 | 1.00; (32, 1024, 12, 12) float32 1.00 at one thread.
 DEF MID_PLANE_BYTES = 2048
-DEF MID_BWD_MIN_BYTES = 320
 DEF MID_ALIGNED_BYTES = 1536
 DEF MID_UNIT_BYTES = 131072
 DEF MID_MAX_PLANES = 256
@@ -1364,10 +1367,9 @@ cdef int _mid = 1
 
 
 def _set_mid(int mode):
-    """Tests and A/B only: whether batch-norm planes of MID_BWD_MIN_BYTES to MID_PLANE_BYTES go
+    """Tests and A/B only: whether batch-norm planes of SMALL_PLANE_BYTES to MID_PLANE_BYTES go
     by runs of channels (mid_planes); returns the previous setting. The bits do not depend on
-    it, but for the backward of planes under SMALL_PLANE_BYTES (without it, the small planes'
-    column sums)."""
+    it."""
     global _mid
     prev = _mid
     _mid = mode
@@ -1378,11 +1380,11 @@ cdef inline bint mid_planes(Py_ssize_t N, Py_ssize_t nb, Py_ssize_t cb, Py_ssize
                             bint ew, bint rms, const floating *res, int act,
                             bint bwd) noexcept nogil:
     """Whether batch-norm planes go by runs of channels (mid_planes_run, mid_planes_bwd_unit):
-    planes of SMALL_PLANE_BYTES (backward: MID_BWD_MIN_BYTES) to MID_PLANE_BYTES that are not
-    whole 32-byte pieces, and in the forward also those under MID_ALIGNED_BYTES."""
+    planes of SMALL_PLANE_BYTES to MID_PLANE_BYTES that are not whole 32-byte pieces, and in
+    the forward also those under MID_ALIGNED_BYTES."""
     cdef Py_ssize_t pb = S * <Py_ssize_t>sizeof(floating)
     return (_mid and nb == N and N > 1 and cb == 1 and not ew and not rms and res == NULL
-            and act <= 1 and (MID_BWD_MIN_BYTES if bwd else SMALL_PLANE_BYTES) <= pb
+            and act <= 1 and SMALL_PLANE_BYTES <= pb
             and pb < MID_PLANE_BYTES
             and (pb % 32 != 0 or (not bwd and pb < MID_ALIGNED_BYTES)))
 
