@@ -2660,7 +2660,14 @@ FN_HOT static void FN(fn_rows_group_bwd)(const T *dy, const T *x, T *dx, fn_idx 
     fn_idx u;
     const T *dyu, *xu;
     T mh, ml, rr;
-    double sg, sgx, r;
+    /* a row of 2^k values divides by n as a product with its exact reciprocal, the same bits
+       without the division's latency between the row's sums and its dx (perf put 16% of
+       this function's samples on the conversion waiting for it): layer norm float32 (65536,
+       64) / (16384, 128) backward 0.91-0.92 / 0.96-0.97 of the time at one and two threads
+       (same process); separate builds, medians of 200 calls, (65536, 64) 2198-2249 -> 2041-2054
+       us at one thread, 1100-1150 -> 1018-1060 at two. Other lengths keep the division. */
+    const int p2 = n > 0 && (n & (n - 1)) == 0;
+    double sg, sgx, r, inv = 1.0 / (double)n;
     for (u = 0; u < nr; u++) {
         dyu = dy + u * n;
         xu = x + u * n;
@@ -2669,9 +2676,10 @@ FN_HOT static void FN(fn_rows_group_bwd)(const T *dy, const T *x, T *dx, fn_idx 
         sg = sgx = 0;
         FN(fn_split_mean)(mean[u], &mh, &ml);
         FN(fn_rowsn_bwd_sums_n)(1, 0, &dyu, &xu, n, &mh, &ml, &rr, w, &sg, &sgx, dwa, dba);
-        FN(fn_row_bwd_apply_ew_in)(dyu, xu, dx + u * n, n, w, (T)(rms ? 0 : sg / (double)n), rr,
-                                   mh, ml, (T)(-r * r * r * sgx / (double)n),
-                                   ds ? ds + u * n : NULL, nt, pf);
+        sg = p2 ? sg * inv : sg / (double)n;
+        sgx = p2 ? -r * r * r * sgx * inv : -r * r * r * sgx / (double)n;
+        FN(fn_row_bwd_apply_ew_in)(dyu, xu, dx + u * n, n, w, (T)(rms ? 0 : sg), rr, mh, ml,
+                                   (T)sgx, ds ? ds + u * n : NULL, nt, pf);
     }
 }
 
