@@ -2377,7 +2377,8 @@ static inline __attribute__((always_inline)) void FN(fn_units1_bwd)(
     const T *dy, const T *x, T *dx, fn_idx u0, fn_idx u1, fn_idx ncb, fn_idx S, const T *w,
     const T *mhp, const T *mlp, const double *rstd, double *psum, T *cQ, T *cB, int frozen)
 {
-    const FN(hd4) Z = {0}, CNT = Z + (double)S;
+    const FN(hd4) Z = {0}, CNT = Z + (double)S, INV = Z + 1.0 / (double)S;
+    const int p2 = (S & (S - 1)) == 0;
     FN(hd4) ta[4], tb[4], P1, P2, W, R, QB, QQ;
     double e1[4], e2[4];
     fn_idx u, h, k, j, c, ch = u0 % ncb;
@@ -2399,8 +2400,15 @@ static inline __attribute__((always_inline)) void FN(fn_units1_bwd)(
            sgx (from zero), cB = -r * r * r * sgx / cnt and cQ = sdy / cnt */
         P1 = Z + FN(fn_hsum4_plus)(e1, ta);
         P2 = Z + FN(fn_hsum4_plus)(e2, tb);
-        QB = -R * R * R * (Z + W * P2) / CNT;
-        QQ = (Z + P1) / CNT;
+        if (p2) {  /* S = 2^k: the exact reciprocal, the same bits (as fn_rows_group_bwd);
+                      instance norm (64, 256, 8, 8), (32, 512, 4, 4) float32 backward
+                      0.97-0.98 of the time */
+            QB = -R * R * R * (Z + W * P2) * INV;
+            QQ = (Z + P1) * INV;
+        } else {
+            QB = -R * R * R * (Z + W * P2) / CNT;
+            QQ = (Z + P1) / CNT;
+        }
         if (frozen) QB = QQ = Z;
         for (j = 0; j < k; j++) {
             psum[2 * (h + j)] = P1[j];
@@ -2431,7 +2439,8 @@ FN_HOT static void FN(fn_units_group_bwd)(const T *dy, const T *x, T *dx, fn_idx
                                           double *psum, T *cQ, T *cB, int frozen, fn_idx pf)
 {
     fn_idx u, j, p, c, cu;
-    double sdy, sg, sgx, s1, s2, r, cnt = (double)(cb * S);
+    double sdy, sg, sgx, s1, s2, r, cnt = (double)(cb * S), inv = 1.0 / cnt;
+    const int p2 = ((cb * S) & (cb * S - 1)) == 0;
     T rt;
     if (cb == 1 && S * (fn_idx)sizeof(T) <= FN_UNIT1_BWD_BYTES) {
         FN(fn_units1_bwd)(dy, x, dx, u0, u1, ncb, S, w, mh, ml, rstd, psum, cQ, cB, frozen);
@@ -2455,8 +2464,15 @@ FN_HOT static void FN(fn_units_group_bwd)(const T *dy, const T *x, T *dx, fn_idx
             sgx = sgx + (double)w[c] * s2;
         }
         r = rstd[u];
-        cB[u] = (T)(-r * r * r * sgx / cnt);
-        cQ[u] = (T)((cb == 1 ? sdy : sg) / cnt);
+        if (p2) {  /* cb * S = 2^k: the exact reciprocal, the same bits (as
+                      fn_rows_group_bwd); group norm float32 (64, 128, 8, 8), (32, 256, 4, 4),
+                      (64, 256, 8, 8) backward 0.98-0.99 of the time */
+            cB[u] = (T)(-r * r * r * sgx * inv);
+            cQ[u] = (T)((cb == 1 ? sdy : sg) * inv);
+        } else {
+            cB[u] = (T)(-r * r * r * sgx / cnt);
+            cQ[u] = (T)((cb == 1 ? sdy : sg) / cnt);
+        }
         if (frozen) {
             cB[u] = 0;
             cQ[u] = 0;
