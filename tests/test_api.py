@@ -567,6 +567,38 @@ def test_batch_planes_two_at_a_time_same_bits(N, C, S, dtype, rng):
         np.testing.assert_array_equal(a, o)
 
 
+def _check_batch_planes_reference(x, dy, w, b, N, C, S, y, m, dx, dw, db):
+    """Batch norm of x (N, C, S) with weight w and bias b: the mean m and y against float64
+    NumPy, dx, dweight and dbias against the reference backward."""
+    x64 = x.astype(np.float64).reshape(N, C, S)
+    mu = x64.mean((0, 2))
+    np.testing.assert_allclose(m, mu, rtol=1e-12)
+    ry = ((x64 - mu[:, None]) / np.sqrt(x64.var((0, 2))[:, None] + 1e-5) * w[:, None]
+          + b[:, None])
+    tol = 2e-5 if x.dtype == np.float32 else 1e-10
+    assert np.max(np.abs(y.reshape(N, C, S) - ry)) < tol * max(1, np.abs(ry).max())
+    rdx, rdw, rdb = ref.channel_backward("batch", dy.reshape(N, C, S), x.reshape(N, C, S), w)
+    assert np.max(np.abs(dx.reshape(N, C, S) - rdx)) < tol * 10 * max(1, np.abs(rdx).max())
+    np.testing.assert_allclose(db, rdb, rtol=tol * 10, atol=tol * 10 * N * S)
+    np.testing.assert_allclose(dw, rdw, rtol=tol * 10, atol=tol * 10 * N * S)
+
+
+def _batch_planes_backwards(dy, x, N, C, S, w, m, r, t, fuse, stream):
+    """Batch norm (N, C, S) backward through planes_backward, with and without frozen
+    statistics, into a new dx and over dy: [dx, dweight, dbias, dx over dy] for each."""
+    res = []
+    for frozen in (False, True):
+        dx = np.empty_like(x)
+        dw, db = np.empty(C), np.empty(C)
+        K.planes_backward(dy, x, dx, N, C, S, N, 1, w, m, r, dw, db, t, fuse, stream=stream,
+                          frozen=frozen)
+        di = dy.copy()  # dx over dy
+        K.planes_backward(di, x, di, N, C, S, N, 1, w, m, r, dw.copy(), db.copy(), t, fuse,
+                          stream=stream, frozen=frozen)
+        res += [dx, dw, db, di]
+    return res
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("N,C,S", [(5, 37, 169), (4, 300, 196), (2, 9, 481), (3, 7, 81),
                                    (6, 1, 200), (33, 40, 170)])
@@ -599,36 +631,14 @@ def test_batch_mid_planes_same_bits(N, C, S, dtype, rng):
                 K.planes_forward(yi, yi, N, C, S, N, 1, w, b, False, 1e-5, m.copy(), r.copy(),
                                  0, t, fuse, stream=stream)
                 fwd[act][-1].append(yi)
-                res = []
-                for frozen in (False, True):
-                    dx = np.empty_like(x)
-                    dw, db = np.empty(C), np.empty(C)
-                    K.planes_backward(dy, x, dx, N, C, S, N, 1, w, m, r, dw, db, t, fuse,
-                                      stream=stream, frozen=frozen)
-                    di = dy.copy()  # dx over dy
-                    K.planes_backward(di, x, di, N, C, S, N, 1, w, m, r, dw.copy(), db.copy(),
-                                      t, fuse, stream=stream, frozen=frozen)
-                    res += [dx, dw, db, di]
-                bwd.append(res)
+                bwd.append(_batch_planes_backwards(dy, x, N, C, S, w, m, r, t, fuse, stream))
         finally:
             K._set_mid(prev)
     for runs in (fwd[0], fwd[1], bwd):
         for other in runs[1:]:
             for a, o in zip(runs[0], other):
                 np.testing.assert_array_equal(a, o)
-    y, m = fwd[0][0][0], fwd[0][0][1]
-    x64 = x.astype(np.float64).reshape(N, C, S)
-    mu = x64.mean((0, 2))
-    np.testing.assert_allclose(m, mu, rtol=1e-12)
-    ry = ((x64 - mu[:, None]) / np.sqrt(x64.var((0, 2))[:, None] + 1e-5) * w[:, None]
-          + b[:, None])
-    tol = 2e-5 if dtype == np.float32 else 1e-10
-    assert np.max(np.abs(y.reshape(N, C, S) - ry)) < tol * max(1, np.abs(ry).max())
-    rdx, rdw, rdb = ref.channel_backward("batch", dy.reshape(N, C, S), x.reshape(N, C, S), w)
-    dx, dw, db = bwd[0][:3]
-    assert np.max(np.abs(dx.reshape(N, C, S) - rdx)) < tol * 10 * max(1, np.abs(rdx).max())
-    np.testing.assert_allclose(db, rdb, rtol=tol * 10, atol=tol * 10 * N * S)
-    np.testing.assert_allclose(dw, rdw, rtol=tol * 10, atol=tol * 10 * N * S)
+    _check_batch_planes_reference(x, dy, w, b, N, C, S, fwd[0][0][0], fwd[0][0][1], *bwd[0][:3])
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -662,16 +672,7 @@ def test_batch_small_planes_four_rows_a_sweep_same_bits(N, C, S, dtype, rng):
                 K.planes_forward(yi, yi, N, C, S, N, 1, w, b, False, 1e-5, m.copy(), r.copy(),
                                  0, t, True, stream=stream)
                 got.append(yi)
-                m, r = got[1], got[2]
-                for frozen in (False, True):
-                    dx = np.empty_like(x)
-                    dw, db = np.empty(C), np.empty(C)
-                    K.planes_backward(dy, x, dx, N, C, S, N, 1, w, m, r, dw, db, t, True,
-                                      stream=stream, frozen=frozen)
-                    di = dy.copy()  # dx over dy
-                    K.planes_backward(di, x, di, N, C, S, N, 1, w, m, r, dw.copy(), db.copy(),
-                                      t, True, stream=stream, frozen=frozen)
-                    got += [dx, dw, db, di]
+                got += _batch_planes_backwards(dy, x, N, C, S, w, got[1], got[2], t, True, stream)
                 out[rows, t, stream] = got
         finally:
             K._set_col_rows(prev)
@@ -679,20 +680,8 @@ def test_batch_small_planes_four_rows_a_sweep_same_bits(N, C, S, dtype, rng):
     for key, got in out.items():
         for a, o in zip(first, got):
             np.testing.assert_array_equal(a, o, err_msg=str(key))
-    y, m = first[0], first[1]
-    x64 = x.astype(np.float64).reshape(N, C, S)
-    mu = x64.mean((0, 2))
-    np.testing.assert_allclose(m, mu, rtol=1e-12)
-    ry = ((x64 - mu[:, None]) / np.sqrt(x64.var((0, 2))[:, None] + 1e-5) * w[:, None]
-          + b[:, None])
-    tol = 2e-5 if dtype == np.float32 else 1e-10
-    assert np.max(np.abs(y.reshape(N, C, S) - ry)) < tol * max(1, np.abs(ry).max())
     np.testing.assert_array_equal(first[3], np.maximum(first[0], 0))
-    rdx, rdw, rdb = ref.channel_backward("batch", dy.reshape(N, C, S), x.reshape(N, C, S), w)
-    dx, dw, db = first[7:10]
-    assert np.max(np.abs(dx.reshape(N, C, S) - rdx)) < tol * 10 * max(1, np.abs(rdx).max())
-    np.testing.assert_allclose(db, rdb, rtol=tol * 10, atol=tol * 10 * N * S)
-    np.testing.assert_allclose(dw, rdw, rtol=tol * 10, atol=tol * 10 * N * S)
+    _check_batch_planes_reference(x, dy, w, b, N, C, S, first[0], first[1], *first[7:10])
     with pytest.raises(ValueError, match="n must be 1 or 4"):
         K._set_col_rows(2)
 

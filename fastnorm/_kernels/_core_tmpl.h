@@ -3053,6 +3053,15 @@ FN_HOT static void FN(fn_rows_bwd_apply)(const T *dy, const T *x, T *dx, fn_idx 
     }
 }
 
+/* Whether each of four rows of L values at o + e * ld streams its stores, as fn_rows_apply and
+   fn_rows_bwd_apply would decide for that row alone (a row streams from its start or not at
+   all). */
+static inline void FN(fn_nt_rows4)(const T *o, fn_idx ld, fn_idx L, int nt, int *ntr)
+{
+    int e;
+    for (e = 0; e < 4; e++) ntr[e] = nt && FN(fn_nt_head)(o + e * ld, L) == 0;
+}
+
 /* fn_rows_apply over rows of L values at a stride of ld (the planes of small batch-norm
    channels, sample by sample): four rows per load of the column's coefficients when act is
    0 or 1, each value with the row loop's operations (the same bits), each row streamed or
@@ -3070,7 +3079,7 @@ FN_HOT static void FN(fn_planes_col_apply)(const T *x, T *y, fn_idx rows, fn_idx
         for (; r + 4 <= rows; r += 4) {
             xr = x + r * ld;
             o = y + r * ld;
-            for (e = 0; e < 4; e++) ntr[e] = nt && FN(fn_nt_head)(o + e * ld, L) == 0;
+            FN(fn_nt_rows4)(o, ld, L, nt, ntr);
             for (c = 0; c < cv; c += FN_VL) {
                 m = FN_LDV(mh + c);
                 lo = FN_LDV(ml + c);
@@ -3111,7 +3120,7 @@ FN_HOT static void FN(fn_planes_col_bwd_apply)(const T *dy, const T *x, T *dx, f
             dr = dy + r * ld;
             xr = x + r * ld;
             o = dx + r * ld;
-            for (e = 0; e < 4; e++) ntr[e] = nt && FN(fn_nt_head)(o + e * ld, L) == 0;
+            FN(fn_nt_rows4)(o, ld, L, nt, ntr);
             for (c = 0; c < cv; c += FN_VL) {
                 vq = FN_LDV(Q + c);
                 vr = FN_LDV(R + c);
