@@ -2377,8 +2377,8 @@ static inline __attribute__((always_inline)) void FN(fn_units1_bwd)(
     const T *dy, const T *x, T *dx, fn_idx u0, fn_idx u1, fn_idx ncb, fn_idx S, const T *w,
     const T *mhp, const T *mlp, const double *rstd, double *psum, T *cQ, T *cB, int frozen)
 {
-    const FN(hd4) Z = {0}, CNT = Z + (double)S, INV = Z + 1.0 / (double)S;
-    const int p2 = (S & (S - 1)) == 0;
+    const FN(hd4) Z = {0};
+    const fn_div cnt = fn_div_by(S);
     FN(hd4) ta[4], tb[4], P1, P2, W, R, QB, QQ;
     double e1[4], e2[4];
     fn_idx u, h, k, j, c, ch = u0 % ncb;
@@ -2400,15 +2400,8 @@ static inline __attribute__((always_inline)) void FN(fn_units1_bwd)(
            sgx (from zero), cB = -r * r * r * sgx / cnt and cQ = sdy / cnt */
         P1 = Z + FN(fn_hsum4_plus)(e1, ta);
         P2 = Z + FN(fn_hsum4_plus)(e2, tb);
-        if (p2) {  /* S = 2^k: the exact reciprocal, the same bits (as fn_rows_group_bwd);
-                      instance norm (64, 256, 8, 8), (32, 512, 4, 4) float32 backward
-                      0.97-0.98 of the time */
-            QB = -R * R * R * (Z + W * P2) * INV;
-            QQ = (Z + P1) * INV;
-        } else {
-            QB = -R * R * R * (Z + W * P2) / CNT;
-            QQ = (Z + P1) / CNT;
-        }
+        QB = FN_DIV(cnt, -R * R * R * (Z + W * P2));
+        QQ = FN_DIV(cnt, Z + P1);
         if (frozen) QB = QQ = Z;
         for (j = 0; j < k; j++) {
             psum[2 * (h + j)] = P1[j];
@@ -2439,8 +2432,8 @@ FN_HOT static void FN(fn_units_group_bwd)(const T *dy, const T *x, T *dx, fn_idx
                                           double *psum, T *cQ, T *cB, int frozen, fn_idx pf)
 {
     fn_idx u, j, p, c, cu;
-    double sdy, sg, sgx, s1, s2, r, cnt = (double)(cb * S), inv = 1.0 / cnt;
-    const int p2 = ((cb * S) & (cb * S - 1)) == 0;
+    double sdy, sg, sgx, s1, s2, r;
+    const fn_div cnt = fn_div_by(cb * S);
     T rt;
     if (cb == 1 && S * (fn_idx)sizeof(T) <= FN_UNIT1_BWD_BYTES) {
         FN(fn_units1_bwd)(dy, x, dx, u0, u1, ncb, S, w, mh, ml, rstd, psum, cQ, cB, frozen);
@@ -2464,15 +2457,8 @@ FN_HOT static void FN(fn_units_group_bwd)(const T *dy, const T *x, T *dx, fn_idx
             sgx = sgx + (double)w[c] * s2;
         }
         r = rstd[u];
-        if (p2) {  /* cb * S = 2^k: the exact reciprocal, the same bits (as
-                      fn_rows_group_bwd); group norm float32 (64, 128, 8, 8), (32, 256, 4, 4),
-                      (64, 256, 8, 8) backward 0.98-0.99 of the time */
-            cB[u] = (T)(-r * r * r * sgx * inv);
-            cQ[u] = (T)((cb == 1 ? sdy : sg) * inv);
-        } else {
-            cB[u] = (T)(-r * r * r * sgx / cnt);
-            cQ[u] = (T)((cb == 1 ? sdy : sg) / cnt);
-        }
+        cB[u] = (T)FN_DIV(cnt, -r * r * r * sgx);
+        cQ[u] = (T)FN_DIV(cnt, cb == 1 ? sdy : sg);
         if (frozen) {
             cB[u] = 0;
             cQ[u] = 0;
@@ -2676,14 +2662,8 @@ FN_HOT static void FN(fn_rows_group_bwd)(const T *dy, const T *x, T *dx, fn_idx 
     fn_idx u;
     const T *dyu, *xu;
     T mh, ml, rr;
-    /* a row of 2^k values divides by n as a product with its exact reciprocal, the same bits
-       without the division's latency between the row's sums and its dx (perf put 16% of
-       this function's samples on the conversion waiting for it): layer norm float32 (65536,
-       64) / (16384, 128) backward 0.91-0.92 / 0.96-0.97 of the time at one and two threads
-       (same process); separate builds, medians of 200 calls, (65536, 64) 2198-2249 -> 2041-2054
-       us at one thread, 1100-1150 -> 1018-1060 at two. Other lengths keep the division. */
-    const int p2 = n > 0 && (n & (n - 1)) == 0;
-    double sg, sgx, r, inv = 1.0 / (double)n;
+    const fn_div len = fn_div_by(n);
+    double sg, sgx, r;
     for (u = 0; u < nr; u++) {
         dyu = dy + u * n;
         xu = x + u * n;
@@ -2692,10 +2672,9 @@ FN_HOT static void FN(fn_rows_group_bwd)(const T *dy, const T *x, T *dx, fn_idx 
         sg = sgx = 0;
         FN(fn_split_mean)(mean[u], &mh, &ml);
         FN(fn_rowsn_bwd_sums_n)(1, 0, &dyu, &xu, n, &mh, &ml, &rr, w, &sg, &sgx, dwa, dba);
-        sg = p2 ? sg * inv : sg / (double)n;
-        sgx = p2 ? -r * r * r * sgx * inv : -r * r * r * sgx / (double)n;
-        FN(fn_row_bwd_apply_ew_in)(dyu, xu, dx + u * n, n, w, (T)(rms ? 0 : sg), rr, mh, ml,
-                                   (T)sgx, ds ? ds + u * n : NULL, nt, pf);
+        FN(fn_row_bwd_apply_ew_in)(dyu, xu, dx + u * n, n, w, (T)(rms ? 0 : FN_DIV(len, sg)),
+                                   rr, mh, ml, (T)FN_DIV(len, -r * r * r * sgx),
+                                   ds ? ds + u * n : NULL, nt, pf);
     }
 }
 
